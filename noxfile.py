@@ -1,0 +1,104 @@
+"""Every check that CI runs, runnable locally with ``python -m nox -s NAME``.
+
+``.ci/run`` runs the default sessions (tests, lint, typecheck, docs). Arguments after ``--``
+reach the underlying tool, e.g. ``nox -s tests -- -k election -n 0`` (a later ``-n``
+overrides the default ``-n 2``) or ``TRIO_RAFT_SEEDS=50 nox -s sim -- -x``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tomllib
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
+nox.options.reuse_existing_virtualenvs = True
+
+ROOT = Path(__file__).parent
+SIM_SEEDS_DEFAULT = "2000"
+
+
+def _install(session: nox.Session, *extras: str, project: bool = True) -> None:
+    """Install the project with ``extras``, or only the extras' requirements.
+
+    Args:
+        session: The nox session to install into.
+        *extras: Names of ``[project.optional-dependencies]`` groups in pyproject.toml.
+        project: If false, install only the requirements listed under ``extras``, not the
+            package itself (for tools such as ruff that never import it).
+    """
+    if project:
+        # setuptools reuses build/lib between builds, so a deleted module would live on there.
+        shutil.rmtree(ROOT / "build", ignore_errors=True)
+        session.install(f".[{','.join(extras)}]" if extras else ".")
+        return
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        optional: dict[str, list[str]] = tomllib.load(f)["project"]["optional-dependencies"]
+    session.install(*(req for extra in extras for req in optional[extra]))
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the test suite on two workers (pytest-xdist)."""
+    _install(session, "test")
+    session.run("pytest", "-n", "2", *session.posargs)
+
+
+@nox.session
+def sim(session: nox.Session) -> None:
+    """Run the ``slow`` simulation tests over many seeds (TRIO_RAFT_SEEDS, default 2000)."""
+    _install(session, "test")
+    seeds = os.environ.get("TRIO_RAFT_SEEDS", SIM_SEEDS_DEFAULT)
+    session.run("pytest", "-n", "2", "-m", "slow", *session.posargs, env={"TRIO_RAFT_SEEDS": seeds})
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Check lint rules and formatting with ruff."""
+    _install(session, "lint", project=False)
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """Type-check the package and this noxfile with strict mypy."""
+    _install(session, "typecheck", "test")
+    session.install("nox")
+    session.run("mypy", "trio_raft", "noxfile.py", *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the HTML docs; any Sphinx warning (nitpicky) fails the build."""
+    _install(session, "docs")
+    session.run(
+        "sphinx-build",
+        "-W",
+        "--keep-going",
+        "-E",  # re-read every page, so an incremental build cannot hide old warnings
+        "-b",
+        "html",
+        "docs/source",
+        "docs/_build/html",
+        *session.posargs,
+    )
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """Run the demo: a simulated 3-node cluster with failover."""
+    _install(session)
+    session.run("python", "-m", "trio_raft", "demo", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Run the benchmarks (``python -m benchmarks``)."""
+    if not (ROOT / "benchmarks" / "__main__.py").exists():
+        session.skip("benchmarks/__main__.py does not exist yet")
+    _install(session)
+    session.run("python", "-m", "benchmarks", *session.posargs)

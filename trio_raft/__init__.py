@@ -1,0 +1,37 @@
+"""trio-raft: Raft consensus for trio applications.
+
+Embed a replicated state machine with :func:`open_node`; test it under adversity with the
+deterministic simulator in :mod:`trio_raft.testing`.
+"""
+
+from ._abc import StateMachine as StateMachine
+from ._abc import Storage as Storage
+from ._abc import Transport as Transport
+from ._config import Config as Config
+from ._errors import LeadershipLostError as LeadershipLostError
+from ._errors import NodeClosedError as NodeClosedError
+from ._errors import NotLeaderError as NotLeaderError
+from ._errors import ProposalDroppedError as ProposalDroppedError
+from ._errors import RaftError as RaftError
+from ._errors import TooManyUncommittedError as TooManyUncommittedError
+from ._messages import AppendRequest as AppendRequest
+from ._messages import AppendResponse as AppendResponse
+from ._messages import Message as Message
+from ._messages import VoteRequest as VoteRequest
+from ._messages import VoteResponse as VoteResponse
+from ._node import Node as Node
+from ._node import open_node as open_node
+from ._status import FollowerStatus as FollowerStatus
+from ._status import Status as Status
+from ._storage import MemoryStorage as MemoryStorage
+from ._types import Entry as Entry
+from ._types import EntryKind as EntryKind
+from ._types import HardState as HardState
+from ._types import NodeId as NodeId
+from ._types import Role as Role
+from ._types import StoredState as StoredState
+from ._util import fixup_module_metadata as _fixup_module_metadata
+from ._version import __version__ as __version__
+
+_fixup_module_metadata(__name__, globals())
+del _fixup_module_metadata

@@ -1,0 +1,87 @@
+"""The three extension points of a node: :class:`StateMachine`, :class:`Storage`, :class:`Transport`.
+
+Each is a :class:`typing.Protocol`: implement the methods, no base class needed. The contracts in
+the docstrings are what the node relies on for safety; :mod:`trio_raft.testing` ships in-memory
+implementations of the last two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import trio
+
+from ._messages import Message
+from ._types import Entry, HardState, StoredState
+
+
+class StateMachine(Protocol):
+    """The replicated application state.
+
+    ``apply`` must be deterministic: given the same commands in the same order, every replica
+    must return the same results and reach the same state. It is called exactly once per committed
+    command entry, in log order, from the node's applier task (never concurrently). Snapshot and
+    restore hooks arrive with log compaction.
+    """
+
+    def apply(self, command: object) -> object:
+        """Apply one committed command and return its result (handed to the proposer)."""
+        ...
+
+    def query(self, query: object) -> object:
+        """Answer a read-only query against the current state (used by :meth:`Node.read`)."""
+        ...
+
+
+class Storage(Protocol):
+    """Durable home of a node's hard state and log.
+
+    Writes are buffered by :meth:`save` and become durable only at :meth:`sync`; the node calls
+    ``sync`` before it sends any message or counts any vote that depends on the writes (Raft's
+    persistence rule), and batches many entries into one ``save``/``sync`` pair (group commit).
+    A crash may lose anything saved after the last completed ``sync``, but never part of a
+    ``save`` that was synced, and never reorders writes.
+    """
+
+    async def load(self) -> StoredState:
+        """Return the durable state to restart from (empty for a new node)."""
+        ...
+
+    async def save(
+        self,
+        *,
+        hard_state: HardState | None = None,
+        truncate_from: int | None = None,
+        entries: Sequence[Entry] = (),
+    ) -> None:
+        """Buffer, in this order: a new hard state; dropping every entry at index >=
+        ``truncate_from``; appending ``entries`` (contiguous, following the last kept entry)."""
+        ...
+
+    async def sync(self) -> None:
+        """Make everything saved so far durable. Returns only when it is."""
+        ...
+
+    def last_index(self) -> int:
+        """Index of the last saved entry (0 if none), synced or not."""
+        ...
+
+    def entries(self, lo: int, hi: int) -> list[Entry]:
+        """Saved entries with ``lo <= index < hi``."""
+        ...
+
+
+class Transport(Protocol):
+    """Carries :class:`Message` values between nodes. Raft tolerates loss, duplication, delay and
+    reordering, so a transport may do all four; it must not corrupt or forge messages."""
+
+    def send(self, message: Message) -> None:
+        """Queue ``message`` for ``message.dst`` without blocking. Drop it if the peer is unknown,
+        unreachable or its queue is full: Raft will retry."""
+        ...
+
+    @property
+    def receive_channel(self) -> trio.abc.ReceiveChannel[Message]:
+        """Messages addressed to this node, in arrival order."""
+        ...

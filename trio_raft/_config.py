@@ -1,0 +1,65 @@
+"""Node configuration: one frozen, validated attrs class."""
+
+from __future__ import annotations
+
+import attrs
+
+
+def _positive_float(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"Config.{attribute.name} must be > 0, got {value!r}")
+
+
+def _positive_int(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value < 1:
+        raise ValueError(f"Config.{attribute.name} must be >= 1, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """Tuning knobs of a node. The defaults suit a LAN (round trips well under 10 ms).
+
+    Raises:
+        ValueError: on construction, if a value is out of range or the timing values contradict
+            each other (the message says which and why).
+    """
+
+    election_timeout_s_min: float = attrs.field(default=0.3, validator=_positive_float)
+    """A follower that hears no leader for a random time in
+    ``[election_timeout_s_min, election_timeout_s_max)`` starts an election."""
+    election_timeout_s_max: float = attrs.field(default=0.6, validator=_positive_float)
+    """Upper end of the randomized election timeout (exclusive)."""
+    heartbeat_s: float = attrs.field(default=0.05, validator=_positive_float)
+    """How often a leader contacts an idle follower. Must be well below the election timeout."""
+    max_entries_per_append: int = attrs.field(default=256, validator=_positive_int)
+    """At most this many entries in one AppendEntries."""
+    max_bytes_per_append: int = attrs.field(default=1 << 20, validator=_positive_int)
+    """Roughly at most this many bytes of commands in one AppendEntries (at least one entry is
+    always sent). Sizes are estimated as ``len(repr(command))`` by the memory transport."""
+    max_inflight_appends: int = attrs.field(default=8, validator=_positive_int)
+    """Pipelining window: AppendEntries sent to one follower and not yet answered."""
+    max_inflight_bytes: int = attrs.field(default=8 << 20, validator=_positive_int)
+    """Pipelining window in bytes per follower."""
+    max_uncommitted_entries: int = attrs.field(default=10_000, validator=_positive_int)
+    """A leader refuses proposals (:class:`TooManyUncommittedError`) beyond this many uncommitted
+    entries, so a leader cut off from its followers cannot grow without bound."""
+    pre_vote: bool = True
+    """PreVote (thesis §9.6): a node must learn it could win before it raises its term, so a node
+    returning from a partition cannot depose a healthy leader."""
+    check_quorum: bool = True
+    """CheckQuorum (thesis §6.2): a leader that has not heard from a majority within an election
+    timeout steps down; followers ignore vote requests while they hear from a live leader."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.election_timeout_s_max <= self.election_timeout_s_min:
+            raise ValueError(
+                "Config.election_timeout_s_max must be greater than election_timeout_s_min "
+                f"(got {self.election_timeout_s_max} <= {self.election_timeout_s_min}); the "
+                "randomized range is what keeps elections from splitting forever"
+            )
+        if self.heartbeat_s * 2 > self.election_timeout_s_min:
+            raise ValueError(
+                f"Config.heartbeat_s ({self.heartbeat_s}) must be at most half of "
+                f"election_timeout_s_min ({self.election_timeout_s_min}), or followers will "
+                "time out between heartbeats"
+            )

@@ -1,0 +1,113 @@
+"""What a leader knows about one follower, and every transition of that knowledge.
+
+A follower is in one of two states (etcd's terminology):
+
+* ``PROBE``: the leader does not know where the logs match. It sends one AppendEntries at a time
+  and waits for the answer, backing ``next`` up by whole terms on each rejection.
+* ``REPLICATE``: the logs are known to match up to ``match``; the leader streams entries
+  optimistically, up to a window of in-flight messages and bytes.
+
+Invariant: ``0 <= match < next``.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+
+import attrs
+
+
+class ProgressState(enum.Enum):
+    PROBE = "probe"
+    REPLICATE = "replicate"
+
+
+@attrs.frozen(slots=True)
+class _Inflight:
+    last_index: int
+    size: int
+    sent_at: float
+
+
+@attrs.define(slots=True)
+class Progress:
+    """Replication state of one follower, owned by the leader."""
+
+    match: int = 0
+    """Highest index known to be replicated (and durable) on the follower."""
+    next: int = 1
+    """Index of the next entry to send."""
+    state: ProgressState = ProgressState.PROBE
+    probe_sent: bool = False
+    """In PROBE: an AppendEntries is outstanding and we are waiting for its answer."""
+    inflight: collections.deque[_Inflight] = attrs.field(factory=collections.deque)
+    inflight_bytes: int = 0
+    recent_active: bool = True
+    """Heard from since the last CheckQuorum round."""
+    acked_seq: int = 0
+    """Highest heartbeat sequence the follower has answered in this term (ReadIndex)."""
+    sent_seq: int = 0
+    """Highest heartbeat sequence sent to the follower."""
+    probe_sent_at: float = float("-inf")
+
+    def become_probe(self) -> None:
+        self.state = ProgressState.PROBE
+        self.next = self.match + 1
+        self.probe_sent = False
+        self._clear_inflight()
+
+    def become_replicate(self) -> None:
+        self.state = ProgressState.REPLICATE
+        self.next = self.match + 1
+        self._clear_inflight()
+
+    def _clear_inflight(self) -> None:
+        self.inflight.clear()
+        self.inflight_bytes = 0
+
+    def can_send_entries(self, max_inflight: int, max_inflight_bytes: int) -> bool:
+        if self.state is ProgressState.PROBE:
+            return not self.probe_sent
+        return len(self.inflight) < max_inflight and self.inflight_bytes < max_inflight_bytes
+
+    def sent_entries(self, last_index: int, size: int, now: float) -> None:
+        """Record an AppendEntries carrying entries up to ``last_index``."""
+        if self.state is ProgressState.PROBE:
+            self.probe_sent = True
+            self.probe_sent_at = now
+        else:
+            self.next = last_index + 1
+            self.inflight.append(_Inflight(last_index, size, now))
+            self.inflight_bytes += size
+
+    def on_success(self, match_index: int) -> bool:
+        """A follower confirmed it matches up to ``match_index``. Returns whether ``match`` grew."""
+        if match_index <= self.match:
+            return False  # a duplicate or stale answer
+        self.match = match_index
+        if self.state is ProgressState.PROBE:
+            self.become_replicate()
+        else:
+            self.next = max(self.next, match_index + 1)
+            while self.inflight and self.inflight[0].last_index <= match_index:
+                self.inflight_bytes -= self.inflight.popleft().size
+        return True
+
+    def on_reject(self, rejected_index: int, hint: int) -> bool:
+        """A follower rejected an AppendEntries with ``prev_index == rejected_index``; ``hint`` is
+        where it suggests to try next. Returns whether the rejection was current (not stale)."""
+        if rejected_index <= self.match:
+            return False  # stale: we already know they match there
+        if self.state is ProgressState.PROBE and rejected_index != self.next - 1:
+            return False  # answers an older probe
+        next_index = max(self.match + 1, min(hint, rejected_index))
+        self.become_probe()
+        self.next = next_index
+        return True
+
+    def stalled(self, now: float, timeout_s: float) -> bool:
+        """Whether the oldest in-flight message has gone unanswered for ``timeout_s``."""
+        if self.state is ProgressState.PROBE:
+            return self.probe_sent and now - self.probe_sent_at >= timeout_s
+        return bool(self.inflight) and now - self.inflight[0].sent_at >= timeout_s

@@ -1,0 +1,447 @@
+"""The Raft state machine of one node: messages and timeouts in, decisions out.
+
+:class:`RaftState` never awaits and never touches I/O. Each input method records its effects in
+a :class:`Ready`, which the node drains with :meth:`RaftState.take_ready` and carries out in order:
+persist (hard state, truncation, entries), then send messages, then apply. Terms are compared
+once, in :meth:`RaftState.step`, before dispatching on the message type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+
+from .._config import Config
+from .._errors import NotLeaderError, TooManyUncommittedError
+from .._messages import AppendRequest, AppendResponse, Message, VoteRequest, VoteResponse
+from .._types import Entry, EntryKind, HardState, NodeId, Role, StoredState
+from ._log import RaftLog
+from ._progress import Progress
+from ._quorum import VoteResult, committed_index, vote_result
+
+
+@attrs.define
+class Ready:
+    """Effects of the inputs since the last :meth:`RaftState.take_ready`, in the order to carry out."""
+
+    hard_state: HardState | None = None
+    """A new term/vote to persist, or ``None`` if unchanged."""
+    truncate_from: int | None = None
+    """Persisted entries at this index and after must be dropped."""
+    entries: list[Entry] = attrs.Factory(list)
+    """New entries to persist, after the truncation."""
+    messages: list[Message] = attrs.Factory(list)
+    """To send only once the writes above are durable."""
+    role_changed: bool = False
+    """The role or term changed: the node must cancel the current role's scope."""
+    reset_election_timer: bool = False
+    """Draw a fresh randomized election deadline."""
+    confirmed_reads: list[tuple[int, int]] = attrs.Factory(list)
+    """``(read_id, read_index)`` pairs whose leadership check passed."""
+    failed_reads: list[int] = attrs.Factory(list)
+    """Read ids that can no longer be confirmed (this node stopped leading)."""
+
+    @property
+    def must_sync(self) -> bool:
+        return self.hard_state is not None or self.truncate_from is not None or bool(self.entries)
+
+
+@attrs.frozen
+class _PendingRead:
+    read_id: int
+    seq: int
+    index: int
+
+
+class RaftState:
+    """One node's Raft state: term, vote, log, commit index, role and (as leader) progress."""
+
+    def __init__(
+        self, node_id: NodeId, voters: Sequence[NodeId], config: Config, stored: StoredState
+    ) -> None:
+        if node_id not in voters:
+            raise ValueError(f"node {node_id!r} is not among the voters {sorted(voters)}")
+        self.id = node_id
+        self.voters: tuple[NodeId, ...] = tuple(sorted(set(voters)))
+        self.peers: tuple[NodeId, ...] = tuple(v for v in self.voters if v != node_id)
+        self.config = config
+        self.term = stored.hard_state.term
+        self.voted_for = stored.hard_state.voted_for
+        self.log = RaftLog(stored.entries)
+        self.commit = 0
+        self.role = Role.FOLLOWER
+        self.leader_id: NodeId | None = None
+        self.leader_contact_at = float("-inf")
+        self.progress: dict[NodeId, Progress] = {}
+        self.votes: dict[NodeId, bool] = {}
+        self.seq = 0
+        self._durable_index = self.log.last_index
+        self._saved_index = self.log.last_index
+        self._reads: list[_PendingRead] = []
+        self._next_read_id = 0
+        self._term_start_index = 0
+        self._ready = Ready()
+
+    # -- outputs ---------------------------------------------------------------------------
+
+    def has_ready(self) -> bool:
+        """Whether any effect is waiting in the current :class:`Ready`."""
+        r = self._ready
+        return bool(
+            r.must_sync or r.messages or r.role_changed or r.reset_election_timer
+            or r.confirmed_reads or r.failed_reads
+        )  # fmt: skip
+
+    def take_ready(self) -> Ready:
+        """Return and reset the accumulated effects."""
+        ready, self._ready = self._ready, Ready()
+        self._saved_index = self.log.last_index
+        return ready
+
+    def on_persisted(self, index: int) -> None:
+        """The node synced everything up to ``index``: a leader may now count its own copy."""
+        self._durable_index = max(self._durable_index, min(index, self.log.last_index))
+        if self.role is Role.LEADER:
+            self._maybe_commit()
+
+    def _send(self, message: Message) -> None:
+        self._ready.messages.append(message)
+
+    def _hard_state_changed(self) -> None:
+        self._ready.hard_state = HardState(self.term, self.voted_for)
+
+    def _append(self, entries: Sequence[Entry]) -> None:
+        self.log.append(entries)
+        self._ready.entries.extend(entries)
+
+    def _truncate(self, index: int) -> None:
+        if index <= self.commit:
+            raise AssertionError(f"{self.id}: truncating committed index {index} <= {self.commit}")
+        if self.role is Role.LEADER:
+            raise AssertionError(f"{self.id}: a leader never truncates its log (Leader Append-Only)")
+        self.log.truncate_from(index)
+        self._ready.entries = [e for e in self._ready.entries if e.index < index]
+        if index <= self._saved_index:
+            prev = self._ready.truncate_from
+            self._ready.truncate_from = index if prev is None else min(prev, index)
+            self._saved_index = index - 1
+        self._durable_index = min(self._durable_index, index - 1)
+
+    # -- roles -----------------------------------------------------------------------------
+
+    def _become_follower(self, term: int, leader_id: NodeId | None) -> None:
+        was = (self.role, self.term)
+        if term != self.term:
+            self.term = term
+            self.voted_for = None
+            self._hard_state_changed()
+        self.role = Role.FOLLOWER
+        self.leader_id = leader_id
+        self.progress = {}
+        self.votes = {}
+        self._fail_reads()
+        self._ready.reset_election_timer = True
+        if was != (self.role, self.term):
+            self._ready.role_changed = True
+
+    def _become_pre_candidate(self) -> None:
+        self.role = Role.PRE_CANDIDATE
+        self.leader_id = None
+        self.votes = {self.id: True}
+        self._ready.role_changed = True
+        self._ready.reset_election_timer = True
+        self._request_votes(pre_vote=True)
+
+    def _campaign(self) -> None:
+        self.term += 1
+        self.voted_for = self.id
+        self._hard_state_changed()
+        self.role = Role.CANDIDATE
+        self.leader_id = None
+        self.votes = {self.id: True}
+        self._ready.role_changed = True
+        self._ready.reset_election_timer = True
+        self._request_votes(pre_vote=False)
+
+    def _request_votes(self, *, pre_vote: bool) -> None:
+        if vote_result(self.voters, self.votes) is VoteResult.WON:
+            self._on_vote_won()
+            return
+        term = self.term + 1 if pre_vote else self.term
+        for peer in self.peers:
+            self._send(
+                VoteRequest(
+                    self.id, peer, term, self.log.last_index, self.log.last_term, pre_vote=pre_vote
+                )
+            )
+
+    def _on_vote_won(self) -> None:
+        if self.role is Role.PRE_CANDIDATE:
+            self._campaign()
+        else:
+            self._become_leader()
+
+    def _become_leader(self) -> None:
+        self.role = Role.LEADER
+        self.leader_id = self.id
+        self.votes = {}
+        self._ready.role_changed = True
+        last = self.log.last_index
+        self.progress = {p: Progress(next=last + 1) for p in self.peers}
+        self.seq = 0
+        self._term_start_index = last + 1
+        self._ready.reset_election_timer = True  # now the CheckQuorum period
+        # Raft §8: a no-op of the new term lets the leader commit (and learn the commit index).
+        self._append([Entry(self.term, last + 1, None, EntryKind.NOOP)])
+        self._maybe_commit()
+
+    # -- inputs ----------------------------------------------------------------------------
+
+    def in_lease(self, now: float) -> bool:
+        """Whether this node heard from a live leader within the minimum election timeout
+        (so it refuses to help depose it: thesis §4.2.3)."""
+        if not self.config.check_quorum or self.leader_id is None:
+            return False
+        if self.role is Role.LEADER:
+            return True
+        return now - self.leader_contact_at < self.config.election_timeout_s_min
+
+    def on_election_timeout(self, now: float) -> None:
+        """The election timer fired. A leader runs its CheckQuorum round instead."""
+        self._ready.reset_election_timer = True
+        if self.role is Role.LEADER:
+            self._check_quorum()
+            return
+        if self.config.pre_vote:
+            self._become_pre_candidate()
+        else:
+            self._campaign()
+
+    def _check_quorum(self) -> None:
+        if not self.config.check_quorum:
+            return
+        active = 1 + sum(1 for p in self.progress.values() if p.recent_active)
+        for p in self.progress.values():
+            p.recent_active = False
+        if active < len(self.voters) // 2 + 1:
+            self._become_follower(self.term, None)
+
+    def step(self, m: Message, now: float) -> None:
+        """Handle one message from a peer."""
+        if m.term > self.term:
+            if isinstance(m, VoteRequest) and self.in_lease(now):
+                return  # a leader is alive: ignore the disruption, don't adopt the term
+            if isinstance(m, VoteRequest) and m.pre_vote:
+                pass  # a PreVote never changes our term
+            elif isinstance(m, VoteResponse) and m.pre_vote and m.granted:
+                pass  # a granted PreVote carries the term we asked about, not the voter's
+            else:
+                leader = m.src if isinstance(m, AppendRequest) else None
+                self._become_follower(m.term, leader)
+        elif m.term < self.term:
+            if isinstance(m, AppendRequest):
+                # Tell the stale leader our term so it steps down.
+                self._send(AppendResponse(self.id, m.src, self.term, False, rejected_index=-1))
+            elif isinstance(m, VoteRequest):
+                self._send(VoteResponse(self.id, m.src, self.term, False, pre_vote=m.pre_vote))
+            return
+
+        if isinstance(m, AppendRequest):
+            self._handle_append(m, now)
+        elif isinstance(m, AppendResponse):
+            if self.role is Role.LEADER:
+                self._handle_append_response(m)
+        elif isinstance(m, VoteRequest):
+            self._handle_vote_request(m)
+        elif isinstance(m, VoteResponse):
+            self._handle_vote_response(m)
+
+    def _handle_vote_request(self, m: VoteRequest) -> None:
+        can_vote = (
+            self.voted_for == m.src
+            or (self.voted_for is None and self.leader_id is None)
+            or (m.pre_vote and m.term > self.term)
+        )
+        if can_vote and self.log.is_up_to_date(m.last_log_index, m.last_log_term):
+            self._send(VoteResponse(self.id, m.src, m.term, True, pre_vote=m.pre_vote))
+            if not m.pre_vote:
+                self.voted_for = m.src
+                self._hard_state_changed()
+                self._ready.reset_election_timer = True
+        else:
+            self._send(VoteResponse(self.id, m.src, self.term, False, pre_vote=m.pre_vote))
+
+    def _handle_vote_response(self, m: VoteResponse) -> None:
+        if self.role is Role.PRE_CANDIDATE and m.pre_vote and m.term == self.term + 1:
+            pass
+        elif self.role is Role.CANDIDATE and not m.pre_vote and m.term == self.term:
+            pass
+        else:
+            return  # stale or for another round
+        self.votes[m.src] = m.granted
+        result = vote_result(self.voters, self.votes)
+        if result is VoteResult.WON:
+            self._on_vote_won()
+        elif result is VoteResult.LOST:
+            self._become_follower(self.term, None)
+
+    def _handle_append(self, m: AppendRequest, now: float) -> None:
+        if self.role is not Role.FOLLOWER or self.leader_id != m.src:
+            self._become_follower(self.term, m.src)
+        self.leader_contact_at = now
+        self._ready.reset_election_timer = True
+        if self.log.match_term(m.prev_index, m.prev_term):
+            conflict = self.log.find_conflict(m.entries)
+            if conflict:
+                if conflict <= self.log.last_index:
+                    self._truncate(conflict)
+                self._append(m.entries[conflict - m.entries[0].index :])
+            last_new = m.prev_index + len(m.entries)
+            if min(m.commit, last_new) > self.commit:
+                self.commit = min(m.commit, last_new)
+            self._send(
+                AppendResponse(
+                    self.id, m.src, self.term, True, match_index=last_new,
+                    last_index=self.log.last_index, seq=m.seq,
+                )
+            )  # fmt: skip
+            return
+        # Fast back-up: tell the leader where our log stops agreeing, a whole term at a time.
+        if m.prev_index > self.log.last_index:
+            conflict_term, conflict_index = 0, self.log.last_index + 1
+        else:
+            conflict_term = self.log.term(m.prev_index) or 0
+            conflict_index = max(self.log.first_index_of_term(m.prev_index), self.commit + 1)
+        self._send(
+            AppendResponse(
+                self.id, m.src, self.term, False, rejected_index=m.prev_index,
+                conflict_term=conflict_term, conflict_index=conflict_index,
+                last_index=self.log.last_index, seq=m.seq,
+            )
+        )  # fmt: skip
+
+    def _handle_append_response(self, m: AppendResponse) -> None:
+        pr = self.progress.get(m.src)
+        if pr is None:
+            return
+        pr.recent_active = True
+        if m.seq > pr.acked_seq:
+            pr.acked_seq = m.seq
+            self._confirm_reads()
+        if m.success:
+            if pr.on_success(m.match_index):
+                self._maybe_commit()
+        elif m.rejected_index >= 0:
+            hint = m.conflict_index
+            if m.conflict_term > 0:
+                last_of_term = self.log.last_index_of_term(m.conflict_term)
+                if last_of_term is not None:
+                    hint = last_of_term + 1
+            pr.on_reject(m.rejected_index, hint)
+
+    def _maybe_commit(self) -> None:
+        match = {p: pr.match for p, pr in self.progress.items()}
+        match[self.id] = self._durable_index
+        index = committed_index(self.voters, match)
+        # Figure 8: only entries of the leader's own term are committed by counting replicas.
+        if index > self.commit and self.log.term(index) == self.term:
+            self.commit = index
+            self._confirm_reads()
+
+    # -- leader API ------------------------------------------------------------------------
+
+    def _require_leader(self) -> None:
+        if self.role is not Role.LEADER:
+            raise NotLeaderError(self.id, self.leader_id)
+
+    def propose(self, commands: Sequence[object]) -> list[Entry]:
+        """Append commands as new entries of this leader's term.
+
+        Raises:
+            NotLeaderError: not the leader; nothing was appended.
+            TooManyUncommittedError: the uncommitted backlog is full; nothing was appended.
+        """
+        self._require_leader()
+        if self.log.last_index - self.commit + len(commands) > self.config.max_uncommitted_entries:
+            raise TooManyUncommittedError(
+                f"{self.log.last_index - self.commit} entries are uncommitted (limit "
+                f"max_uncommitted_entries={self.config.max_uncommitted_entries}); followers are "
+                "slow or unreachable, retry later"
+            )
+        last = self.log.last_index
+        entries = [Entry(self.term, last + 1 + i, c) for i, c in enumerate(commands)]
+        self._append(entries)
+        if not self.peers:
+            self._maybe_commit()
+        return entries
+
+    def read_index(self) -> int:
+        """Start a ReadIndex round; returns a read id confirmed later in
+        :attr:`Ready.confirmed_reads` (or failed in :attr:`Ready.failed_reads`).
+
+        Raises:
+            NotLeaderError: not the leader.
+        """
+        self._require_leader()
+        self._next_read_id += 1
+        self.seq += 1
+        index = max(self.commit, self._term_start_index)
+        self._reads.append(_PendingRead(self._next_read_id, self.seq, index))
+        self._confirm_reads()
+        return self._next_read_id
+
+    def _confirm_reads(self) -> None:
+        if not self._reads or self.log.term(self.commit) != self.term:
+            return  # until our no-op commits we do not know the latest commit index
+        acked = {p: pr.acked_seq for p, pr in self.progress.items()}
+        acked[self.id] = self.seq
+        quorum_seq = committed_index(self.voters, acked)
+        while self._reads and self._reads[0].seq <= quorum_seq:
+            r = self._reads.pop(0)
+            self._ready.confirmed_reads.append((r.read_id, r.index))
+
+    def _fail_reads(self) -> None:
+        self._ready.failed_reads.extend(r.read_id for r in self._reads)
+        self._reads.clear()
+
+    def next_append(self, peer: NodeId, now: float, heartbeat_due: bool) -> AppendRequest | None:
+        """What the replicator for ``peer`` should send now, if anything; records it as sent.
+
+        Entries go out while the flow-control window allows; otherwise a heartbeat goes out
+        when one is due or a read is waiting for confirmation.
+        """
+        pr = self.progress[peer]
+        cfg = self.config
+        if heartbeat_due and pr.stalled(now, 2 * cfg.heartbeat_s):
+            pr.become_probe()  # the in-flight window got lost: fall back to probing
+        if pr.next <= self.log.last_index and pr.can_send_entries(
+            cfg.max_inflight_appends, cfg.max_inflight_bytes
+        ):
+            entries = self._batch(pr.next)
+            size = sum(len(repr(e.command)) for e in entries)
+            prev = pr.next - 1
+            pr.sent_entries(entries[-1].index, size, now)
+            pr.sent_seq = self.seq
+            return AppendRequest(
+                self.id, peer, self.term, prev, self.log.term(prev) or 0, tuple(entries),
+                self.commit, self.seq,
+            )  # fmt: skip
+        if heartbeat_due or pr.sent_seq < self.seq:
+            pr.sent_seq = self.seq
+            prev = pr.match
+            return AppendRequest(
+                self.id, peer, self.term, prev, self.log.term(prev) or 0, (),
+                min(self.commit, pr.match), self.seq,
+            )  # fmt: skip
+        return None
+
+    def _batch(self, start: int) -> list[Entry]:
+        cfg = self.config
+        entries = self.log.slice(start, start + cfg.max_entries_per_append)
+        size = 0
+        for i, e in enumerate(entries):
+            size += len(repr(e.command))
+            if size > cfg.max_bytes_per_append and i > 0:
+                return entries[:i]
+        return entries

@@ -1,0 +1,60 @@
+"""The exceptions trio-raft raises, all rooted at :class:`RaftError`::
+
+    RaftError
+    ├── NodeClosedError            you used a node after it shut down (your fault)
+    ├── NotLeaderError             this node is not the leader: nothing was appended; retry on .leader_id
+    ├── LeadershipLostError        leadership lost after appending: the outcome is UNKNOWN
+    ├── ProposalDroppedError       the proposal was definitely not committed (overwritten or refused)
+    │   └── TooManyUncommittedError   back-pressure: too many uncommitted entries; retry later
+    └── InvariantViolation         (trio_raft.testing) a safety property broke in the simulator
+
+``NotLeaderError`` and ``ProposalDroppedError`` mean *definitely not applied*: it is always safe to
+retry. ``LeadershipLostError`` means *maybe applied*: retry only idempotent commands, or make the
+command idempotent (e.g. with a client id and sequence number the state machine de-duplicates).
+"""
+
+from __future__ import annotations
+
+from ._types import NodeId
+
+
+class RaftError(Exception):
+    """Base class of every error trio-raft raises on purpose."""
+
+
+class NodeClosedError(RaftError):
+    """The node has shut down (its ``async with`` block exited); open a new one."""
+
+
+class NotLeaderError(RaftError):
+    """This node is not the leader, so the request was not accepted and had no effect.
+
+    Attributes:
+        leader_id: The leader this node currently believes in, or ``None`` when it knows none
+            (an election is under way). Retry there, or wait and retry.
+    """
+
+    def __init__(self, node_id: NodeId, leader_id: NodeId | None) -> None:
+        self.node_id = node_id
+        self.leader_id = leader_id
+        hint = f"retry on {leader_id!r}" if leader_id is not None else "no leader known; retry later"
+        super().__init__(f"node {node_id!r} is not the leader ({hint})")
+
+
+class LeadershipLostError(RaftError):
+    """Leadership was lost after the proposal was appended: it may or may not commit.
+
+    The outcome is unknown. The entry may still be committed by the next leader, so a blind retry
+    can apply the command twice; make commands idempotent before retrying.
+    """
+
+
+class ProposalDroppedError(RaftError):
+    """The proposal was definitely not committed and will never be; retrying is safe."""
+
+
+class TooManyUncommittedError(ProposalDroppedError):
+    """The leader already holds ``max_uncommitted_entries`` uncommitted entries; retry later.
+
+    This is back-pressure: followers are slow or unreachable. The proposal was not appended.
+    """

@@ -1,0 +1,490 @@
+"""A Raft node as a tree of trio tasks.
+
+::
+
+    open_node ─ nursery
+      ├── pump          transport.receive_channel ──▶ inbox
+      ├── dispatcher    inbox ──▶ RaftState.step ──▶ persist ──▶ send   (the actor: sole writer)
+      ├── election timer  a CancelScope whose deadline moves on every heartbeat ──▶ inbox
+      ├── applier       commit index ──▶ StateMachine.apply ──▶ proposers' results
+      └── role runner   one CancelScope per role; cancelled on every role or term change
+            └── (leader) nursery
+                  ├── replicator → follower 1
+                  └── replicator → follower 2 ...
+
+Only the dispatcher changes the Raft state. Replicators read the log and update their own
+follower's send-side progress through synchronous calls, so no await ever splits a decision.
+A role or term change cancels the role's scope before the dispatcher awaits anything: no
+replicator of an old term runs another step.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Protocol, final
+
+import attrs
+import trio
+
+from ._abc import StateMachine, Storage, Transport
+from ._config import Config
+from ._core._progress import ProgressState
+from ._core._state import RaftState, Ready
+from ._errors import (
+    LeadershipLostError,
+    NodeClosedError,
+    NotLeaderError,
+    ProposalDroppedError,
+    RaftError,
+)
+from ._messages import MESSAGE_TYPES, Message
+from ._status import FollowerStatus, Status
+from ._sync import Broadcast, Signal, Waiter
+from ._types import Entry, EntryKind, NodeId, Role
+from ._util import unwrap_single_exception_group
+
+INBOX_SIZE = 256
+"""Bound of a node's inbox. Everything queued when the dispatcher wakes is handled as one batch
+with a single storage sync (group commit), so the bound also caps a batch."""
+
+APPLY_BATCH = 64
+"""The applier yields to other tasks after this many entries."""
+
+
+@attrs.frozen
+class _Propose:
+    command: object
+    waiter: Waiter[object]
+
+
+@attrs.frozen
+class _Read:
+    waiter: Waiter[int]
+
+
+class _Timeout:
+    pass
+
+
+_TIMEOUT = _Timeout()
+_Event = Message | _Propose | _Read | _Timeout
+
+
+class _Observer(Protocol):
+    """Private hook for the simulator's invariant checker: told about every state change."""
+
+    def __call__(self, node: Node, event: str, data: object) -> None: ...
+
+
+@final
+class Node:
+    """A running Raft node. Create one with :func:`open_node`; do not instantiate directly."""
+
+    def __init__(
+        self,
+        node_id: NodeId,
+        state: RaftState,
+        *,
+        state_machine: StateMachine,
+        transport: Transport,
+        storage: Storage,
+        rng: random.Random,
+        observer: _Observer | None,
+    ) -> None:
+        self._id = node_id
+        self._state = state
+        self._sm = state_machine
+        self._transport = transport
+        self._storage = storage
+        self._rng = rng
+        self._observer = observer
+        self._inbox_send, self._inbox = trio.open_memory_channel[_Event](INBOX_SIZE)
+        self._last_applied = 0
+        self._observed_commit = 0
+        self._proposals: dict[int, tuple[int, Waiter[object]]] = {}
+        self._reads: dict[int, Waiter[int]] = {}
+        self._reads_to_apply: list[tuple[int, Waiter[int]]] = []
+        self._apply_signal = Signal()
+        self._replicator_signals: dict[NodeId, Signal] = {}
+        self._changed = Broadcast()
+        self._role_scope: trio.CancelScope | None = None
+        self._election_deadline = math.inf
+        self._timer_scope: trio.CancelScope | None = None
+        self._closed = False
+
+    # -- public API --------------------------------------------------------------------------
+
+    @property
+    def id(self) -> NodeId:
+        """This node's id."""
+        return self._id
+
+    @property
+    def status(self) -> Status:
+        """A consistent snapshot of this node's state (cheap; computed on access)."""
+        st = self._state
+        followers = {
+            peer: FollowerStatus(pr.match, pr.next, pr.state is ProgressState.PROBE)
+            for peer, pr in st.progress.items()
+        }
+        return Status(
+            node_id=self._id, role=st.role, term=st.term, leader_id=st.leader_id,
+            commit_index=st.commit, last_applied=self._last_applied,
+            last_log_index=st.log.last_index, last_log_term=st.log.last_term, followers=followers,
+        )  # fmt: skip
+
+    async def propose(self, command: object) -> object:
+        """Replicate ``command`` and return what :meth:`StateMachine.apply` returned for it on
+        this node once it is committed and applied.
+
+        Cancelling the call abandons the wait, not the proposal: it may still commit.
+
+        Raises:
+            NotLeaderError: this node is not the leader; nothing was appended (safe to retry,
+                ideally on ``exc.leader_id``).
+            TooManyUncommittedError: back-pressure; nothing was appended.
+            LeadershipLostError: leadership was lost (or the node shut down) after appending:
+                the command may or may not be applied.
+            ProposalDroppedError: the entry was overwritten by another leader: it was not applied.
+            NodeClosedError: the node has shut down.
+        """
+        waiter: Waiter[object] = Waiter()
+        await self._submit(_Propose(command, waiter))
+        return await waiter.wait()
+
+    async def read(self, query: object) -> object:
+        """Answer ``query`` with :meth:`StateMachine.query` linearizably (ReadIndex, thesis §6.4).
+
+        The leader records its commit index, confirms it is still leader with a round of
+        heartbeats acknowledged by a majority, waits until it has applied up to that index, then
+        queries. No log entry is written.
+
+        Raises:
+            NotLeaderError: this node is not (or stopped being) the leader; retry on the leader.
+            NodeClosedError: the node has shut down.
+        """
+        waiter: Waiter[int] = Waiter()
+        await self._submit(_Read(waiter))
+        await waiter.wait()
+        return self._sm.query(query)
+
+    async def wait_status(self, predicate: Callable[[Status], bool]) -> Status:
+        """Block until ``predicate(self.status)`` holds and return that status.
+
+        Raises:
+            NodeClosedError: the node shut down first.
+        """
+        while True:
+            if self._closed:
+                raise NodeClosedError(f"node {self._id!r} has shut down")
+            status = self.status
+            if predicate(status):
+                return status
+            await self._changed.wait()
+
+    async def wait_leader(self) -> NodeId:
+        """Block until this node knows a leader (possibly itself) and return its id."""
+        status = await self.wait_status(lambda s: s.leader_id is not None)
+        assert status.leader_id is not None
+        return status.leader_id
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    async def _submit(self, event: _Event) -> None:
+        if self._closed:
+            raise NodeClosedError(f"node {self._id!r} has shut down; open a new node")
+        try:
+            await self._inbox_send.send(event)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise NodeClosedError(f"node {self._id!r} has shut down; open a new node") from None
+
+    def _start(self, nursery: trio.Nursery) -> None:
+        self._reset_election_timer()
+        nursery.start_soon(self._pump, name=f"trio_raft pump {self._id}")
+        nursery.start_soon(self._dispatch, name=f"trio_raft dispatcher {self._id}")
+        nursery.start_soon(self._run_election_timer, name=f"trio_raft timer {self._id}")
+        nursery.start_soon(self._apply, name=f"trio_raft applier {self._id}")
+        nursery.start_soon(self._run_roles, name=f"trio_raft roles {self._id}")
+
+    def _close(self) -> None:
+        self._closed = True
+        self._inbox_send.close()
+        while True:  # requests that never reached the dispatcher were never appended
+            try:
+                event = self._inbox.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            if isinstance(event, (_Propose, _Read)):
+                event.waiter.fail(NodeClosedError(f"node {self._id!r} shut down; not appended"))
+        for _, waiter in self._proposals.values():
+            waiter.fail(LeadershipLostError(f"node {self._id!r} shut down; outcome unknown"))
+        self._proposals.clear()
+        for read in [*self._reads.values(), *(w for _, w in self._reads_to_apply)]:
+            read.fail(NodeClosedError(f"node {self._id!r} shut down before the read completed"))
+        self._reads.clear()
+        self._reads_to_apply.clear()
+        self._changed.notify()
+
+    def _notify(self, event: str, data: object = None) -> None:
+        if self._observer is not None:
+            self._observer(self, event, data)
+
+    async def _pump(self) -> None:
+        async for message in self._transport.receive_channel:
+            await self._inbox_send.send(message)
+
+    # -- the actor ---------------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        while True:
+            batch = [await self._inbox.receive()]
+            while len(batch) < INBOX_SIZE:
+                try:
+                    batch.append(self._inbox.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            now = trio.current_time()
+            for event in batch:
+                self._handle(event, now)
+            await self._process_ready()
+
+    def _handle(self, event: _Event, now: float) -> None:
+        st = self._state
+        if isinstance(event, MESSAGE_TYPES):
+            st.step(event, now)
+        elif isinstance(event, _Propose):
+            try:
+                (entry,) = st.propose([event.command])
+            except RaftError as exc:
+                event.waiter.fail(exc)
+            else:
+                self._proposals[entry.index] = (entry.term, event.waiter)
+        elif isinstance(event, _Read):
+            try:
+                self._reads[st.read_index()] = event.waiter
+            except NotLeaderError as exc:
+                event.waiter.fail(exc)
+        else:
+            st.on_election_timeout(now)
+
+    async def _process_ready(self) -> None:
+        st = self._state
+        while st.has_ready():
+            ready = st.take_ready()
+            if ready.role_changed:
+                self._on_role_changed()
+            if ready.reset_election_timer:
+                self._reset_election_timer()
+            self._route_reads(ready)
+            if ready.must_sync:
+                await self._persist(ready)
+            for message in ready.messages:
+                self._transport.send(message)
+            if st.role is Role.LEADER:
+                for signal in self._replicator_signals.values():
+                    signal.set()
+            if st.commit > self._observed_commit:
+                self._observed_commit = st.commit
+                self._notify("commit", st.commit)
+                self._apply_signal.set()
+        self._changed.notify()
+
+    async def _persist(self, ready: Ready) -> None:
+        last = self._state.log.last_index  # nothing else changes the log while we await
+        await self._storage.save(
+            hard_state=ready.hard_state, truncate_from=ready.truncate_from, entries=ready.entries
+        )
+        await self._storage.sync()
+        self._notify("persisted", ready)
+        self._state.on_persisted(last)
+
+    def _on_role_changed(self) -> None:
+        st = self._state
+        if self._role_scope is not None:
+            self._role_scope.cancel()
+        self._notify("role", (st.role, st.term))
+        if st.role is not Role.LEADER:
+            for index in [i for i in self._proposals if i > st.commit]:
+                _, waiter = self._proposals.pop(index)
+                waiter.fail(
+                    LeadershipLostError(
+                        f"node {self._id!r} lost leadership (now {st.role.value} in term "
+                        f"{st.term}) before entry {index} committed; it may still commit"
+                    )
+                )
+
+    def _route_reads(self, ready: Ready) -> None:
+        for read_id in ready.failed_reads:
+            waiter = self._reads.pop(read_id, None)
+            if waiter is not None:
+                waiter.fail(NotLeaderError(self._id, self._state.leader_id))
+        for read_id, index in ready.confirmed_reads:
+            waiter = self._reads.pop(read_id, None)
+            if waiter is None:
+                continue
+            if index <= self._last_applied:
+                waiter.set(index)
+            else:
+                self._reads_to_apply.append((index, waiter))
+
+    # -- timers and roles ----------------------------------------------------------------------
+
+    def _reset_election_timer(self) -> None:
+        cfg = self._state.config
+        if self._state.role is Role.LEADER:
+            timeout = cfg.election_timeout_s_min  # the CheckQuorum period
+        else:
+            timeout = self._rng.uniform(cfg.election_timeout_s_min, cfg.election_timeout_s_max)
+        self._election_deadline = trio.current_time() + timeout
+        if self._timer_scope is not None:
+            self._timer_scope.deadline = self._election_deadline
+
+    async def _run_election_timer(self) -> None:
+        while True:
+            with trio.CancelScope(deadline=self._election_deadline) as self._timer_scope:
+                await trio.sleep_forever()
+            self._election_deadline = math.inf  # until the dispatcher draws the next one
+            await self._inbox_send.send(_TIMEOUT)
+
+    async def _run_roles(self) -> None:
+        while True:
+            with trio.CancelScope() as self._role_scope:
+                if self._state.role is Role.LEADER:
+                    await self._lead(self._state.term)
+                await trio.sleep_forever()
+
+    async def _lead(self, term: int) -> None:
+        self._replicator_signals = {peer: Signal() for peer in self._state.peers}
+        async with trio.open_nursery() as nursery:
+            for peer in self._state.peers:
+                nursery.start_soon(
+                    self._replicate, peer, term, name=f"trio_raft replicator {self._id}->{peer}@{term}"
+                )
+
+    async def _replicate(self, peer: NodeId, term: int) -> None:
+        st = self._state
+        signal = self._replicator_signals[peer]
+        heartbeat_s = st.config.heartbeat_s
+        heartbeat_at = -math.inf
+        while True:
+            if st.role is not Role.LEADER or st.term != term:
+                await trio.sleep_forever()  # our scope is being cancelled
+            now = trio.current_time()
+            message = st.next_append(peer, now, heartbeat_due=now >= heartbeat_at)
+            if message is not None:
+                self._transport.send(message)
+                heartbeat_at = now + heartbeat_s
+                await trio.lowlevel.checkpoint()
+                continue
+            with trio.move_on_at(heartbeat_at):
+                await signal.wait()
+
+    # -- applier -------------------------------------------------------------------------------
+
+    async def _apply(self) -> None:
+        st = self._state
+        while True:
+            await self._apply_signal.wait()
+            applied = 0
+            while self._last_applied < st.commit:
+                entry = st.log.entry(self._last_applied + 1)
+                self._apply_entry(entry)
+                applied += 1
+                if applied % APPLY_BATCH == 0:
+                    await trio.lowlevel.checkpoint()
+            if self._reads_to_apply:
+                waiting = []
+                for index, waiter in self._reads_to_apply:
+                    if index <= self._last_applied:
+                        waiter.set(index)
+                    else:
+                        waiting.append((index, waiter))
+                self._reads_to_apply = waiting
+            self._changed.notify()
+
+    def _apply_entry(self, entry: Entry) -> None:
+        result = self._sm.apply(entry.command) if entry.kind is EntryKind.COMMAND else None
+        self._last_applied = entry.index
+        self._notify("apply", (entry, result))
+        proposal = self._proposals.pop(entry.index, None)
+        if proposal is None:
+            return
+        term, waiter = proposal
+        if term == entry.term:
+            waiter.set(result)
+        else:
+            waiter.fail(
+                ProposalDroppedError(
+                    f"entry {entry.index} of term {term} was replaced by another leader's entry "
+                    f"of term {entry.term}; it was not applied, retry"
+                )
+            )
+
+
+@asynccontextmanager
+async def open_node(
+    node_id: NodeId,
+    members: Sequence[NodeId],
+    *,
+    state_machine: StateMachine,
+    transport: Transport,
+    storage: Storage,
+    config: Config | None = None,
+    rng: random.Random | None = None,
+) -> AsyncIterator[Node]:
+    """Run a Raft node for the duration of the ``async with`` block.
+
+    The node loads its term, vote and log from ``storage``, then runs its task tree (see
+    :doc:`design`) in a nursery of its own. Leaving the block stops every task; proposals still
+    waiting fail with :class:`LeadershipLostError` and reads with :class:`NodeClosedError`.
+
+    Args:
+        node_id: This node's id; must be one of ``members``.
+        members: The ids of every voting member, this node included (the same on every node).
+        state_machine: The replicated state; see :class:`StateMachine`.
+        transport: Carries messages to and from peers; see :class:`Transport`.
+        storage: Durable term, vote and log; see :class:`Storage`.
+        config: Timing and flow-control settings; :class:`Config()` by default.
+        rng: Source of the election timeout jitter (seed it to make a run repeatable).
+
+    Raises:
+        ValueError: ``node_id`` is not in ``members``.
+    """
+    async with _open_node(
+        node_id, members, state_machine=state_machine, transport=transport, storage=storage,
+        config=config, rng=rng, observer=None,
+    ) as node:  # fmt: skip
+        yield node
+
+
+@asynccontextmanager
+async def _open_node(
+    node_id: NodeId,
+    members: Sequence[NodeId],
+    *,
+    state_machine: StateMachine,
+    transport: Transport,
+    storage: Storage,
+    config: Config | None,
+    rng: random.Random | None,
+    observer: _Observer | None,
+) -> AsyncIterator[Node]:
+    stored = await storage.load()
+    state = RaftState(node_id, members, config or Config(), stored)
+    node = Node(
+        node_id, state, state_machine=state_machine, transport=transport, storage=storage,
+        rng=rng or random.Random(), observer=observer,
+    )  # fmt: skip
+    try:
+        with unwrap_single_exception_group():
+            async with trio.open_nursery() as nursery:
+                node._start(nursery)
+                try:
+                    yield node
+                finally:
+                    nursery.cancel_scope.cancel()
+    finally:
+        node._close()

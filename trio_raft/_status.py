@@ -1,0 +1,38 @@
+"""Immutable snapshots of a node's state, for monitoring and for waiting on changes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import attrs
+
+from ._types import NodeId, Role
+
+
+@attrs.frozen
+class FollowerStatus:
+    """What a leader knows about one follower."""
+
+    match_index: int
+    """Highest log index known to be replicated on the follower."""
+    next_index: int
+    """Next log index the leader will send."""
+    probing: bool
+    """True while the leader is still searching for where the logs agree."""
+
+
+@attrs.frozen
+class Status:
+    """A snapshot of one node (see :attr:`Node.status`)."""
+
+    node_id: NodeId
+    role: Role
+    term: int
+    leader_id: NodeId | None
+    """The leader this node believes in, or ``None`` while it knows none."""
+    commit_index: int
+    last_applied: int
+    last_log_index: int
+    last_log_term: int
+    followers: Mapping[NodeId, FollowerStatus] = attrs.field(factory=dict)
+    """Empty unless ``role`` is :attr:`Role.LEADER`."""

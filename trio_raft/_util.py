@@ -1,0 +1,48 @@
+"""Small private helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+
+def fixup_module_metadata(module_name: str, namespace: dict[str, Any]) -> None:
+    """Make re-exported public names report ``module_name`` as their ``__module__`` (as trio
+    does), so tracebacks, docs and pickles show ``trio_raft.Node`` rather than a private path."""
+    seen: set[int] = set()
+
+    def fix_one(qualname: str, name: str, obj: object) -> None:
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        mod = getattr(obj, "__module__", None)
+        if mod is not None and mod.startswith("trio_raft."):
+            try:
+                obj.__module__ = module_name
+            except (AttributeError, TypeError):
+                return
+            if isinstance(obj, type):
+                obj.__name__ = name
+                obj.__qualname__ = qualname
+                for attr_name, attr_value in list(obj.__dict__.items()):
+                    fix_one(f"{qualname}.{attr_name}", attr_name, attr_value)
+
+    for name, obj in list(namespace.items()):
+        if not name.startswith("_"):
+            fix_one(name, name, obj)
+
+
+@contextmanager
+def unwrap_single_exception_group() -> Iterator[None]:
+    """Re-raise a nursery's group of exactly one exception as that exception, so users of a
+    context manager that owns a nursery see the error they caused, not an ``ExceptionGroup``."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        inner: BaseException = group
+        while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
+            inner = inner.exceptions[0]
+        if inner is group:
+            raise
+        raise inner from None

@@ -1,0 +1,308 @@
+"""A whole Raft cluster in one trio run, on virtual time, with every fault under one seed.
+
+The nodes are real :class:`~trio_raft.Node` task trees; only the world around them is
+simulated: a :class:`MemoryNetwork` that loses, duplicates, delays, reorders and partitions
+messages, :class:`SimulatedStorage` that loses unsynced writes on a crash, and trio's
+:class:`~trio.testing.MockClock`. Every random choice (election jitter, network faults, sync
+latency, trio's own scheduling order) derives from the seed, so a seed replays a run exactly.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import final
+
+import attrs
+import trio
+
+from .._abc import StateMachine
+from .._config import Config
+from .._errors import NotLeaderError
+from .._messages import Message
+from .._node import Node, _open_node
+from .._types import NodeId, Role, StoredState
+from .._util import unwrap_single_exception_group
+from ._determinism import seed_scheduler
+from ._invariants import InvariantChecker
+from ._kv import KVStateMachine
+from ._network import MemoryNetwork, Verdict
+from ._storage import SimulatedStorage
+
+DEFAULT_SIM_CONFIG = Config()
+"""The simulator runs the library's LAN defaults unless told otherwise."""
+
+
+@final
+class SimulatedCluster:
+    """Handle on a running simulated cluster; see :func:`open_simulated_cluster`."""
+
+    def __init__(
+        self,
+        node_ids: Sequence[NodeId],
+        *,
+        seed: int,
+        nursery: trio.Nursery,
+        network: MemoryNetwork,
+        config: Config,
+        state_machine_factory: Callable[[], StateMachine],
+        initial_state: Mapping[NodeId, StoredState],
+        sync_s_max: float,
+    ) -> None:
+        self.seed = seed
+        """The seed every random choice of this run derives from."""
+        self.node_ids: tuple[NodeId, ...] = tuple(node_ids)
+        self.network = network
+        """The simulated network: faults, hooks and statistics (see :class:`MemoryNetwork`)."""
+        self.config = config
+        self.checker = InvariantChecker(seed)
+        """The live safety checker; its trace is in every :class:`InvariantViolation`."""
+        self.storages = {
+            nid: SimulatedStorage(
+                random.Random(f"{seed}/storage/{nid}"),
+                sync_s_max=sync_s_max,
+                initial=initial_state.get(nid),
+            )
+            for nid in self.node_ids
+        }
+        self.state_machines: dict[NodeId, StateMachine] = {}
+        """The state machine of each running node (a fresh one per incarnation)."""
+        self._factory = state_machine_factory
+        self._nursery = nursery
+        self._nodes: dict[NodeId, Node] = {}
+        self._scopes: dict[NodeId, trio.CancelScope] = {}
+        self._stopped: dict[NodeId, trio.Event] = {}
+        self._incarnation: dict[NodeId, int] = dict.fromkeys(self.node_ids, 0)
+        network.on_event = self._on_network_event
+
+    # -- nodes -------------------------------------------------------------------------------
+
+    @property
+    def nodes(self) -> Mapping[NodeId, Node]:
+        """The running nodes by id (crashed ones are absent)."""
+        return self._nodes
+
+    def node(self, node_id: NodeId) -> Node:
+        """The running node ``node_id``.
+
+        Raises:
+            KeyError: it is crashed or unknown.
+        """
+        return self._nodes[node_id]
+
+    async def start(self, node_id: NodeId) -> Node:
+        """Start (or restart) ``node_id`` from whatever its storage has synced."""
+        if node_id in self._nodes:
+            raise RuntimeError(f"{node_id} is already running; crash it first")
+        node: Node = await self._nursery.start(self._run_node, node_id)
+        return node
+
+    async def _run_node(
+        self, node_id: NodeId, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        self._incarnation[node_id] += 1
+        incarnation = self._incarnation[node_id]
+        stopped = self._stopped[node_id] = trio.Event()
+        state_machine = self._factory()
+        self.checker.node_started(node_id)
+        try:
+            with trio.CancelScope() as self._scopes[node_id]:
+                async with _open_node(
+                    node_id, self.node_ids, state_machine=state_machine,
+                    transport=self.network.transport(node_id), storage=self.storages[node_id],
+                    config=self.config, rng=random.Random(f"{self.seed}/{node_id}/{incarnation}"),
+                    observer=self.checker.observe,
+                ) as node:  # fmt: skip
+                    self._nodes[node_id] = node
+                    self.state_machines[node_id] = state_machine
+                    task_status.started(node)
+                    await trio.sleep_forever()
+        finally:
+            self._nodes.pop(node_id, None)
+            self.state_machines.pop(node_id, None)
+            stopped.set()
+
+    async def crash(self, node_id: NodeId) -> None:
+        """Kill ``node_id`` at once, as a power cut would: unsynced writes are lost, messages to
+        it are dropped until it restarts. Waits until every task of the node has stopped."""
+        if node_id not in self._nodes:
+            return
+        self.checker.record(node_id, "crash")
+        self._scopes[node_id].cancel()
+        await self._stopped[node_id].wait()
+        self.storages[node_id].crash()
+        self.network.detach(node_id)
+
+    async def restart(self, node_id: NodeId) -> Node:
+        """Crash ``node_id`` if it is running, then start it again from its synced storage."""
+        await self.crash(node_id)
+        return await self.start(node_id)
+
+    # -- network faults ------------------------------------------------------------------------
+
+    def partition(self, *groups: Iterable[NodeId]) -> None:
+        """Split the network: nodes talk only within their group (see :meth:`MemoryNetwork.partition`)."""
+        groups = tuple(tuple(g) for g in groups)
+        self.checker.record("net", "partition", groups)
+        self.network.partition(*groups)
+
+    def isolate(self, node_id: NodeId) -> None:
+        """Cut ``node_id`` off from every other node."""
+        self.checker.record("net", "isolate", node_id)
+        self.network.isolate(node_id)
+
+    def heal(self) -> None:
+        """Remove every partition (link fault probabilities stay)."""
+        self.checker.record("net", "heal")
+        self.network.heal()
+
+    def _on_network_event(self, now: float, kind: str, message: Message) -> None:
+        self.checker.trace.append((now, "net", kind, _describe(message)))
+
+    # -- observation ---------------------------------------------------------------------------
+
+    def leader(self) -> Node | None:
+        """The running leader of the highest term, or ``None`` if no running node leads."""
+        leaders = [n for n in self._nodes.values() if n.status.role is Role.LEADER]
+        return max(leaders, key=lambda n: n.status.term, default=None)
+
+    async def wait_leader(self, *, among: Iterable[NodeId] | None = None, poll_s: float = 0.01) -> Node:
+        """Wait (in virtual time) until one of ``among`` (default: any running node) leads and
+        return it. Bound the wait with :func:`trio.fail_after` in the caller."""
+        allowed = set(among) if among is not None else None
+        while True:
+            leader = self.leader()
+            if leader is not None and (allowed is None or leader.id in allowed):
+                return leader
+            await trio.sleep(poll_s)
+
+    async def propose(self, command: object, *, retry_s: float = 0.05) -> object:
+        """Propose ``command`` through whichever node leads, retrying while there is no leader
+        (only on :class:`NotLeaderError`, which guarantees nothing was appended)."""
+        while True:
+            leader = self.leader()
+            if leader is not None:
+                try:
+                    return await leader.propose(command)
+                except NotLeaderError:
+                    pass
+            await trio.sleep(retry_s)
+
+    async def wait_converged(self, *, poll_s: float = 0.01) -> None:
+        """Wait until every running node has applied the same, highest commit index."""
+        while True:
+            statuses = [n.status for n in self._nodes.values()]
+            top = max((s.commit_index for s in statuses), default=0)
+            if all(s.last_applied == top and s.commit_index == top for s in statuses):
+                return
+            await trio.sleep(poll_s)
+
+    async def deliver(self, message: Message, *, settle_s: float = 0.0) -> list[Message]:
+        """Hand ``message`` to ``message.dst`` and return what it sends back to ``message.src``.
+
+        Messages from the receiver to the sender are captured (and not delivered) until every
+        task is blocked, plus ``settle_s`` of virtual time. Any other traffic flows as usual.
+        """
+        replies: list[Message] = []
+        previous_hook = self.network.hook
+
+        def capture(m: Message) -> Verdict:
+            if m.src == message.dst and m.dst == message.src:
+                replies.append(m)
+                return Verdict.DROP
+            return previous_hook(m) if previous_hook is not None else Verdict.DELIVER
+
+        self.network.hook = capture
+        try:
+            self.network.inject(message)
+            await trio.testing.wait_all_tasks_blocked()
+            if settle_s:
+                await trio.sleep(settle_s)
+                await trio.testing.wait_all_tasks_blocked()
+        finally:
+            self.network.hook = previous_hook
+        return replies
+
+
+def _describe(m: Message) -> str:
+    name = type(m).__name__
+    extra = ""
+    entries = getattr(m, "entries", None)
+    if entries:
+        extra = f" [{entries[0].index}..{entries[-1].index}]"
+    return f"{name} {m.src}->{m.dst} t{m.term}{extra}"
+
+
+def _node_ids(nodes: int | Sequence[NodeId]) -> tuple[NodeId, ...]:
+    if isinstance(nodes, int):
+        if nodes < 1:
+            raise ValueError(f"a cluster needs at least one node, got {nodes}")
+        return tuple(f"n{i}" for i in range(1, nodes + 1))
+    ids = tuple(nodes)
+    if not ids or len(set(ids)) != len(ids):
+        raise ValueError(f"node ids must be non-empty and distinct, got {ids!r}")
+    return ids
+
+
+@asynccontextmanager
+async def open_simulated_cluster(
+    nodes: int | Sequence[NodeId] = 3,
+    *,
+    seed: int,
+    state_machine_factory: Callable[[], StateMachine] = KVStateMachine,
+    config: Config | None = None,
+    pre_vote: bool | None = None,
+    check_quorum: bool | None = None,
+    initial_state: Mapping[NodeId, StoredState] | None = None,
+    start: bool = True,
+    sync_s_max: float = 0.001,
+    delay_s_min: float = 0.001,
+    delay_s_max: float = 0.005,
+) -> AsyncIterator[SimulatedCluster]:
+    """Run a simulated cluster for the duration of the ``async with`` block.
+
+    Call it inside a trio run whose clock is a :class:`~trio.testing.MockClock` with
+    ``autojump_threshold=0`` (pytest-trio's ``autojump_clock`` fixture), so that virtual time
+    jumps whenever every task waits: a minute of cluster time then takes well under a second.
+
+    Args:
+        nodes: How many nodes (named ``n1``, ``n2``, ...), or their ids.
+        seed: Everything random in the run derives from it; the same seed replays the run.
+        state_machine_factory: Builds a fresh state machine for every node incarnation.
+        config: Node configuration (the library defaults if omitted).
+        pre_vote: Override ``config.pre_vote`` (``False`` tests the paper's plain algorithm).
+        check_quorum: Override ``config.check_quorum``.
+        initial_state: Durable state some nodes start from (a term, vote and log), for scenarios.
+        start: Start every node at once (otherwise call :meth:`SimulatedCluster.start`).
+        sync_s_max: Upper bound of the virtual time one storage sync takes.
+        delay_s_min: Lower bound of a message's network delay.
+        delay_s_max: Upper bound of a message's network delay (before reordering faults).
+    """
+    ids = _node_ids(nodes)
+    cfg = config or DEFAULT_SIM_CONFIG
+    overrides: dict[str, bool] = {}
+    if pre_vote is not None:
+        overrides["pre_vote"] = pre_vote
+    if check_quorum is not None:
+        overrides["check_quorum"] = check_quorum
+    cfg = attrs.evolve(cfg, **overrides)
+    seed_scheduler(seed)
+    network = MemoryNetwork(
+        random.Random(f"{seed}/network"), delay_s_min=delay_s_min, delay_s_max=delay_s_max
+    )
+    with unwrap_single_exception_group():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(network.run, name="trio_raft.testing network")
+            cluster = SimulatedCluster(
+                ids, seed=seed, nursery=nursery, network=network, config=cfg,
+                state_machine_factory=state_machine_factory, initial_state=initial_state or {},
+                sync_s_max=sync_s_max,
+            )  # fmt: skip
+            if start:
+                for nid in ids:
+                    await cluster.start(nid)
+            try:
+                yield cluster
+            finally:
+                nursery.cancel_scope.cancel()

@@ -1,0 +1,181 @@
+"""Raft's safety properties (Figure 3 of the paper), checked live as a simulation runs.
+
+The checker sees every state change of every node (through a private observer hook of the
+node) and raises :class:`InvariantViolation` at the first event that breaks:
+
+* **Election Safety**: at most one leader per term.
+* **Leader Append-Only**: a leader never overwrites or deletes its entries.
+* **Log Matching**: two entries with the same index and term hold the same command and follow
+  the same history (checked inductively: same ``(index, term)`` implies same command and same
+  previous term, for every entry any node persists).
+* **Leader Completeness**: a new leader's log holds every entry committed before its term.
+* **State Machine Safety**: every node applies the same entry, with the same result, at each
+  index; each node applies indexes in order, each once.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+from typing import TYPE_CHECKING
+
+import trio
+
+from .._errors import RaftError
+from .._types import Entry, NodeId, Role
+
+if TYPE_CHECKING:
+    from .._core._state import Ready
+    from .._node import Node
+
+
+class InvariantViolation(RaftError):
+    """A safety property of Raft broke during a simulation.
+
+    The message names the property, the seed that reproduces the run, and the last events.
+    """
+
+
+class InvariantChecker:
+    """Observes every node of one simulated cluster and checks the five safety properties."""
+
+    def __init__(self, seed: int, *, trace_size: int = 400) -> None:
+        self.seed = seed
+        self.trace: collections.deque[tuple[float, str, str, object]] = collections.deque(
+            maxlen=trace_size
+        )
+        self._digest = hashlib.sha256()
+        self.events = 0
+        self._leaders: dict[int, NodeId] = {}
+        self._entries: dict[tuple[int, int], tuple[object, int]] = {}
+        self._committed: dict[int, Entry] = {}
+        self._applied: dict[int, tuple[Entry, object]] = {}
+        self._last_applied: dict[NodeId, int] = {}
+        self._commit_seen: dict[NodeId, int] = {}
+        self._leader_log: dict[tuple[NodeId, int], tuple[int, Entry | None]] = {}
+
+    # -- recording ---------------------------------------------------------------------------
+
+    def record(self, who: str, event: str, data: object = None) -> None:
+        """Add an event to the trace (and to the run's digest)."""
+        now = trio.current_time()
+        self.trace.append((now, who, event, data))
+        self.events += 1
+        self._digest.update(f"{now!r} {who} {event} {data!r}\n".encode())
+
+    @property
+    def digest(self) -> str:
+        """A hash of every event so far: equal digests mean identical runs."""
+        return self._digest.hexdigest()
+
+    def format_trace(self) -> str:
+        """The last events, one per line, oldest first."""
+        return "\n".join(
+            f"{t:10.4f}  {who:<8} {event:<10} {data!r}" for t, who, event, data in self.trace
+        )
+
+    def fail(self, prop: str, detail: str) -> InvariantViolation:
+        """Build the error for a broken property (raise it)."""
+        return InvariantViolation(
+            f"{prop} violated: {detail}\n"
+            f"reproduce with seed={self.seed}\n"
+            f"last {len(self.trace)} events:\n{self.format_trace()}"
+        )
+
+    # -- the observer --------------------------------------------------------------------------
+
+    def node_started(self, node_id: NodeId) -> None:
+        """A node (re)started with an empty state machine: it will apply from index 1 again."""
+        self._last_applied[node_id] = 0
+        self._commit_seen[node_id] = 0
+        self.record(node_id, "start")
+
+    def observe(self, node: Node, event: str, data: object) -> None:
+        st = node._state
+        nid = node.id
+        if event == "role":
+            role, term = data  # type: ignore[misc]
+            self.record(nid, "role", f"{role.value}@{term}")
+            if role is Role.LEADER:
+                self._on_leader(node)
+        elif event == "persisted":
+            ready: Ready = data  # type: ignore[assignment]
+            self.record(nid, "persist", (ready.truncate_from, len(ready.entries), st.log.last_index))
+            for e in ready.entries:
+                self._check_log_matching(nid, e, st.log.term(e.index - 1) or 0)
+        elif event == "commit":
+            self.record(nid, "commit", st.commit)
+            self._on_commit(node)
+        elif event == "apply":
+            entry, result = data  # type: ignore[misc]
+            self.record(nid, "apply", (entry.index, entry.term, entry.command, result))
+            self._on_apply(nid, entry, result)
+        if st.role is Role.LEADER:
+            self._check_append_only(node)
+
+    def _on_leader(self, node: Node) -> None:
+        st = node._state
+        other = self._leaders.setdefault(st.term, node.id)
+        if other != node.id:
+            raise self.fail(
+                "Election Safety", f"{node.id} and {other} were both leader in term {st.term}"
+            )
+        for index, entry in self._committed.items():
+            if st.log.term(index) != entry.term:
+                raise self.fail(
+                    "Leader Completeness",
+                    f"{node.id} leads term {st.term} without committed entry {index} "
+                    f"(term {entry.term}); its log has term {st.log.term(index)} there",
+                )
+        self._leader_log[(node.id, st.term)] = (0, None)
+
+    def _check_append_only(self, node: Node) -> None:
+        st = node._state
+        key = (node.id, st.term)
+        length, last = self._leader_log.get(key, (0, None))
+        if st.log.last_index < length or (last is not None and st.log.entry(length) is not last):
+            raise self.fail(
+                "Leader Append-Only",
+                f"leader {node.id} of term {st.term} lost or replaced entry {length}",
+            )
+        if st.log.last_index > length:
+            self._leader_log[key] = (st.log.last_index, st.log.entry(st.log.last_index))
+
+    def _check_log_matching(self, nid: NodeId, entry: Entry, prev_term: int) -> None:
+        key = (entry.index, entry.term)
+        seen = self._entries.setdefault(key, (entry.command, prev_term))
+        if seen != (entry.command, prev_term):
+            raise self.fail(
+                "Log Matching",
+                f"{nid} holds entry {entry.index} of term {entry.term} with command "
+                f"{entry.command!r} after term {prev_term}, another node has {seen[0]!r} after "
+                f"term {seen[1]}",
+            )
+
+    def _on_commit(self, node: Node) -> None:
+        st = node._state
+        start = self._commit_seen.get(node.id, 0) + 1
+        for index in range(start, st.commit + 1):
+            entry = st.log.entry(index)
+            known = self._committed.setdefault(index, entry)
+            if known != entry:
+                raise self.fail(
+                    "State Machine Safety",
+                    f"{node.id} committed {entry} at {index}, but {known} was committed there",
+                )
+        self._commit_seen[node.id] = max(st.commit, start - 1)
+
+    def _on_apply(self, nid: NodeId, entry: Entry, result: object) -> None:
+        expected = self._last_applied.get(nid, 0) + 1
+        if entry.index != expected:
+            raise self.fail(
+                "State Machine Safety", f"{nid} applied index {entry.index}, expected {expected}"
+            )
+        self._last_applied[nid] = entry.index
+        known = self._applied.setdefault(entry.index, (entry, result))
+        if known != (entry, result):
+            raise self.fail(
+                "State Machine Safety",
+                f"{nid} applied {entry} -> {result!r} at {entry.index}, another node applied "
+                f"{known[0]} -> {known[1]!r}",
+            )

@@ -1,0 +1,74 @@
+"""Storage for simulated nodes: writes are volatile until ``sync`` and a crash loses them."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import final
+
+import trio
+
+from .._storage import MemoryStorage
+from .._types import Entry, HardState, StoredState
+
+_Write = tuple[HardState | None, int | None, tuple[Entry, ...]]
+
+
+@final
+class SimulatedStorage:
+    """A :class:`~trio_raft.Storage` with a disk's failure model, for the simulator.
+
+    ``save`` changes only the volatile view; ``sync`` takes a random virtual time in
+    ``[0, sync_s_max]`` and then makes every write saved before it durable at once. :meth:`crash`
+    throws away what was not yet synced, as a power cut would.
+    """
+
+    def __init__(self, rng: random.Random, *, sync_s_max: float = 0.001, initial: StoredState | None = None) -> None:
+        self._rng = rng
+        self._sync_s_max = sync_s_max
+        self._durable = MemoryStorage(initial)
+        self._volatile = MemoryStorage(initial)
+        self._unsynced: list[_Write] = []
+        self.syncs = 0
+        """How many syncs completed (a statistic for tests)."""
+
+    async def load(self) -> StoredState:
+        return await self._durable.load()
+
+    async def save(
+        self,
+        *,
+        hard_state: HardState | None = None,
+        truncate_from: int | None = None,
+        entries: Sequence[Entry] = (),
+    ) -> None:
+        await trio.lowlevel.checkpoint()
+        self._volatile.apply_write(hard_state, truncate_from, entries)
+        self._unsynced.append((hard_state, truncate_from, tuple(entries)))
+
+    async def sync(self) -> None:
+        pending = len(self._unsynced)
+        await trio.sleep(self._rng.uniform(0, self._sync_s_max))
+        for write in self._unsynced[:pending]:
+            self._durable.apply_write(*write)
+        del self._unsynced[:pending]
+        self.syncs += 1
+
+    def last_index(self) -> int:
+        return self._volatile.last_index()
+
+    def entries(self, lo: int, hi: int) -> list[Entry]:
+        return self._volatile.entries(lo, hi)
+
+    def crash(self) -> None:
+        """Lose every write not yet synced."""
+        self._unsynced.clear()
+        self._volatile = MemoryStorage(
+            StoredState(self._durable.hard_state, tuple(self._durable.entries(1, self._durable.last_index() + 1)))
+        )
+
+    def durable_state(self) -> StoredState:
+        """What a restart would load."""
+        return StoredState(
+            self._durable.hard_state, tuple(self._durable.entries(1, self._durable.last_index() + 1))
+        )
