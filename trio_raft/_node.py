@@ -283,13 +283,14 @@ class Node:
                 await self._persist(ready)
             for message in ready.messages:
                 self._transport.send(message)
-            if st.role is Role.LEADER:
-                for signal in self._replicator_signals.values():
-                    signal.set()
-            if st.commit > self._observed_commit:
-                self._observed_commit = st.commit
-                self._notify("commit", st.commit)
-                self._apply_signal.set()
+        # Answers change progress and the commit index without producing a Ready.
+        if st.role is Role.LEADER:
+            for signal in self._replicator_signals.values():
+                signal.set()
+        if st.commit > self._observed_commit:
+            self._observed_commit = st.commit
+            self._notify("commit", st.commit)
+            self._apply_signal.set()
         self._changed.notify()
 
     async def _persist(self, ready: Ready) -> None:

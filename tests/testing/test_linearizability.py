@@ -8,6 +8,7 @@ cluster simulator produces.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections.abc import Sequence
@@ -122,9 +123,12 @@ def test_history_rejects_misuse() -> None:
     with pytest.raises(ValueError, match="must be finite and >= call"):
         h.complete(a, None, 0.5)
     h.complete(a, None, 2.0)  # the failed complete left it outstanding
-    for resolve in (lambda: h.complete(a, None, 3.0), lambda: h.fail(a), lambda: h.unknown(a)):
-        with pytest.raises(RuntimeError, match="not outstanding"):
-            resolve()
+    with pytest.raises(RuntimeError, match="not outstanding"):
+        h.complete(a, None, 3.0)
+    with pytest.raises(RuntimeError, match="not outstanding"):
+        h.fail(a)
+    with pytest.raises(RuntimeError, match="not outstanding"):
+        h.unknown(a)
     with pytest.raises(ValueError, match="finite"):
         h.invoke(2, ("get", "x"), INF)
 
@@ -420,3 +424,68 @@ def test_simulator_sized_history_is_decided() -> None:
     history[i] = op(victim.client_id, victim.op, victim.call, victim.ret, "Z")
     result = check_linearizable(history)
     assert (result.ok, result.key) == (False, victim.op[1])
+
+
+def _brute_force(history: Sequence[Operation]) -> bool:
+    """The definition, by enumeration: some order of all known operations plus any subset of
+    the unknown ones respects real time (closed intervals) and the model's results."""
+    known = [o for o in history if o.ok]
+    unknown = [o for o in history if not o.ok]
+    for r in range(len(unknown) + 1):
+        for subset in itertools.combinations(unknown, r):
+            for order in itertools.permutations([*known, *subset]):
+                if any(
+                    later.ret < earlier.call
+                    for a, earlier in enumerate(order)
+                    for later in order[a + 1 :]
+                ):
+                    continue
+                state: dict[str, str] = {}
+                if all(_same_result(_apply(state, o.op), o.result) or not o.ok for o in order):
+                    return True
+    return False
+
+
+def _same_result(a: object, b: object) -> bool:
+    return type(a) is type(b) and a == b
+
+
+@st.composite
+def _small_histories(draw: st.DrawFn) -> list[Operation]:
+    """Up to 6 operations on two keys with tiny value sets, results from a real sequential run
+    but often corrupted, so that both verdicts are common."""
+    keys = st.sampled_from(["x", "x", "y"])
+    values = st.sampled_from(["a", "b"])
+    commands = draw(
+        st.lists(
+            st.one_of(
+                st.tuples(st.just("get"), keys),
+                st.tuples(st.just("put"), keys, values),
+                st.tuples(st.just("append"), keys, values),
+                st.tuples(st.just("cas"), keys, st.none() | values, values),
+                st.tuples(st.just("delete"), keys),
+            ),
+            min_size=1,
+            max_size=6,
+        )
+    )
+    state: dict[str, str] = {}
+    history = []
+    for i, command in enumerate(commands):
+        result = _apply(state, command)
+        call = draw(st.integers(0, 6))
+        if draw(st.integers(0, 4)) == 0:
+            history.append(op(i, command, call))
+            continue
+        if draw(st.integers(0, 2)) == 0:
+            result = draw(st.sampled_from([None, True, False, "a", "b", "ab", "ba", "aa"]))
+        history.append(op(i, command, call, call + draw(st.integers(0, 4)), result))
+    return history
+
+
+@settings(max_examples=300, deadline=None)
+@given(history=_small_histories())
+def test_agrees_with_brute_force(history: list[Operation]) -> None:
+    expected = _brute_force(history)
+    result = check_linearizable(history)
+    assert result.ok is expected, result.explanation

@@ -1,0 +1,59 @@
+"""Message-count bounds: what a healthy cluster sends (counted, not timed)."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from trio_raft.testing import open_simulated_cluster
+
+
+async def test_idle_leader_sends_heartbeats_at_the_configured_rate_only(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(30):
+        async with open_simulated_cluster(3, seed=5) as cluster:
+            leader = await cluster.wait_leader()
+            await cluster.wait_converged()
+            await trio.sleep(1)
+            cluster.network.reset_stats()
+            idle_s = 10.0
+            await trio.sleep(idle_s)
+            stats = cluster.network.stats().by_type
+            expected = idle_s / cluster.config.heartbeat_s * 2  # two followers
+            appends = stats["AppendRequest"].sent
+            assert 0.95 * expected <= appends <= 1.05 * expected, (appends, expected)
+            assert stats["AppendResponse"].sent <= appends
+            assert "VoteRequest" not in stats or stats["VoteRequest"].sent == 0
+            assert leader.status.role is leader.status.role.LEADER
+
+
+async def _commit_cost(concurrent: bool, k: int) -> float:
+    async with open_simulated_cluster(3, seed=6) as cluster:
+        leader = await cluster.wait_leader()
+        await cluster.wait_converged()
+        cluster.network.reset_stats()
+        if concurrent:
+            async with trio.open_nursery() as nursery:
+                for i in range(k):
+                    nursery.start_soon(leader.propose, ("put", f"k{i}", "v"))
+        else:
+            for i in range(k):
+                await leader.propose(("put", f"k{i}", "v"))
+        sent = cluster.network.stats().by_type["AppendRequest"].sent
+        return sent / k / 2  # per proposal, per follower
+
+
+async def test_sequential_proposals_cost_a_constant_number_of_messages(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(60):
+        cost = await _commit_cost(concurrent=False, k=200)
+    # One AppendEntries per proposal per follower, plus the occasional heartbeat.
+    assert cost <= 1.5, cost
+
+
+async def test_concurrent_proposals_are_batched(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(60):
+        cost = await _commit_cost(concurrent=True, k=500)
+    assert cost <= 0.1, cost
