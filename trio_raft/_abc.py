@@ -1,4 +1,4 @@
-"""The three extension points of a node: :class:`StateMachine`, :class:`Storage`, :class:`Transport`.
+"""The three extension points of a node: `StateMachine`, `Storage` and `Transport`.
 
 Each is a :class:`typing.Protocol`: implement the methods, no base class needed. The contracts in
 the docstrings are what the node relies on for safety; :mod:`trio_raft.testing` ships in-memory

@@ -1,12 +1,12 @@
 """The exceptions trio-raft raises, all rooted at :class:`RaftError`::
 
     RaftError
-    ├── NodeClosedError            you used a node after it shut down (your fault)
-    ├── NotLeaderError             this node is not the leader: nothing was appended; retry on .leader_id
-    ├── LeadershipLostError        leadership lost after appending: the outcome is UNKNOWN
-    ├── ProposalDroppedError       the proposal was definitely not committed (overwritten or refused)
-    │   └── TooManyUncommittedError   back-pressure: too many uncommitted entries; retry later
-    └── InvariantViolation         (trio_raft.testing) a safety property broke in the simulator
+    ├── NodeClosedError          you used a node after it shut down (your fault)
+    ├── NotLeaderError           not the leader: nothing was appended; retry on .leader_id
+    ├── LeadershipLostError      leadership lost after appending: the outcome is UNKNOWN
+    ├── ProposalDroppedError     definitely not committed (overwritten or refused)
+    │   └── TooManyUncommittedError   back-pressure: too many uncommitted entries
+    └── InvariantViolation       (trio_raft.testing) a safety property broke in the simulator
 
 ``NotLeaderError`` and ``ProposalDroppedError`` mean *definitely not applied*: it is always safe to
 retry. ``LeadershipLostError`` means *maybe applied*: retry only idempotent commands, or make the
@@ -37,7 +37,9 @@ class NotLeaderError(RaftError):
     def __init__(self, node_id: NodeId, leader_id: NodeId | None) -> None:
         self.node_id = node_id
         self.leader_id = leader_id
-        hint = f"retry on {leader_id!r}" if leader_id is not None else "no leader known; retry later"
+        hint = (
+            f"retry on {leader_id!r}" if leader_id is not None else "no leader known; retry later"
+        )
         super().__init__(f"node {node_id!r} is not the leader ({hint})")
 
 

@@ -92,4 +92,9 @@ class AppendResponse:
 Message: TypeAlias = VoteRequest | VoteResponse | AppendRequest | AppendResponse
 """Any Raft RPC."""
 
-MESSAGE_TYPES: tuple[type[Message], ...] = (VoteRequest, VoteResponse, AppendRequest, AppendResponse)
+MESSAGE_TYPES: tuple[type[Message], ...] = (
+    VoteRequest,
+    VoteResponse,
+    AppendRequest,
+    AppendResponse,
+)

@@ -362,7 +362,10 @@ class Node:
         async with trio.open_nursery() as nursery:
             for peer in self._state.peers:
                 nursery.start_soon(
-                    self._replicate, peer, term, name=f"trio_raft replicator {self._id}->{peer}@{term}"
+                    self._replicate,
+                    peer,
+                    term,
+                    name=f"trio_raft replicator {self._id}->{peer}@{term}",
                 )
 
     async def _replicate(self, peer: NodeId, term: int) -> None:

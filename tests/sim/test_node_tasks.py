@@ -56,9 +56,7 @@ async def test_higher_term_cancels_every_replicator_of_the_old_term(
             assert len(_replicators(leader.id)) == 2
             other = next(n for n in cluster.node_ids if n != leader.id)
             # A message of a higher term from anyone: the leader must step down at once.
-            cluster.network.inject(
-                AppendRequest(other, leader.id, term + 5, 0, 0, (), 0)
-            )
+            cluster.network.inject(AppendRequest(other, leader.id, term + 5, 0, 0, (), 0))
             await trio.testing.wait_all_tasks_blocked()
             assert leader.status.role is Role.FOLLOWER
             assert leader.status.term == term + 5

@@ -89,7 +89,9 @@ class RaftLog:
         """Append entries that continue the log exactly."""
         for e in entries:
             if e.index != len(self._entries) + 1:
-                raise AssertionError(f"append of index {e.index} to a log ending at {self.last_index}")
+                raise AssertionError(
+                    f"append of index {e.index} to a log ending at {self.last_index}"
+                )
             if self._entries and e.term < self._entries[-1].term:
                 raise AssertionError(f"entry {e.index} has term {e.term} below its predecessor's")
             self._entries.append(e)

@@ -23,7 +23,7 @@ from ._quorum import VoteResult, committed_index, vote_result
 
 @attrs.define
 class Ready:
-    """Effects of the inputs since the last :meth:`RaftState.take_ready`, in the order to carry out."""
+    """Effects of the inputs since the last `RaftState.take_ready`, in the order to do them."""
 
     hard_state: HardState | None = None
     """A new term/vote to persist, or ``None`` if unchanged."""
@@ -119,7 +119,9 @@ class RaftState:
         if index <= self.commit:
             raise AssertionError(f"{self.id}: truncating committed index {index} <= {self.commit}")
         if self.role is Role.LEADER:
-            raise AssertionError(f"{self.id}: a leader never truncates its log (Leader Append-Only)")
+            raise AssertionError(
+                f"{self.id}: a leader never truncates its log (Leader Append-Only)"
+            )
         self.log.truncate_from(index)
         self._ready.entries = [e for e in self._ready.entries if e.index < index]
         if index <= self._saved_index:
@@ -273,12 +275,11 @@ class RaftState:
             self._send(VoteResponse(self.id, m.src, self.term, False, pre_vote=m.pre_vote))
 
     def _handle_vote_response(self, m: VoteResponse) -> None:
-        if self.role is Role.PRE_CANDIDATE and m.pre_vote and m.term == self.term + 1:
-            pass
-        elif self.role is Role.CANDIDATE and not m.pre_vote and m.term == self.term:
-            pass
-        else:
-            return  # stale or for another round
+        current = (self.role is Role.PRE_CANDIDATE and m.pre_vote and m.term == self.term + 1) or (
+            self.role is Role.CANDIDATE and not m.pre_vote and m.term == self.term
+        )
+        if not current:
+            return  # stale, or for another round
         self.votes[m.src] = m.granted
         result = vote_result(self.voters, self.votes)
         if result is VoteResult.WON:

@@ -142,7 +142,10 @@ class SimulatedCluster:
     # -- network faults ------------------------------------------------------------------------
 
     def partition(self, *groups: Iterable[NodeId]) -> None:
-        """Split the network: nodes talk only within their group (see :meth:`MemoryNetwork.partition`)."""
+        """Split the network: nodes talk only within their group.
+
+        See :meth:`MemoryNetwork.partition`.
+        """
         groups = tuple(tuple(g) for g in groups)
         self.checker.record("net", "partition", groups)
         self.network.partition(*groups)
@@ -167,7 +170,9 @@ class SimulatedCluster:
         leaders = [n for n in self._nodes.values() if n.status.role is Role.LEADER]
         return max(leaders, key=lambda n: n.status.term, default=None)
 
-    async def wait_leader(self, *, among: Iterable[NodeId] | None = None, poll_s: float = 0.01) -> Node:
+    async def wait_leader(
+        self, *, among: Iterable[NodeId] | None = None, poll_s: float = 0.01
+    ) -> Node:
         """Wait (in virtual time) until one of ``among`` (default: any running node) leads and
         return it. Bound the wait with :func:`trio.fail_after` in the caller."""
         allowed = set(among) if among is not None else None

@@ -20,7 +20,11 @@ def seed_scheduler(seed: int) -> None:
     """
     run_module = getattr(trio._core, "_run", None)
     rng = getattr(run_module, "_r", None)
-    if run_module is None or rng is None or not hasattr(run_module, "_ALLOW_DETERMINISTIC_SCHEDULING"):
+    if (
+        run_module is None
+        or rng is None
+        or not hasattr(run_module, "_ALLOW_DETERMINISTIC_SCHEDULING")
+    ):
         raise RuntimeError(
             f"trio {trio.__version__} has no seedable scheduler; trio_raft.testing needs one "
             "(tested with trio 0.31-0.35)"

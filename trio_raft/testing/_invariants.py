@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import trio
 
@@ -94,20 +94,22 @@ class InvariantChecker:
         st = node._state
         nid = node.id
         if event == "role":
-            role, term = data  # type: ignore[misc]
+            role, term = cast("tuple[Role, int]", data)
             self.record(nid, "role", f"{role.value}@{term}")
             if role is Role.LEADER:
                 self._on_leader(node)
         elif event == "persisted":
             ready: Ready = data  # type: ignore[assignment]
-            self.record(nid, "persist", (ready.truncate_from, len(ready.entries), st.log.last_index))
+            self.record(
+                nid, "persist", (ready.truncate_from, len(ready.entries), st.log.last_index)
+            )
             for e in ready.entries:
                 self._check_log_matching(nid, e, st.log.term(e.index - 1) or 0)
         elif event == "commit":
             self.record(nid, "commit", st.commit)
             self._on_commit(node)
         elif event == "apply":
-            entry, result = data  # type: ignore[misc]
+            entry, result = cast("tuple[Entry, object]", data)
             self.record(nid, "apply", (entry.index, entry.term, entry.command, result))
             self._on_apply(nid, entry, result)
         if st.role is Role.LEADER:

@@ -23,7 +23,9 @@ class SimulatedStorage:
     throws away what was not yet synced, as a power cut would.
     """
 
-    def __init__(self, rng: random.Random, *, sync_s_max: float = 0.001, initial: StoredState | None = None) -> None:
+    def __init__(
+        self, rng: random.Random, *, sync_s_max: float = 0.001, initial: StoredState | None = None
+    ) -> None:
         self._rng = rng
         self._sync_s_max = sync_s_max
         self._durable = MemoryStorage(initial)
@@ -64,11 +66,15 @@ class SimulatedStorage:
         """Lose every write not yet synced."""
         self._unsynced.clear()
         self._volatile = MemoryStorage(
-            StoredState(self._durable.hard_state, tuple(self._durable.entries(1, self._durable.last_index() + 1)))
+            StoredState(
+                self._durable.hard_state,
+                tuple(self._durable.entries(1, self._durable.last_index() + 1)),
+            )
         )
 
     def durable_state(self) -> StoredState:
         """What a restart would load."""
         return StoredState(
-            self._durable.hard_state, tuple(self._durable.entries(1, self._durable.last_index() + 1))
+            self._durable.hard_state,
+            tuple(self._durable.entries(1, self._durable.last_index() + 1)),
         )

@@ -119,7 +119,7 @@ class KVClients:
         if not running:
             await trio.sleep(0.05)
             return hint
-        target = hint if hint in self.cluster.nodes else rng.choice(running)
+        target = hint if hint is not None and hint in self.cluster.nodes else rng.choice(running)
         node = self.cluster.nodes[target]
         handle = self.history.invoke(cid, op, trio.current_time())
         is_read = op[0] == "get"
@@ -218,7 +218,8 @@ async def run_chaos(
             raise AssertionError(
                 f"seed={seed}: the healed cluster did not converge within {converge_s}s\n"
                 + "\n".join(str(n.status) for n in cluster.nodes.values())
-                + "\n" + cluster.checker.format_trace()
+                + "\n"
+                + cluster.checker.format_trace()
             )
         for key in workload.keys:  # final reads: every acknowledged write must be visible
             await workload.perform(clients, ("get", key), leader.id, master)
@@ -232,5 +233,3 @@ async def run_chaos(
             linearizability=result, events=cluster.checker.events, digest=cluster.checker.digest,
             messages=stats.total.sent,
         )  # fmt: skip
-
-
