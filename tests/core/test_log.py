@@ -140,10 +140,6 @@ def test_truncate_past_the_end_is_a_no_op() -> None:
     assert terms_of(log) == [1, 2]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: truncate_from(0) drops only the LAST entry (slice [-1:]), not every entry",
-)
 def test_truncate_from_zero_drops_everything_or_refuses() -> None:
     """The contract "drop every entry at ``index`` or later" means all of them at index 0.
 

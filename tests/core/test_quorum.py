@@ -78,7 +78,7 @@ def committed_index_reference(voters: list[str], match: dict[str, int]) -> int:
     return best
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     n=st.integers(1, 7),
     data=st.data(),
@@ -90,7 +90,7 @@ def test_committed_index_matches_reference(n: int, data: st.DataObject) -> None:
     assert committed_index(voters, match) == committed_index_reference(voters, match)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(n=st.integers(1, 7), data=st.data())
 def test_vote_result_matches_reference(n: int, data: st.DataObject) -> None:
     voters = ids(n)

@@ -592,11 +592,6 @@ def test_isolated_pre_candidate_does_not_inflate_its_term() -> None:
     assert role(net["n3"]) is Role.FOLLOWER
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: PreVote rejections (term == pre-candidate's term) are dropped as stale in "
-    "_handle_vote_response, so a pre-candidate never LOSES and stays PRE_CANDIDATE",
-)
 def test_pre_candidate_loses_on_a_majority_of_rejections() -> None:
     """Thesis §9.6 / §5.2: a pre-candidate refused by a majority (its log is behind) cannot win;
     like a candidate it returns to follower instead of lingering as pre-candidate."""

@@ -98,4 +98,4 @@ class RaftLog:
 
     def truncate_from(self, index: int) -> None:
         """Drop every entry at ``index`` or later."""
-        del self._entries[index - 1 :]
+        del self._entries[max(index, 1) - 1 :]

@@ -17,7 +17,7 @@ from .._errors import NotLeaderError, TooManyUncommittedError
 from .._messages import AppendRequest, AppendResponse, Message, VoteRequest, VoteResponse
 from .._types import Entry, EntryKind, HardState, NodeId, Role, StoredState
 from ._log import RaftLog
-from ._progress import Progress
+from ._progress import Progress, ProgressState
 from ._quorum import VoteResult, committed_index, vote_result
 
 
@@ -275,9 +275,12 @@ class RaftState:
             self._send(VoteResponse(self.id, m.src, self.term, False, pre_vote=m.pre_vote))
 
     def _handle_vote_response(self, m: VoteResponse) -> None:
-        current = (self.role is Role.PRE_CANDIDATE and m.pre_vote and m.term == self.term + 1) or (
-            self.role is Role.CANDIDATE and not m.pre_vote and m.term == self.term
-        )
+        if self.role is Role.PRE_CANDIDATE and m.pre_vote:
+            # Granted PreVotes echo the term asked about; refusals carry the voter's term (a
+            # higher one already made us a follower in step()).
+            current = m.term == (self.term + 1 if m.granted else self.term)
+        else:
+            current = self.role is Role.CANDIDATE and not m.pre_vote and m.term == self.term
         if not current:
             return  # stale, or for another round
         self.votes[m.src] = m.granted
@@ -309,8 +312,8 @@ class RaftState:
             )  # fmt: skip
             return
         # Fast back-up: tell the leader where our log stops agreeing, a whole term at a time.
-        if m.prev_index > self.log.last_index:
-            conflict_term, conflict_index = 0, self.log.last_index + 1
+        if m.prev_index > self.log.last_index or m.prev_index < 1:
+            conflict_term, conflict_index = 0, min(max(m.prev_index, 1), self.log.last_index + 1)
         else:
             conflict_term = self.log.term(m.prev_index) or 0
             conflict_index = max(self.log.first_index_of_term(m.prev_index), self.commit + 1)
@@ -415,7 +418,10 @@ class RaftState:
         pr = self.progress[peer]
         cfg = self.config
         if heartbeat_due and pr.stalled(now, 2 * cfg.heartbeat_s):
-            pr.become_probe()  # the in-flight window got lost: fall back to probing
+            if pr.state is ProgressState.PROBE:
+                pr.probe_sent = False  # the probe or its answer got lost: send it again
+            else:
+                pr.become_probe()  # the in-flight window got lost: fall back to probing
         if pr.next <= self.log.last_index and pr.can_send_entries(
             cfg.max_inflight_appends, cfg.max_inflight_bytes
         ):

@@ -184,7 +184,7 @@ class SimulatedCluster:
 
     async def propose(self, command: object, *, retry_s: float = 0.05) -> object:
         """Propose ``command`` through whichever node leads, retrying while there is no leader
-        (only on :class:`NotLeaderError`, which guarantees nothing was appended)."""
+        (only on :class:`~trio_raft.NotLeaderError`, which guarantees nothing was appended)."""
         while True:
             leader = self.leader()
             if leader is not None:

@@ -87,8 +87,8 @@ def check_linearizable(
 
     Args:
         operations: The history, in any order, e.g. :meth:`History.operations
-            <trio_raft.testing._history.History.operations>`. Commands are those of
-            :func:`~trio_raft.testing._kv.kv_step`; every key starts absent.
+            <trio_raft.testing.History.operations>`. Commands are those of
+            :func:`~trio_raft.testing.kv_step`; every key starts absent.
         max_states: Search budget per key partition, in search states visited (see the module
             docstring); a partition that needs more is undecided. Time and memory grow with it.
 
