@@ -71,7 +71,11 @@ class StoredState:
     hard_state: HardState = HardState()
     """Term and vote."""
     entries: tuple[Entry, ...] = ()
-    """The whole log, in index order, starting at index 1."""
+    """The log after the compacted prefix, in index order, starting at ``log_start_index + 1``."""
+    log_start_index: int = attrs.field(default=0, validator=_non_negative)
+    """Index of the last entry discarded by compaction (0 if none was)."""
+    log_start_term: int = attrs.field(default=0, validator=_non_negative)
+    """Term of the entry at ``log_start_index`` (0 if none)."""
 
 
 class Role(enum.Enum):
