@@ -16,13 +16,13 @@ STORY = [
     r"^seed=1 \(replay with --seed 1\)$",
     r"^\[ *\d+\.\d{3}s\] start 3 nodes \(n1, n2, n3\)",
     r"^\[ *\d+\.\d{3}s\] (?P<first>n\d) becomes leader of term 1$",
-    r"^\[ *\d+\.\d{3}s\] put x=1 -> committed at index \d+ on all 3 nodes$",
+    r"^\[ *\d+\.\d{3}s\] put x=1 -> committed at index \d+, applied on all 3 nodes$",
     r"^\[ *\d+\.\d{3}s\] put y=2 sent to follower n\d -> NotLeaderError, .*retry on n\d$",
-    r"^\[ *\d+\.\d{3}s\] put y=2 -> committed at index \d+ on all 3 nodes$",
+    r"^\[ *\d+\.\d{3}s\] put y=2 -> committed at index \d+, applied on all 3 nodes$",
     r"^\[ *\d+\.\d{3}s\] CRASH (?P<crashed>n\d) \(the leader\)$",
     r"^\[ *\d+\.\d{3}s\] (?P<second>n\d) becomes leader of term \d+ \(after \d+\.\d\ds without a",
-    r"^\[ *\d+\.\d{3}s\] put z=3 -> committed at index \d+ on n\d, n\d \(n\d is down\)$",
-    r"^\[ *\d+\.\d{3}s\] put x=4 -> committed at index \d+ on n\d, n\d \(n\d is down\)$",
+    r"^\[ *\d+\.\d{3}s\] put z=3 -> committed at index \d+, applied on n\d, n\d \(n\d is down\)$",
+    r"^\[ *\d+\.\d{3}s\] put x=4 -> committed at index \d+, applied on n\d, n\d \(n\d is down\)$",
     r"^\[ *\d+\.\d{3}s\] RESTART (?P<restarted>n\d): its disk holds term 1",
     r"^\[ *\d+\.\d{3}s\] n\d rejoins as follower of term \d+ \(leader n\d\) and catches up",
     r"^\[ *\d+\.\d{3}s\] all 3 nodes hold the same state: \{'x': '4', 'y': '2', 'z': '3'\}$",
@@ -64,7 +64,9 @@ def test_demo_with_five_nodes(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--nodes", "5", "--seed", "3"]) == 0
     out = capsys.readouterr().out
     assert "all 5 nodes hold the same state: {'x': '4', 'y': '2', 'z': '3'}" in out
-    assert re.search(r"put z=3 -> committed at index \d+ on (n\d, ){3}n\d \(n\d is down\)", out)
+    assert re.search(
+        r"put z=3 -> committed at index \d+, applied on (n\d, ){3}n\d \(n\d is down\)", out
+    )
 
 
 def test_demo_failure_exits_1(

@@ -197,7 +197,7 @@ async def _put(
         where = f"on all {len(running)} nodes"
     else:
         where = f"on {', '.join(running)} ({down} is down)"
-    tl.say(f"put {key}={value} -> committed at index {index} {where}")
+    tl.say(f"put {key}={value} -> committed at index {index}, applied {where}")
 
 
 async def _wait_all_applied(cluster: SimulatedCluster, index: int) -> list[NodeId]:

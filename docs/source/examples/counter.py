@@ -1,8 +1,8 @@
 """A replicated counter: three Raft nodes in one trio program.
 
 Run it with ``python counter.py``. The nodes talk over the in-memory network of
-:mod:`trio_raft.testing` and keep their logs in memory; a real deployment gives each node its own
-process, a network transport and durable storage.
+``trio_raft.testing`` and keep their logs in memory. (A network transport and durable storage,
+which let each node run in its own process and survive a restart, come in later releases.)
 """
 
 from __future__ import annotations
@@ -49,28 +49,41 @@ class Counter:
         return self.value
 
 
-async def increment(nodes: dict[str, trio_raft.Node], client_id: str, seq: int, amount: int) -> int:
-    """Add ``amount`` through whichever node leads; retry until the command is applied."""
-    target = "n1"  # any node: a follower tells us who leads
-    while True:
-        try:
-            result = await nodes[target].propose((client_id, seq, amount))
-        except trio_raft.NotLeaderError as exc:
-            # Nothing was appended, so retrying is always safe.
-            if exc.leader_id is None:
-                await trio.sleep(0.1)  # an election is under way
+class CounterClient:
+    """Adds to the counter through whichever node leads, retrying until the addition is applied.
+
+    Every call sends one command, ``(client_id, seq, amount)``, with a fresh ``seq``; retries of
+    that call resend the very same command, so the counter can recognise them.
+    """
+
+    def __init__(self, nodes: dict[str, trio_raft.Node], client_id: str) -> None:
+        self._nodes = nodes
+        self._client_id = client_id
+        self._seq = 0
+        self._target = next(iter(nodes))  # any node: a follower tells us who leads
+
+    async def add(self, amount: int) -> int:
+        self._seq += 1
+        command = (self._client_id, self._seq, amount)
+        while True:
+            try:
+                result = await self._nodes[self._target].propose(command)
+            except trio_raft.NotLeaderError as exc:
+                # Nothing was appended, so retrying is always safe.
+                if exc.leader_id is None:
+                    await trio.sleep(0.1)  # an election is under way
+                else:
+                    print(f"{self._target} is not the leader: retrying on {exc.leader_id}")
+                    self._target = exc.leader_id
+            except trio_raft.ProposalDroppedError:
+                await trio.sleep(0.1)  # definitely not applied (e.g. back-pressure): retry
+            except trio_raft.LeadershipLostError:
+                # Maybe applied, maybe not. Retrying is safe only because the counter ignores
+                # a (client_id, seq) it has already applied.
+                await trio.sleep(0.1)
             else:
-                print(f"{target} is not the leader: retrying on {exc.leader_id}")
-                target = exc.leader_id
-        except trio_raft.ProposalDroppedError:
-            await trio.sleep(0.1)  # definitely not applied (e.g. back-pressure): retry
-        except trio_raft.LeadershipLostError:
-            # Maybe applied, maybe not. Retrying is safe only because Counter ignores a
-            # (client_id, seq) it has already applied.
-            await trio.sleep(0.1)
-        else:
-            assert isinstance(result, int)
-            return result
+                assert isinstance(result, int)
+                return result
 
 
 async def main() -> None:
@@ -93,9 +106,9 @@ async def main() -> None:
 
             leader_id = await nodes["n1"].wait_leader()
             print(f"leader elected: {leader_id}")
-            for seq in (1, 2, 3):
-                value = await increment(nodes, "client-1", seq, 10)
-                print(f"client-1 #{seq}: +10 -> counter = {value}")
+            client = CounterClient(nodes, "client-1")
+            for _ in range(3):
+                print(f"client-1 adds 10 -> counter = {await client.add(10)}")
 
             leader = nodes[leader_id]
             print(f"linearizable read on {leader_id}: {await leader.read('value')}")
