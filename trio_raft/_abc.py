@@ -21,8 +21,10 @@ class StateMachine(Protocol):
 
     ``apply`` must be deterministic: given the same commands in the same order, every replica
     must return the same results and reach the same state. It is called exactly once per committed
-    command entry, in log order, from the node's applier task (never concurrently). Snapshot and
-    restore hooks arrive with log compaction.
+    command entry, in log order, from the node's applier task (never concurrently). If it raises
+    an :class:`Exception` (say, for a malformed command), that exception is the command's outcome:
+    it must leave the state unchanged, it is raised from the proposer's :meth:`Node.propose`, and
+    the node carries on. Snapshot and restore hooks arrive with log compaction.
     """
 
     def apply(self, command: object) -> object:

@@ -23,8 +23,11 @@ class VoteRequest:
     """
 
     src: NodeId
+    """Sender."""
     dst: NodeId
+    """Receiver."""
     term: int
+    """The sender's term (see the class docstring for PreVote)."""
     last_log_index: int
     """Index of the candidate's last log entry (0 if empty)."""
     last_log_term: int
@@ -38,11 +41,16 @@ class VoteResponse:
     """The answer to a :class:`VoteRequest`."""
 
     src: NodeId
+    """Sender."""
     dst: NodeId
+    """Receiver."""
     term: int
+    """The sender's term (see the class docstring for PreVote)."""
     """The voter's term; for a granted PreVote, the term of the request."""
     granted: bool
+    """Whether the vote (or PreVote) is granted."""
     pre_vote: bool = False
+    """Whether this answers a PreVote."""
 
 
 @attrs.frozen(slots=True)
@@ -50,13 +58,17 @@ class AppendRequest:
     """AppendEntries (Raft §5.3); a heartbeat is one with no entries."""
 
     src: NodeId
+    """Sender."""
     dst: NodeId
+    """Receiver."""
     term: int
+    """The sender's term (see the class docstring for PreVote)."""
     prev_index: int
     """Index of the entry just before ``entries``."""
     prev_term: int
     """Term of the entry at ``prev_index`` (0 when ``prev_index`` is 0)."""
     entries: tuple[Entry, ...]
+    """Entries to append after ``prev_index``; empty for a heartbeat."""
     commit: int
     """The leader's commit index, capped by the receiver to what it has verified."""
     seq: int = 0
@@ -75,10 +87,15 @@ class AppendResponse:
     """
 
     src: NodeId
+    """Sender."""
     dst: NodeId
+    """Receiver."""
     term: int
+    """The sender's term (see the class docstring for PreVote)."""
     success: bool
+    """Whether the consistency check passed and the entries were appended."""
     match_index: int = 0
+    """On success, the last index known to match the leader's log."""
     rejected_index: int = 0
     """The ``prev_index`` that was rejected; lets the leader discard stale rejections."""
     conflict_term: int = 0

@@ -143,6 +143,8 @@ class Node:
         Cancelling the call abandons the wait, not the proposal: it may still commit.
 
         Raises:
+            Exception: whatever :meth:`StateMachine.apply` raised for this command (it was
+                committed and applied, and failed the same way on every replica).
             NotLeaderError: this node is not the leader; nothing was appended (safe to retry,
                 ideally on ``exc.leader_id``).
             TooManyUncommittedError: back-pressure; nothing was appended.
@@ -410,15 +412,26 @@ class Node:
             self._changed.notify()
 
     def _apply_entry(self, entry: Entry) -> None:
-        result = self._sm.apply(entry.command) if entry.kind is EntryKind.COMMAND else None
+        result: object = None
+        failure: Exception | None = None
+        if entry.kind is EntryKind.COMMAND:
+            try:
+                result = self._sm.apply(entry.command)
+            except Exception as exc:
+                # The command's outcome, the same on every replica (apply is deterministic):
+                # it goes back to the proposer; the node and the cluster carry on.
+                failure = exc
         self._last_applied = entry.index
-        self._notify("apply", (entry, result))
+        self._notify("apply", (entry, _describe_failure(failure) if failure else result))
         proposal = self._proposals.pop(entry.index, None)
         if proposal is None:
             return
         term, waiter = proposal
         if term == entry.term:
-            waiter.set(result)
+            if failure is not None:
+                waiter.fail(failure)
+            else:
+                waiter.set(result)
         else:
             waiter.fail(
                 ProposalDroppedError(
@@ -426,6 +439,11 @@ class Node:
                     f"of term {entry.term}; it was not applied, retry"
                 )
             )
+
+
+def _describe_failure(exc: Exception) -> tuple[str, str]:
+    """A comparable stand-in for an exception result (replicas must fail alike)."""
+    return (type(exc).__qualname__, str(exc))
 
 
 @asynccontextmanager

@@ -26,13 +26,20 @@ class Status:
     """A snapshot of one node (see :attr:`Node.status`)."""
 
     node_id: NodeId
+    """The node this snapshot describes."""
     role: Role
+    """Its role in ``term``."""
     term: int
+    """The latest term it has seen."""
     leader_id: NodeId | None
     """The leader this node believes in, or ``None`` while it knows none."""
     commit_index: int
+    """Highest log index it knows to be committed."""
     last_applied: int
+    """Highest log index its state machine has applied."""
     last_log_index: int
+    """Index of its last log entry (0 if the log is empty)."""
     last_log_term: int
+    """Term of its last log entry (0 if the log is empty)."""
     followers: Mapping[NodeId, FollowerStatus] = attrs.field(factory=dict)
     """Empty unless ``role`` is :attr:`Role.LEADER`."""

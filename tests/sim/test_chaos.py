@@ -26,6 +26,7 @@ def _run(seed: int, **kwargs: object) -> object:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.seeds(200)
 def test_chaos(sim_seed: int) -> None:
     """60 virtual seconds of partitions, crashes and restarts with 10% loss, duplication and
@@ -46,6 +47,7 @@ _fault = st.builds(
 )
 
 
+@pytest.mark.slow
 @hypothesis.settings(max_examples=30, deadline=None, derandomize=True, database=None)
 @hypothesis.given(schedule=st.lists(_fault, max_size=10), seed=st.integers(0, 2**31))
 def test_hypothesis_fault_schedules(schedule: list[Fault], seed: int) -> None:

@@ -93,3 +93,22 @@ async def test_crash_stops_every_task_of_the_node(autojump_clock: trio.testing.M
                 pass
             else:
                 raise AssertionError("a crashed node accepted a proposal")
+
+
+async def test_a_command_that_apply_rejects_fails_alone(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A malformed command is committed, fails the same way everywhere, and nothing stops."""
+    with trio.fail_after(10):
+        async with open_simulated_cluster(3, seed=5) as cluster:
+            leader = await cluster.wait_leader()
+            try:
+                await leader.propose(("bogus",))
+            except ValueError as exc:
+                assert "malformed KV command" in str(exc)
+            else:
+                raise AssertionError("apply's ValueError did not reach the proposer")
+            assert await leader.propose(("put", "k", "v")) is None
+            await cluster.wait_converged()
+            states = [sm.as_dict() for sm in cluster.state_machines.values()]  # type: ignore[attr-defined]
+            assert states == [{"k": "v"}] * 3

@@ -53,9 +53,11 @@ class SimulatedCluster:
         self.seed = seed
         """The seed every random choice of this run derives from."""
         self.node_ids: tuple[NodeId, ...] = tuple(node_ids)
+        """Every member's id, running or not."""
         self.network = network
         """The simulated network: faults, hooks and statistics (see :class:`MemoryNetwork`)."""
         self.config = config
+        """The configuration every node runs with."""
         self.checker = InvariantChecker(seed)
         """The live safety checker; its trace is in every :class:`InvariantViolation`."""
         self.storages = {
@@ -66,6 +68,8 @@ class SimulatedCluster:
             )
             for nid in self.node_ids
         }
+        """Each node's simulated disk; it outlives crashes (``durable_state()`` is what a
+        restart loads)."""
         self.state_machines: dict[NodeId, StateMachine] = {}
         """The state machine of each running node (a fresh one per incarnation)."""
         self._factory = state_machine_factory

@@ -41,11 +41,14 @@ class InvariantChecker:
 
     def __init__(self, seed: int, *, trace_size: int = 400) -> None:
         self.seed = seed
+        """The seed of the run (printed in every violation)."""
         self.trace: collections.deque[tuple[float, str, str, object]] = collections.deque(
             maxlen=trace_size
         )
+        """The most recent events as ``(time, who, event, data)``; bounded by ``trace_size``."""
         self._digest = hashlib.sha256()
         self.events = 0
+        """How many events were recorded."""
         self._leaders: dict[int, NodeId] = {}
         self._entries: dict[tuple[int, int], tuple[object, int]] = {}
         self._committed: dict[int, Entry] = {}

@@ -30,8 +30,11 @@ class Fault:
     """
 
     after_s: float
+    """Virtual seconds to wait before acting."""
     action: str
+    """One of `ACTIONS`."""
     nodes: tuple[NodeId, ...] = ()
+    """The nodes acted on (the first side, for a partition)."""
 
 
 ACTIONS = ("partition", "isolate", "heal", "crash", "restart", "restart_all")
@@ -85,11 +88,17 @@ class KVClients:
     """Concurrent KV clients that drive a cluster and record what they see in :attr:`history`."""
 
     cluster: SimulatedCluster
+    """The cluster to drive."""
     rng: random.Random
+    """Source of every client's choices."""
     keys: Sequence[str] = ("a", "b", "c", "d", "e")
+    """The keys the clients touch (few keys, many conflicts)."""
     op_timeout_s: float = 1.0
+    """A client gives up on an operation after this long (outcome unknown for writes)."""
     think_s_max: float = 0.2
+    """Clients pause a random time up to this between operations."""
     history: History = attrs.Factory(History)
+    """Everything the clients saw."""
     acknowledged: int = 0
     """Writes that returned a result."""
 
@@ -166,13 +175,19 @@ class ChaosReport:
     """What :func:`run_chaos` observed."""
 
     seed: int
+    """The seed that replays this run."""
     operations: int
+    """Operations in the checked history (failed ones excluded)."""
     acknowledged_writes: int
+    """Writes that returned a result to a client."""
     linearizability: LinearizabilityResult
+    """The checker's verdict on the history."""
     events: int
+    """Node events the invariant checker saw."""
     digest: str
     """Hash of every node event: two runs of one seed must agree on it."""
     messages: int
+    """Messages the network carried."""
 
 
 async def run_chaos(
