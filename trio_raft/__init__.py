@@ -4,6 +4,7 @@ Embed a replicated state machine with :func:`open_node`; test it under adversity
 deterministic simulator in :mod:`trio_raft.testing`.
 """
 
+from ._abc import SnapshottingStateMachine as SnapshottingStateMachine
 from ._abc import StateMachine as StateMachine
 from ._abc import Storage as Storage
 from ._abc import Transport as Transport
@@ -17,6 +18,8 @@ from ._errors import TooManyUncommittedError as TooManyUncommittedError
 from ._messages import AppendRequest as AppendRequest
 from ._messages import AppendResponse as AppendResponse
 from ._messages import Message as Message
+from ._messages import SnapshotRequest as SnapshotRequest
+from ._messages import SnapshotResponse as SnapshotResponse
 from ._messages import VoteRequest as VoteRequest
 from ._messages import VoteResponse as VoteResponse
 from ._node import Node as Node
@@ -29,6 +32,7 @@ from ._types import EntryKind as EntryKind
 from ._types import HardState as HardState
 from ._types import NodeId as NodeId
 from ._types import Role as Role
+from ._types import SnapshotMeta as SnapshotMeta
 from ._types import StoredState as StoredState
 from ._util import fixup_module_metadata as _fixup_module_metadata
 from ._version import __version__ as __version__

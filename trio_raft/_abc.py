@@ -7,13 +7,13 @@ implementations of the last two.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from typing import Protocol
 
 import trio
 
 from ._messages import Message
-from ._types import Entry, HardState, StoredState
+from ._types import Entry, HardState, SnapshotMeta, StoredState
 
 
 class StateMachine(Protocol):
@@ -33,6 +33,25 @@ class StateMachine(Protocol):
 
     def query(self, query: object) -> object:
         """Answer a read-only query against the current state (used by :meth:`Node.read`)."""
+        ...
+
+
+class SnapshottingStateMachine(StateMachine, Protocol):
+    """A :class:`StateMachine` that can be snapshotted, which log compaction needs.
+
+    ``snapshot`` is called by the applier between two ``apply`` calls and must capture the
+    state at that point at once (say, copy it or switch to copy-on-write); the returned iterable
+    is consumed later, in chunks, possibly while ``apply`` goes on. ``restore`` replaces the
+    whole state with a snapshot's bytes (as produced by ``snapshot``, possibly on another node
+    and re-chunked).
+    """
+
+    def snapshot(self) -> Iterable[bytes]:
+        """Capture the current state; return its serialization as chunks of bytes."""
+        ...
+
+    def restore(self, chunks: Iterable[bytes]) -> None:
+        """Replace the current state by the one serialized in ``chunks``."""
         ...
 
 
@@ -70,7 +89,25 @@ class Storage(Protocol):
         ...
 
     def entries(self, lo: int, hi: int) -> list[Entry]:
-        """Saved entries with ``lo <= index < hi``."""
+        """Saved entries with ``lo <= index < hi`` (none from the compacted prefix)."""
+        ...
+
+    async def save_snapshot(self, meta: SnapshotMeta, chunks: AsyncIterable[bytes]) -> None:
+        """Store a snapshot, replacing the previous one, durably before returning.
+
+        If cancelled or failing midway, the previous snapshot must remain the current one.
+        """
+        ...
+
+    async def load_snapshot(self) -> tuple[SnapshotMeta, AsyncIterator[bytes]] | None:
+        """The current snapshot's metadata and an iterator over its bytes, or ``None``."""
+        ...
+
+    async def compact(self, index: int, term: int) -> None:
+        """Durably discard every entry up to ``index`` (a snapshot covers them); the log then
+        starts after ``(index, term)``. If the log ends before ``index`` it becomes empty and
+        the next saved entry is ``index + 1``. Called only after :meth:`save_snapshot` of a
+        snapshot at or beyond ``index`` returned."""
         ...
 
 

@@ -15,6 +15,11 @@ def _positive_int(_inst: object, attribute: attrs.Attribute[int], value: int) ->
         raise ValueError(f"Config.{attribute.name} must be >= 1, got {value!r}")
 
 
+def _non_negative_int(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value < 0:
+        raise ValueError(f"Config.{attribute.name} must be >= 0, got {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class Config:
     """Tuning knobs of a node. The defaults suit a LAN (round trips well under 10 ms).
@@ -43,6 +48,15 @@ class Config:
     max_uncommitted_entries: int = attrs.field(default=10_000, validator=_positive_int)
     """A leader refuses proposals (:class:`TooManyUncommittedError`) beyond this many uncommitted
     entries, so a leader cut off from its followers cannot grow without bound."""
+    snapshot_entries: int = attrs.field(default=10_000, validator=_positive_int)
+    """Take a snapshot once this many entries were applied since the last one, then compact the
+    log. Only for state machines that implement ``snapshot``/``restore``
+    (:class:`SnapshottingStateMachine`); other logs grow without bound."""
+    snapshot_keep_entries: int = attrs.field(default=1_000, validator=_non_negative_int)
+    """How many entries before a snapshot's index compaction keeps, so that a follower that is
+    only a little behind catches up from the log rather than by a whole snapshot."""
+    snapshot_chunk_bytes: int = attrs.field(default=1 << 20, validator=_positive_int)
+    """At most this many bytes of snapshot per InstallSnapshot message."""
     pre_vote: bool = True
     """PreVote (thesis §9.6): a node must learn it could win before it raises its term, so a node
     returning from a partition cannot depose a healthy leader."""

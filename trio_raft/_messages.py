@@ -106,7 +106,51 @@ class AppendResponse:
     """The ``seq`` of the request answered."""
 
 
-Message: TypeAlias = VoteRequest | VoteResponse | AppendRequest | AppendResponse
+@attrs.frozen(slots=True)
+class SnapshotRequest:
+    """InstallSnapshot (Raft §7): one chunk of the leader's snapshot, for a follower whose next
+    entry the leader has already compacted away. Chunks go out in order; ``offset`` is the byte
+    position of ``data`` in the snapshot."""
+
+    src: NodeId
+    """Sender (the leader)."""
+    dst: NodeId
+    """Receiver."""
+    term: int
+    """The leader's term."""
+    index: int
+    """The last log index the snapshot covers."""
+    snapshot_term: int
+    """The term of the entry at ``index``."""
+    offset: int
+    """Byte offset of ``data`` within the snapshot."""
+    data: bytes
+    """This chunk."""
+    done: bool
+    """Whether this is the last chunk."""
+
+
+@attrs.frozen(slots=True)
+class SnapshotResponse:
+    """The answer to a :class:`SnapshotRequest`: how far the follower got."""
+
+    src: NodeId
+    """Sender (the follower)."""
+    dst: NodeId
+    """Receiver (the leader)."""
+    term: int
+    """The follower's term."""
+    index: int
+    """The snapshot being acknowledged (its last index)."""
+    offset: int
+    """Bytes of that snapshot received so far: the offset the leader should send next."""
+    done: bool
+    """The snapshot is durably installed: the follower's log now matches up to ``index``."""
+
+
+Message: TypeAlias = (
+    VoteRequest | VoteResponse | AppendRequest | AppendResponse | SnapshotRequest | SnapshotResponse
+)
 """Any Raft RPC."""
 
 MESSAGE_TYPES: tuple[type[Message], ...] = (
@@ -114,4 +158,6 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     VoteResponse,
     AppendRequest,
     AppendResponse,
+    SnapshotRequest,
+    SnapshotResponse,
 )

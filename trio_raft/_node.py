@@ -29,8 +29,10 @@ from typing import Protocol, final
 import attrs
 import trio
 
+from . import _snapshot
 from ._abc import StateMachine, Storage, Transport
 from ._config import Config
+from ._core._log import RaftLog
 from ._core._progress import ProgressState
 from ._core._state import RaftState, Ready
 from ._errors import (
@@ -40,10 +42,10 @@ from ._errors import (
     ProposalDroppedError,
     RaftError,
 )
-from ._messages import MESSAGE_TYPES, Message
+from ._messages import MESSAGE_TYPES, Message, SnapshotRequest
 from ._status import FollowerStatus, Status
 from ._sync import Broadcast, Signal, Waiter
-from ._types import Entry, EntryKind, NodeId, Role
+from ._types import Entry, EntryKind, NodeId, Role, SnapshotMeta, StoredState
 from ._util import unwrap_single_exception_group
 
 INBOX_SIZE = 256
@@ -70,7 +72,9 @@ class _Timeout:
 
 
 _TIMEOUT = _Timeout()
-_Event = Message | _Propose | _Read | _Timeout
+_Event = (
+    Message | _Propose | _Read | _Timeout | _snapshot.SnapshotSaved | _snapshot.SnapshotReceived
+)
 
 
 class _Observer(Protocol):
@@ -114,6 +118,11 @@ class Node:
         self._election_deadline = math.inf
         self._timer_scope: trio.CancelScope | None = None
         self._closed = False
+        self._nursery: trio.Nursery | None = None
+        self._snapshot_lock = trio.Lock()
+        self._snapshot_index = state.log.start_index
+        self._snapshotting = False
+        self._receiver: _snapshot.Receiver | None = None
 
     # -- public API --------------------------------------------------------------------------
 
@@ -204,6 +213,7 @@ class Node:
             raise NodeClosedError(f"node {self._id!r} has shut down; open a new node") from None
 
     def _start(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
         self._reset_election_timer()
         nursery.start_soon(self._pump, name=f"trio_raft pump {self._id}")
         nursery.start_soon(self._dispatch, name=f"trio_raft dispatcher {self._id}")
@@ -250,13 +260,23 @@ class Node:
                     break
             now = trio.current_time()
             for event in batch:
-                self._handle(event, now)
+                if isinstance(event, _snapshot.SnapshotSaved | _snapshot.SnapshotReceived):
+                    await self._process_ready()  # effects so far first: these await storage
+                    if isinstance(event, _snapshot.SnapshotSaved):
+                        await _snapshot.compact_after(self, event.meta)
+                    else:
+                        await _snapshot.install(self, event)
+                    now = trio.current_time()
+                else:
+                    self._handle(event, now)
             await self._process_ready()
 
     def _handle(self, event: _Event, now: float) -> None:
         st = self._state
         if isinstance(event, MESSAGE_TYPES):
             st.step(event, now)
+            if isinstance(event, SnapshotRequest):
+                _snapshot.on_chunk(self, event)
         elif isinstance(event, _Propose):
             try:
                 (entry,) = st.propose([event.command])
@@ -308,6 +328,9 @@ class Node:
         st = self._state
         if self._role_scope is not None:
             self._role_scope.cancel()
+        if self._receiver is not None:  # a download from a former leader
+            self._receiver.scope.cancel()
+            self._receiver = None
         self._notify("role", (st.role, st.term))
         if st.role is not Role.LEADER:
             for index in [i for i in self._proposals if i > st.commit]:
@@ -378,6 +401,9 @@ class Node:
         while True:
             if st.role is not Role.LEADER or st.term != term:
                 await trio.sleep_forever()  # our scope is being cancelled
+            if st.progress[peer].state is ProgressState.SNAPSHOT:
+                await _snapshot.send(self, peer, term)
+                continue
             now = trio.current_time()
             message = st.next_append(peer, now, heartbeat_due=now >= heartbeat_at)
             if message is not None:
@@ -401,6 +427,7 @@ class Node:
                 applied += 1
                 if applied % APPLY_BATCH == 0:
                     await trio.lowlevel.checkpoint()
+            _snapshot.maybe_take(self)
             if self._reads_to_apply:
                 waiting = []
                 for index, waiter in self._reads_to_apply:
@@ -444,6 +471,42 @@ class Node:
 def _describe_failure(exc: Exception) -> tuple[str, str]:
     """A comparable stand-in for an exception result (replicas must fail alike)."""
     return (type(exc).__qualname__, str(exc))
+
+
+async def _recover(storage: Storage, state_machine: StateMachine) -> StoredState:
+    """Load the durable state; restore the state machine from the snapshot, if any, and make
+    the log start at the snapshot (a crash may have come between a snapshot's save and the
+    log's compaction, or an installed snapshot may contradict the old log)."""
+    stored = await storage.load()
+    loaded = await storage.load_snapshot()
+    if loaded is None:
+        if stored.log_start_index:
+            raise RuntimeError(
+                f"storage's log starts after index {stored.log_start_index} but it holds no "
+                "snapshot: the data directory is damaged; restore it from a backup"
+            )
+        return stored
+    meta, chunks = loaded
+    restore = getattr(state_machine, "restore", None)
+    if restore is None:
+        raise TypeError(
+            "storage holds a snapshot but the state machine has no restore(); pass the state "
+            "machine that wrote it (a SnapshottingStateMachine)"
+        )
+    restore([chunk async for chunk in chunks])
+    log = RaftLog(
+        stored.entries, start_index=stored.log_start_index, start_term=stored.log_start_term
+    )
+    if meta.index <= log.start_index:
+        return stored
+    if log.match_term(meta.index, meta.term):
+        entries = tuple(log.slice(meta.index + 1, log.last_index + 1))
+    else:
+        entries = ()
+        await storage.save(truncate_from=log.start_index + 1)
+        await storage.sync()
+    await storage.compact(meta.index, meta.term)
+    return StoredState(stored.hard_state, entries, meta.index, meta.term)
 
 
 @asynccontextmanager
@@ -494,12 +557,15 @@ async def _open_node(
     rng: random.Random | None,
     observer: _Observer | None,
 ) -> AsyncIterator[Node]:
-    stored = await storage.load()
+    stored = await _recover(storage, state_machine)
     state = RaftState(node_id, members, config or Config(), stored)
     node = Node(
         node_id, state, state_machine=state_machine, transport=transport, storage=storage,
         rng=rng or random.Random(), observer=observer,
     )  # fmt: skip
+    node._last_applied = state.log.start_index
+    if observer is not None and stored.log_start_index:
+        observer(node, "restore", SnapshotMeta(stored.log_start_index, stored.log_start_term))
     try:
         with unwrap_single_exception_group():
             async with trio.open_nursery() as nursery:

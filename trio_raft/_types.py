@@ -78,6 +78,16 @@ class StoredState:
     """Term of the entry at ``log_start_index`` (0 if none)."""
 
 
+@attrs.frozen(slots=True)
+class SnapshotMeta:
+    """Identifies a snapshot: the state machine after applying every entry up to ``index``."""
+
+    index: int = attrs.field(validator=_positive)
+    """The last log index the snapshot covers."""
+    term: int = attrs.field(validator=_positive)
+    """The term of that entry."""
+
+
 class Role(enum.Enum):
     """The role a node plays in its current term."""
 

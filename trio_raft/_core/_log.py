@@ -1,4 +1,4 @@
-"""The in-memory Raft log and its matching rules (Raft §5.3, §5.4)."""
+"""The in-memory Raft log and its matching rules (Raft §5.3, §5.4, §7)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,26 @@ from .._types import Entry
 
 
 class RaftLog:
-    """The log as a contiguous run of entries starting at index 1.
+    """The log: a compacted prefix, summarised by ``(start_index, start_term)``, followed by a
+    contiguous run of entries ``start_index + 1 .. last_index``.
 
-    Invariants: ``self._entries[i].index == i + 1``; terms never decrease along the log.
-    Durability is the storage's business: this object is the node's authoritative view and the
-    node mirrors every mutation into :class:`~trio_raft.Storage`.
+    Invariants: ``self._entries[i].index == start_index + 1 + i``; terms never decrease along
+    the log and never fall below ``start_term``. Entries at or below ``start_index`` live only
+    in a snapshot; their terms are unknown except the last one's. Durability is the storage's
+    business: this object is the node's authoritative view and the node mirrors every mutation
+    into :class:`~trio_raft.Storage`.
     """
 
-    __slots__ = ("_entries",)
+    __slots__ = ("_entries", "start_index", "start_term")
 
-    def __init__(self, entries: Sequence[Entry] = ()) -> None:
+    def __init__(
+        self, entries: Sequence[Entry] = (), *, start_index: int = 0, start_term: int = 0
+    ) -> None:
         self._entries: list[Entry] = []
+        self.start_index = start_index
+        """Index of the last compacted entry (0 if none)."""
+        self.start_term = start_term
+        """Term of the last compacted entry (0 if none)."""
         self.append(entries)
 
     def __len__(self) -> int:
@@ -26,18 +35,20 @@ class RaftLog:
 
     @property
     def last_index(self) -> int:
-        return len(self._entries)
+        return self.start_index + len(self._entries)
 
     @property
     def last_term(self) -> int:
-        return self._entries[-1].term if self._entries else 0
+        return self._entries[-1].term if self._entries else self.start_term
 
     def term(self, index: int) -> int | None:
-        """Term of the entry at ``index``; 0 for index 0; ``None`` past the end."""
-        if index == 0:
-            return 0
-        if 1 <= index <= len(self._entries):
-            return self._entries[index - 1].term
+        """Term of the entry at ``index``; ``start_term`` at ``start_index`` (0 at index 0);
+        ``None`` past the end or inside the compacted prefix."""
+        if index == self.start_index:
+            return self.start_term
+        offset = index - self.start_index
+        if 1 <= offset <= len(self._entries):
+            return self._entries[offset - 1].term
         return None
 
     def match_term(self, index: int, term: int) -> bool:
@@ -45,11 +56,18 @@ class RaftLog:
         return self.term(index) == term
 
     def entry(self, index: int) -> Entry:
-        return self._entries[index - 1]
+        """The entry at ``index``; it must be in ``start_index + 1 .. last_index``."""
+        offset = index - self.start_index
+        if not 1 <= offset <= len(self._entries):
+            raise IndexError(
+                f"entry {index} is outside the log ({self.start_index + 1}..{self.last_index})"
+            )
+        return self._entries[offset - 1]
 
     def slice(self, lo: int, hi: int) -> list[Entry]:
-        """Entries with ``lo <= index < hi`` (clamped to the log)."""
-        return self._entries[max(lo, 1) - 1 : max(hi, 1) - 1]
+        """Entries with ``lo <= index < hi``, clamped to the uncompacted log."""
+        base = self.start_index + 1
+        return self._entries[max(lo - base, 0) : max(hi - base, 0)]
 
     def is_up_to_date(self, last_index: int, last_term: int) -> bool:
         """Whether a log ending at ``(last_index, last_term)`` is at least as up-to-date as this one
@@ -57,9 +75,10 @@ class RaftLog:
         return (last_term, last_index) >= (self.last_term, self.last_index)
 
     def first_index_of_term(self, index: int) -> int:
-        """The first index of the run of entries sharing the term of the entry at ``index``."""
-        term = self._entries[index - 1].term
-        while index > 1 and self._entries[index - 2].term == term:
+        """The first index (not below ``start_index``) of the run of entries sharing the term of
+        the entry at ``index``."""
+        term = self.term(index)
+        while index > self.start_index and self.term(index - 1) == term:
             index -= 1
         return index
 
@@ -74,28 +93,48 @@ class RaftLog:
             else:
                 hi = mid
         if lo >= 1 and self._entries[lo - 1].term == term:
-            return lo
+            return self.start_index + lo
+        if lo == 0 and term == self.start_term and self.start_index > 0:
+            return self.start_index
         return None
 
     def find_conflict(self, entries: Sequence[Entry]) -> int:
         """Index of the first of ``entries`` that is missing or disagrees with the log; 0 if all
-        are already present (so a duplicate or reordered AppendEntries is a no-op)."""
+        are already present (so a duplicate or reordered AppendEntries is a no-op). Entries in
+        the compacted prefix are committed, hence present."""
         for e in entries:
-            if not self.match_term(e.index, e.term):
+            if e.index > self.start_index and not self.match_term(e.index, e.term):
                 return e.index
         return 0
 
     def append(self, entries: Sequence[Entry]) -> None:
         """Append entries that continue the log exactly."""
         for e in entries:
-            if e.index != len(self._entries) + 1:
+            if e.index != self.last_index + 1:
                 raise AssertionError(
                     f"append of index {e.index} to a log ending at {self.last_index}"
                 )
-            if self._entries and e.term < self._entries[-1].term:
+            if e.term < self.last_term:
                 raise AssertionError(f"entry {e.index} has term {e.term} below its predecessor's")
             self._entries.append(e)
 
     def truncate_from(self, index: int) -> None:
-        """Drop every entry at ``index`` or later."""
-        del self._entries[max(index, 1) - 1 :]
+        """Drop every entry at ``index`` or later (never the compacted prefix)."""
+        if index <= self.start_index:
+            raise AssertionError(f"truncating at {index}, inside the compacted prefix")
+        del self._entries[index - self.start_index - 1 :]
+
+    def compact(self, index: int) -> None:
+        """Discard every entry up to and including ``index`` (which must be in the log)."""
+        if index <= self.start_index:
+            return
+        term = self.term(index)
+        if term is None:
+            raise AssertionError(f"compacting at {index}, past the end {self.last_index}")
+        del self._entries[: index - self.start_index]
+        self.start_index, self.start_term = index, term
+
+    def reset(self, index: int, term: int) -> None:
+        """Replace the whole log with a snapshot's summary ``(index, term)`` (an install)."""
+        self._entries.clear()
+        self.start_index, self.start_term = index, term

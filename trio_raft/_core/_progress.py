@@ -6,6 +6,8 @@ A follower is in one of two states (etcd's terminology):
   and waits for the answer, backing ``next`` up by whole terms on each rejection.
 * ``REPLICATE``: the logs are known to match up to ``match``; the leader streams entries
   optimistically, up to a window of in-flight messages and bytes.
+* ``SNAPSHOT``: the follower needs entries the leader has compacted away; the leader's
+  replicator streams its snapshot instead, and probes again once it is installed.
 
 Invariant: ``0 <= match < next``.
 """
@@ -21,6 +23,7 @@ import attrs
 class ProgressState(enum.Enum):
     PROBE = "probe"
     REPLICATE = "replicate"
+    SNAPSHOT = "snapshot"
 
 
 @attrs.frozen(slots=True)
@@ -50,6 +53,10 @@ class Progress:
     sent_seq: int = 0
     """Highest heartbeat sequence sent to the follower."""
     probe_sent_at: float = float("-inf")
+    pending_snapshot: int = 0
+    """In SNAPSHOT: the last index of the snapshot being sent (0 until the stream starts)."""
+    snapshot_offset: int = 0
+    """In SNAPSHOT: bytes of it the follower has acknowledged."""
 
     def become_probe(self) -> None:
         self.state = ProgressState.PROBE
@@ -62,6 +69,17 @@ class Progress:
         self.next = self.match + 1
         self._clear_inflight()
 
+    def become_snapshot(self) -> None:
+        self.state = ProgressState.SNAPSHOT
+        self.pending_snapshot = 0
+        self.snapshot_offset = 0
+        self._clear_inflight()
+
+    def on_snapshot_installed(self, index: int) -> None:
+        """The follower installed a snapshot up to ``index``: probe from there."""
+        self.match = max(self.match, index)
+        self.become_probe()
+
     def _clear_inflight(self) -> None:
         self.inflight.clear()
         self.inflight_bytes = 0
@@ -69,6 +87,8 @@ class Progress:
     def can_send_entries(self, max_inflight: int, max_inflight_bytes: int) -> bool:
         if self.state is ProgressState.PROBE:
             return not self.probe_sent
+        if self.state is ProgressState.SNAPSHOT:
+            return False
         return len(self.inflight) < max_inflight and self.inflight_bytes < max_inflight_bytes
 
     def sent_entries(self, last_index: int, size: int, now: float) -> None:
@@ -86,7 +106,7 @@ class Progress:
         if match_index <= self.match:
             return False  # a duplicate or stale answer
         self.match = match_index
-        if self.state is ProgressState.PROBE:
+        if self.state is not ProgressState.REPLICATE:
             self.become_replicate()
         else:
             self.next = max(self.next, match_index + 1)
@@ -99,6 +119,8 @@ class Progress:
         where it suggests to try next. Returns whether the rejection was current (not stale)."""
         if rejected_index <= self.match:
             return False  # stale: we already know they match there
+        if self.state is ProgressState.SNAPSHOT:
+            return False  # an answer from before the snapshot stream
         if self.state is ProgressState.PROBE and rejected_index != self.next - 1:
             return False  # answers an older probe
         next_index = max(self.match + 1, min(hint, rejected_index))
@@ -108,6 +130,8 @@ class Progress:
 
     def stalled(self, now: float, timeout_s: float) -> bool:
         """Whether the oldest in-flight message has gone unanswered for ``timeout_s``."""
+        if self.state is ProgressState.SNAPSHOT:
+            return False  # the replicator resends snapshot chunks itself
         if self.state is ProgressState.PROBE:
             return self.probe_sent and now - self.probe_sent_at >= timeout_s
         return bool(self.inflight) and now - self.inflight[0].sent_at >= timeout_s

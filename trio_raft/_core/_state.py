@@ -14,8 +14,16 @@ import attrs
 
 from .._config import Config
 from .._errors import NotLeaderError, TooManyUncommittedError
-from .._messages import AppendRequest, AppendResponse, Message, VoteRequest, VoteResponse
-from .._types import Entry, EntryKind, HardState, NodeId, Role, StoredState
+from .._messages import (
+    AppendRequest,
+    AppendResponse,
+    Message,
+    SnapshotRequest,
+    SnapshotResponse,
+    VoteRequest,
+    VoteResponse,
+)
+from .._types import Entry, EntryKind, HardState, NodeId, Role, SnapshotMeta, StoredState
 from ._log import RaftLog
 from ._progress import Progress, ProgressState
 from ._quorum import VoteResult, committed_index, vote_result
@@ -68,8 +76,10 @@ class RaftState:
         self.config = config
         self.term = stored.hard_state.term
         self.voted_for = stored.hard_state.voted_for
-        self.log = RaftLog(stored.entries)
-        self.commit = 0
+        self.log = RaftLog(
+            stored.entries, start_index=stored.log_start_index, start_term=stored.log_start_term
+        )
+        self.commit = self.log.start_index  # only committed entries are ever compacted
         self.role = Role.FOLLOWER
         self.leader_id: NodeId | None = None
         self.leader_contact_at = float("-inf")
@@ -239,10 +249,10 @@ class RaftState:
             elif isinstance(m, VoteResponse) and m.pre_vote and m.granted:
                 pass  # a granted PreVote carries the term we asked about, not the voter's
             else:
-                leader = m.src if isinstance(m, AppendRequest) else None
+                leader = m.src if isinstance(m, (AppendRequest, SnapshotRequest)) else None
                 self._become_follower(m.term, leader)
         elif m.term < self.term:
-            if isinstance(m, AppendRequest):
+            if isinstance(m, (AppendRequest, SnapshotRequest)):
                 # Tell the stale leader our term so it steps down.
                 self._send(AppendResponse(self.id, m.src, self.term, False, rejected_index=-1))
             elif isinstance(m, VoteRequest):
@@ -254,6 +264,11 @@ class RaftState:
         elif isinstance(m, AppendResponse):
             if self.role is Role.LEADER:
                 self._handle_append_response(m)
+        elif isinstance(m, SnapshotRequest):
+            self._follow(m.src, now)  # the chunk itself is the node's business
+        elif isinstance(m, SnapshotResponse):
+            if self.role is Role.LEADER:
+                self._handle_snapshot_response(m)
         elif isinstance(m, VoteRequest):
             self._handle_vote_request(m)
         elif isinstance(m, VoteResponse):
@@ -290,11 +305,23 @@ class RaftState:
         elif result is VoteResult.LOST:
             self._become_follower(self.term, None)
 
-    def _handle_append(self, m: AppendRequest, now: float) -> None:
-        if self.role is not Role.FOLLOWER or self.leader_id != m.src:
-            self._become_follower(self.term, m.src)
+    def _follow(self, leader: NodeId, now: float) -> None:
+        """A message from the leader of our term arrived."""
+        if self.role is not Role.FOLLOWER or self.leader_id != leader:
+            self._become_follower(self.term, leader)
         self.leader_contact_at = now
         self._ready.reset_election_timer = True
+
+    def _handle_append(self, m: AppendRequest, now: float) -> None:
+        self._follow(m.src, now)
+        if m.prev_index < self.log.start_index:
+            # The start of this request is compacted here: committed, hence matching. Skip it.
+            m = attrs.evolve(
+                m,
+                prev_index=self.log.start_index,
+                prev_term=self.log.start_term,
+                entries=tuple(e for e in m.entries if e.index > self.log.start_index),
+            )
         if self.log.match_term(m.prev_index, m.prev_term):
             conflict = self.log.find_conflict(m.entries)
             if conflict:
@@ -316,7 +343,11 @@ class RaftState:
             conflict_term, conflict_index = 0, min(max(m.prev_index, 1), self.log.last_index + 1)
         else:
             conflict_term = self.log.term(m.prev_index) or 0
-            conflict_index = max(self.log.first_index_of_term(m.prev_index), self.commit + 1)
+            conflict_index = max(
+                self.log.first_index_of_term(m.prev_index),
+                self.commit + 1,
+                self.log.start_index + 1,
+            )
         self._send(
             AppendResponse(
                 self.id, m.src, self.term, False, rejected_index=m.prev_index,
@@ -343,6 +374,53 @@ class RaftState:
                 if last_of_term is not None:
                     hint = last_of_term + 1
             pr.on_reject(m.rejected_index, hint)
+
+    def _handle_snapshot_response(self, m: SnapshotResponse) -> None:
+        pr = self.progress.get(m.src)
+        if pr is None:
+            return
+        pr.recent_active = True
+        if m.done:
+            if m.index > pr.match:
+                pr.on_snapshot_installed(m.index)
+                self._maybe_commit()
+            elif pr.state is ProgressState.SNAPSHOT and m.index == pr.pending_snapshot:
+                pr.become_probe()
+        elif pr.state is ProgressState.SNAPSHOT and m.index == pr.pending_snapshot:
+            pr.snapshot_offset = m.offset
+
+    # -- snapshots -------------------------------------------------------------------------
+
+    def compact(self, index: int) -> int | None:
+        """Drop the log up to ``index`` (covered by a durable snapshot). Returns the term of the
+        entry at ``index`` for the storage's compaction, or ``None`` if nothing changed."""
+        if index <= self.log.start_index:
+            return None
+        if index > self.commit:
+            raise AssertionError(f"{self.id}: compacting uncommitted index {index} > {self.commit}")
+        term = self.log.term(index)
+        assert term is not None
+        self.log.compact(index)
+        return term
+
+    def install_snapshot(self, meta: SnapshotMeta) -> bool:
+        """Adopt a durable snapshot received from the leader (Raft §7).
+
+        Returns whether the log already held the snapshot's last entry (its suffix is then
+        kept); otherwise the whole log was discarded and the caller must drop it from storage.
+        """
+        if meta.index <= self.commit:
+            raise AssertionError(f"{self.id}: installing snapshot {meta.index} <= {self.commit}")
+        matched = self.log.match_term(meta.index, meta.term)
+        if matched:
+            self.log.compact(meta.index)
+        else:
+            self.log.reset(meta.index, meta.term)
+            self._ready.entries = []
+        self.commit = meta.index
+        self._saved_index = max(self._saved_index, meta.index) if matched else meta.index
+        self._durable_index = max(self._durable_index, meta.index) if matched else meta.index
+        return matched
 
     def _maybe_commit(self) -> None:
         match = {p: pr.match for p, pr in self.progress.items()}
@@ -417,6 +495,11 @@ class RaftState:
         """
         pr = self.progress[peer]
         cfg = self.config
+        if pr.state is ProgressState.SNAPSHOT:
+            return None  # the replicator is streaming a snapshot (its chunks keep the lease)
+        if pr.next <= self.log.start_index:
+            pr.become_snapshot()  # what it needs next is compacted away
+            return None
         if heartbeat_due and pr.stalled(now, 2 * cfg.heartbeat_s):
             if pr.state is ProgressState.PROBE:
                 pr.probe_sent = False  # the probe or its answer got lost: send it again

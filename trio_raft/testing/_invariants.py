@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, cast
 import trio
 
 from .._errors import RaftError
-from .._types import Entry, NodeId, Role
+from .._types import Entry, NodeId, Role, SnapshotMeta
 
 if TYPE_CHECKING:
     from .._core._state import Ready
@@ -111,6 +111,13 @@ class InvariantChecker:
         elif event == "commit":
             self.record(nid, "commit", st.commit)
             self._on_commit(node)
+        elif event == "restore":
+            meta = cast("SnapshotMeta", data)
+            self.record(nid, "restore", (meta.index, meta.term))
+            self._on_restore(nid, meta)
+        elif event == "snapshot":
+            meta = cast("SnapshotMeta", data)
+            self.record(nid, "snapshot", (meta.index, meta.term))
         elif event == "apply":
             entry, result = cast("tuple[Entry, object]", data)
             self.record(nid, "apply", (entry.index, entry.term, entry.command, result))
@@ -126,6 +133,8 @@ class InvariantChecker:
                 "Election Safety", f"{node.id} and {other} were both leader in term {st.term}"
             )
         for index, entry in self._committed.items():
+            if index < st.log.start_index:
+                continue  # compacted into a snapshot; its last entry is checked below
             if st.log.term(index) != entry.term:
                 raise self.fail(
                     "Leader Completeness",
@@ -138,7 +147,9 @@ class InvariantChecker:
         st = node._state
         key = (node.id, st.term)
         length, last = self._leader_log.get(key, (0, None))
-        if st.log.last_index < length or (last is not None and st.log.entry(length) is not last):
+        if st.log.last_index < length or (
+            last is not None and length > st.log.start_index and st.log.entry(length) is not last
+        ):
             raise self.fail(
                 "Leader Append-Only",
                 f"leader {node.id} of term {st.term} lost or replaced entry {length}",
@@ -159,7 +170,7 @@ class InvariantChecker:
 
     def _on_commit(self, node: Node) -> None:
         st = node._state
-        start = self._commit_seen.get(node.id, 0) + 1
+        start = max(self._commit_seen.get(node.id, 0), st.log.start_index) + 1
         for index in range(start, st.commit + 1):
             entry = st.log.entry(index)
             known = self._committed.setdefault(index, entry)
@@ -169,6 +180,22 @@ class InvariantChecker:
                     f"{node.id} committed {entry} at {index}, but {known} was committed there",
                 )
         self._commit_seen[node.id] = max(st.commit, start - 1)
+
+    def _on_restore(self, nid: NodeId, meta: SnapshotMeta) -> None:
+        committed = self._committed.get(meta.index)
+        if committed is not None and committed.term != meta.term:
+            raise self.fail(
+                "State Machine Safety",
+                f"{nid} restored a snapshot of ({meta.index}, term {meta.term}) but entry "
+                f"{meta.index} committed with term {committed.term}",
+            )
+        if meta.index < self._last_applied.get(nid, 0):
+            raise self.fail(
+                "State Machine Safety",
+                f"{nid} restored snapshot {meta.index} behind its applied index "
+                f"{self._last_applied[nid]}",
+            )
+        self._last_applied[nid] = meta.index
 
     def _on_apply(self, nid: NodeId, entry: Entry, result: object) -> None:
         expected = self._last_applied.get(nid, 0) + 1

@@ -20,12 +20,15 @@ semantics: :class:`KVStateMachine` applies it to a dict, and the linearizability
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Final, final
+
+import cbor2
 
 __all__ = ["KVStateMachine", "command_key", "is_read_only", "kv_step"]
 
 _READ_ONLY: Final = frozenset({"get"})
+_CHUNK: Final = 64 * 1024
 
 
 def kv_step(value: str | None, op: Sequence[object]) -> tuple[str | None, object]:
@@ -132,6 +135,24 @@ class KVStateMachine:
             raise ValueError(f"query must be ('get', key), got {query!r}")
         key = command_key(query)
         return self._data.get(key)
+
+    def snapshot(self) -> Iterable[bytes]:
+        """Capture the whole map now (a copy); serialize it as CBOR in chunks of 64 KiB."""
+        data = cbor2.dumps(sorted(self._data.items()))
+        return [data[i : i + _CHUNK] for i in range(0, len(data), _CHUNK)] or [data]
+
+    def restore(self, chunks: Iterable[bytes]) -> None:
+        """Replace the map with one serialized by :meth:`snapshot`.
+
+        Raises:
+            ValueError: the bytes are not such a snapshot (the state is then unchanged).
+        """
+        try:
+            items = cbor2.loads(b"".join(chunks))
+            data = {str(k): str(v) for k, v in items}
+        except (cbor2.CBORDecodeError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a KVStateMachine snapshot: {exc}") from exc
+        self._data = data
 
     def as_dict(self) -> dict[str, str]:
         """Return a copy of the whole map, e.g. to compare replicas (State Machine Safety)."""

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from typing import final
 
 import trio
 
 from .._storage import MemoryStorage
-from .._types import Entry, HardState, StoredState
+from .._types import Entry, HardState, SnapshotMeta, StoredState
 
 _Write = tuple[HardState | None, int | None, tuple[Entry, ...]]
 
@@ -19,8 +19,9 @@ class SimulatedStorage:
     """A :class:`~trio_raft.Storage` with a disk's failure model, for the simulator.
 
     ``save`` changes only the volatile view; ``sync`` takes a random virtual time in
-    ``[0, sync_s_max]`` and then makes every write saved before it durable at once. :meth:`crash`
-    throws away what was not yet synced, as a power cut would.
+    ``[0, sync_s_max]`` and then makes every write saved before it durable at once.
+    ``save_snapshot`` and ``compact`` are durable when they return. :meth:`crash` throws away
+    what was not yet synced, as a power cut would.
     """
 
     def __init__(
@@ -48,9 +49,12 @@ class SimulatedStorage:
         self._volatile.apply_write(hard_state, truncate_from, entries)
         self._unsynced.append((hard_state, truncate_from, tuple(entries)))
 
+    async def _disk_latency(self) -> None:
+        await trio.sleep(self._rng.uniform(0, self._sync_s_max))
+
     async def sync(self) -> None:
         pending = len(self._unsynced)
-        await trio.sleep(self._rng.uniform(0, self._sync_s_max))
+        await self._disk_latency()
         for write in self._unsynced[:pending]:
             self._durable.apply_write(*write)
         del self._unsynced[:pending]
@@ -62,19 +66,28 @@ class SimulatedStorage:
     def entries(self, lo: int, hi: int) -> list[Entry]:
         return self._volatile.entries(lo, hi)
 
+    async def save_snapshot(self, meta: SnapshotMeta, chunks: AsyncIterable[bytes]) -> None:
+        data = [bytes(chunk) async for chunk in chunks]
+        await self._disk_latency()
+        self._durable.set_snapshot(meta, data)
+        self._volatile.set_snapshot(meta, data)
+
+    async def load_snapshot(self) -> tuple[SnapshotMeta, AsyncIterator[bytes]] | None:
+        return await self._durable.load_snapshot()
+
+    async def compact(self, index: int, term: int) -> None:
+        # A compaction first makes earlier writes durable (as a real WAL's would).
+        await self.sync()
+        self._durable.apply_compact(index, term)
+        self._volatile.apply_compact(index, term)
+
     def crash(self) -> None:
         """Lose every write not yet synced."""
         self._unsynced.clear()
-        self._volatile = MemoryStorage(
-            StoredState(
-                self._durable.hard_state,
-                tuple(self._durable.entries(1, self._durable.last_index() + 1)),
-            )
-        )
+        self._volatile = MemoryStorage(self._durable.state())
+        if self._durable.snapshot is not None:
+            self._volatile.set_snapshot(*self._durable.snapshot)
 
     def durable_state(self) -> StoredState:
         """What a restart would load."""
-        return StoredState(
-            self._durable.hard_state,
-            tuple(self._durable.entries(1, self._durable.last_index() + 1)),
-        )
+        return self._durable.state()

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import attrs
 import trio
 
+from .._config import Config
 from .._errors import LeadershipLostError, NodeClosedError, NotLeaderError, ProposalDroppedError
 from .._types import NodeId
 from ._cluster import SimulatedCluster, open_simulated_cluster
@@ -170,6 +171,16 @@ def _random_op(rng: random.Random, key: str, unique: str) -> tuple[object, ...]:
     return ("cas", key, None if rng.random() < 0.3 else f"{rng.randint(0, 3)}", unique)
 
 
+CHAOS_CONFIG = Config(snapshot_entries=40, snapshot_keep_entries=10, snapshot_chunk_bytes=256)
+"""The chaos runs' node settings: tiny snapshot thresholds, so that snapshots, compaction and
+InstallSnapshot (in several chunks) happen all the time."""
+
+
+def _state_of(sm: object) -> object:
+    as_dict = getattr(sm, "as_dict", None)
+    return as_dict() if as_dict is not None else None
+
+
 @attrs.frozen
 class ChaosReport:
     """What :func:`run_chaos` observed."""
@@ -201,6 +212,7 @@ async def run_chaos(
     reorder: float = 0.1,
     schedule: Sequence[Fault] | None = None,
     converge_s: float = 30.0,
+    config: Config | None = None,
 ) -> ChaosReport:
     """Run one randomized chaos simulation and check it. Call under a MockClock (autojump).
 
@@ -210,7 +222,7 @@ async def run_chaos(
             history is not linearizable (the message has the seed and the offending history).
     """
     master = random.Random(seed)
-    async with open_simulated_cluster(nodes, seed=seed) as cluster:
+    async with open_simulated_cluster(nodes, seed=seed, config=config or CHAOS_CONFIG) as cluster:
         cluster.network.set_default_link(drop=loss, duplicate=duplicate, reorder=reorder)
         faults = (
             list(schedule)
@@ -236,6 +248,9 @@ async def run_chaos(
                 + "\n"
                 + cluster.checker.format_trace()
             )
+        states = {nid: _state_of(sm) for nid, sm in cluster.state_machines.items()}
+        if any(s != next(iter(states.values())) for s in states.values()):
+            raise AssertionError(f"seed={seed}: replicas differ after converging: {states}")
         for key in workload.keys:  # final reads: every acknowledged write must be visible
             await workload.perform(clients, ("get", key), leader.id, master)
         ops = workload.history.operations()

@@ -1,0 +1,269 @@
+"""Snapshots inside a node: taking them, streaming them to followers, receiving and installing.
+
+Three flows, all in the node's nursery and all serialized by one lock on the storage's
+snapshot slot (so an older snapshot never replaces a newer one):
+
+* **take** (applier → background task): after ``Config.snapshot_entries`` applied entries the
+  applier captures ``state_machine.snapshot()`` between two applies; a task streams it into
+  ``storage.save_snapshot``; then the dispatcher compacts the log (memory and storage).
+* **send** (a leader's replicator): when a follower needs compacted entries, the replicator
+  streams the stored snapshot in chunks of ``Config.snapshot_chunk_bytes``, one chunk in flight
+  at a time (stop-and-wait flow control), re-sending a chunk that goes unacknowledged for two
+  heartbeat periods and restarting if the follower lost its place.
+* **receive** (a follower's dispatcher): chunks for the current leader's snapshot are fed, in
+  order, to a task writing them to storage; once the last one is durable the dispatcher
+  restores the state machine, adopts the snapshot in the Raft log and acknowledges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from contextlib import aclosing
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from ._core._progress import ProgressState
+from ._messages import SnapshotRequest, SnapshotResponse
+from ._types import NodeId, Role, SnapshotMeta
+
+if TYPE_CHECKING:
+    from ._node import Node
+
+RECEIVE_QUEUE = 4
+"""Chunks a follower buffers between the dispatcher and its snapshot writer task."""
+
+
+@attrs.frozen
+class SnapshotSaved:
+    """Dispatcher event: a snapshot this node took is durable; compact the log."""
+
+    meta: SnapshotMeta
+
+
+@attrs.frozen
+class SnapshotReceived:
+    """Dispatcher event: a snapshot from the leader is durable; install it."""
+
+    meta: SnapshotMeta
+    data: list[bytes]
+
+
+@attrs.define
+class Receiver:
+    """A follower's snapshot download in progress."""
+
+    key: tuple[int, int, int]
+    """(snapshot index, snapshot term, leader term)."""
+    send: trio.MemorySendChannel[bytes]
+    scope: trio.CancelScope
+    received: int = 0
+
+
+async def aiter_chunks(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
+    """Feed a state machine's chunks to storage, yielding to other tasks between chunks."""
+    for chunk in chunks:
+        await trio.lowlevel.checkpoint()
+        yield bytes(chunk)
+
+
+async def rechunk(chunks: AsyncIterator[bytes], size: int) -> AsyncGenerator[bytes, None]:
+    """Split chunks larger than ``size`` (never merges: chunk boundaries are free)."""
+    close = getattr(chunks, "aclose", None)
+    try:
+        async for chunk in chunks:
+            for start in range(0, len(chunk), size):
+                yield chunk[start : start + size]
+    finally:
+        if close is not None:
+            await close()
+
+
+# -- take ------------------------------------------------------------------------------------
+
+
+def maybe_take(node: Node) -> None:
+    """Called by the applier after applying: start a snapshot if one is due."""
+    take = getattr(node._sm, "snapshot", None)
+    if take is None or node._snapshotting or node._nursery is None:
+        return
+    index = node._last_applied
+    if index - node._snapshot_index < node._state.config.snapshot_entries:
+        return
+    term = node._state.log.term(index)
+    if term is None:
+        return
+    node._snapshotting = True
+    chunks: Iterable[bytes] = take()
+    node._nursery.start_soon(_save_taken, node, SnapshotMeta(index, term), chunks)
+
+
+async def _save_taken(node: Node, meta: SnapshotMeta, chunks: Iterable[bytes]) -> None:
+    try:
+        async with node._snapshot_lock:
+            if meta.index <= node._snapshot_index:
+                return
+            await node._storage.save_snapshot(meta, aiter_chunks(chunks))
+            node._snapshot_index = meta.index
+        node._notify("snapshot", meta)
+        await node._inbox_send.send(SnapshotSaved(meta))
+    finally:
+        node._snapshotting = False
+
+
+async def compact_after(node: Node, meta: SnapshotMeta) -> None:
+    """Dispatcher: a local snapshot is durable; drop the log before it, keeping a tail."""
+    st = node._state
+    index = min(meta.index, st.commit) - st.config.snapshot_keep_entries
+    term = st.compact(index) if index > 0 else None
+    if term is not None:
+        await node._storage.compact(index, term)
+
+
+# -- send ------------------------------------------------------------------------------------
+
+
+async def send(node: Node, peer: NodeId, term: int) -> None:
+    """Replicator: stream the stored snapshot to ``peer`` until installed or superseded."""
+    st = node._state
+    cfg = st.config
+    signal = node._replicator_signals[peer]
+    loaded = await node._storage.load_snapshot()
+    if loaded is None:
+        raise AssertionError(f"{node.id}: log compacted but storage holds no snapshot")
+    meta, chunks = loaded
+
+    def current() -> bool:
+        pr = st.progress.get(peer)
+        return (
+            st.role is Role.LEADER
+            and st.term == term
+            and pr is not None
+            and pr.state is ProgressState.SNAPSHOT
+            and pr.pending_snapshot == meta.index
+        )
+
+    st.progress[peer].pending_snapshot = meta.index
+    st.progress[peer].snapshot_offset = 0
+    offset = 0
+
+    async def deliver(data: bytes, done: bool) -> bool:
+        """Send one chunk until acknowledged; False if the stream must stop or restart."""
+        target = offset + len(data)
+        while current():
+            node._transport.send(
+                SnapshotRequest(node.id, peer, term, meta.index, meta.term, offset, data, done)
+            )
+            with trio.move_on_after(2 * cfg.heartbeat_s):
+                while current() and st.progress[peer].snapshot_offset < target:
+                    await signal.wait()
+            if not current():
+                return False
+            acked = st.progress[peer].snapshot_offset
+            if acked >= target:
+                return True
+            if acked < offset:
+                return False  # the follower lost its place: restart from the beginning
+        return False
+
+    async with aclosing(rechunk(chunks, cfg.snapshot_chunk_bytes)) as pieces:
+        async for chunk in pieces:
+            if not await deliver(chunk, False):
+                return
+            offset += len(chunk)
+    # The empty last chunk: acknowledged (done) once the follower installed it durably.
+    while current():
+        node._transport.send(
+            SnapshotRequest(node.id, peer, term, meta.index, meta.term, offset, b"", True)
+        )
+        with trio.move_on_after(4 * cfg.heartbeat_s):
+            while current() and st.progress[peer].snapshot_offset >= offset:
+                await signal.wait()
+        if current() and st.progress[peer].snapshot_offset < offset:
+            return  # the follower lost the download (say, it restarted): start over
+
+
+# -- receive ---------------------------------------------------------------------------------
+
+
+def on_chunk(node: Node, m: SnapshotRequest) -> None:
+    """Dispatcher (sync), after the Raft rules saw ``m``: take the chunk if it is the next one."""
+    st = node._state
+    if m.term != st.term or st.leader_id != m.src:
+        return  # stale (the rules already answered a lower term)
+
+    def reply(offset: int, done: bool = False) -> None:
+        node._transport.send(SnapshotResponse(node.id, m.src, st.term, m.index, offset, done))
+
+    if m.index <= st.commit:
+        reply(0, done=True)  # our log already holds everything it covers
+        return
+    rx = node._receiver
+    key = (m.index, m.snapshot_term, m.term)
+    if rx is None or rx.key != key:
+        if m.offset != 0:
+            reply(0)  # start over: we have no download of that snapshot
+            return
+        if rx is not None:
+            rx.scope.cancel()
+        send_channel, receive_channel = trio.open_memory_channel[bytes](RECEIVE_QUEUE)
+        rx = node._receiver = Receiver(key, send_channel, trio.CancelScope())
+        assert node._nursery is not None
+        node._nursery.start_soon(
+            _write_received, node, SnapshotMeta(m.index, m.snapshot_term), receive_channel, rx
+        )
+    if m.offset != rx.received:
+        reply(rx.received)
+        return
+    if m.data:
+        try:
+            rx.send.send_nowait(m.data)
+        except trio.WouldBlock:
+            reply(rx.received)  # the writer is behind: the leader will resend
+            return
+        rx.received += len(m.data)
+    if m.done:
+        rx.send.close()
+    else:
+        reply(rx.received)
+
+
+async def _write_received(
+    node: Node, meta: SnapshotMeta, chunks: trio.MemoryReceiveChannel[bytes], rx: Receiver
+) -> None:
+    data: list[bytes] = []
+
+    async def tee() -> AsyncIterator[bytes]:
+        async for chunk in chunks:
+            data.append(chunk)
+            yield chunk
+
+    with rx.scope:
+        async with node._snapshot_lock:
+            if meta.index <= node._snapshot_index:
+                return
+            await node._storage.save_snapshot(meta, tee())
+            node._snapshot_index = meta.index
+        await node._inbox_send.send(SnapshotReceived(meta, data))
+    if node._receiver is rx:
+        node._receiver = None
+
+
+async def install(node: Node, event: SnapshotReceived) -> None:
+    """Dispatcher: a received snapshot is durable; adopt it and acknowledge."""
+    st = node._state
+    meta = event.meta
+    if meta.index > st.commit:
+        old_start = st.log.start_index
+        node._sm.restore(event.data)  # type: ignore[attr-defined]
+        node._last_applied = meta.index
+        node._notify("restore", meta)
+        if not st.install_snapshot(meta):
+            await node._storage.save(truncate_from=old_start + 1)
+            await node._storage.sync()
+        await node._storage.compact(meta.index, meta.term)
+    if st.leader_id is not None and st.role is Role.FOLLOWER:
+        node._transport.send(
+            SnapshotResponse(node.id, st.leader_id, st.term, meta.index, 0, done=True)
+        )
