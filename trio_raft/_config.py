@@ -57,6 +57,9 @@ class Config:
     only a little behind catches up from the log rather than by a whole snapshot."""
     snapshot_chunk_bytes: int = attrs.field(default=1 << 20, validator=_positive_int)
     """At most this many bytes of snapshot per InstallSnapshot message."""
+    disk_stall_s: float = attrs.field(default=1.0, validator=_positive_float)
+    """A leader whose storage write or sync has not returned after this long steps down, so a
+    node with a healthy disk can take over (a stalled follower just stops answering)."""
     pre_vote: bool = True
     """PreVote (thesis §9.6): a node must learn it could win before it raises its term, so a node
     returning from a partition cannot depose a healthy leader."""

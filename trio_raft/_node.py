@@ -123,6 +123,9 @@ class Node:
         self._snapshot_index = state.log.start_index
         self._snapshotting = False
         self._receiver: _snapshot.Receiver | None = None
+        self._disk_busy_since = math.inf
+        self._disk_watch = Signal()
+        self._disk_idle = trio.Event()
 
     # -- public API --------------------------------------------------------------------------
 
@@ -220,6 +223,7 @@ class Node:
         nursery.start_soon(self._run_election_timer, name=f"trio_raft timer {self._id}")
         nursery.start_soon(self._apply, name=f"trio_raft applier {self._id}")
         nursery.start_soon(self._run_roles, name=f"trio_raft roles {self._id}")
+        nursery.start_soon(self._watch_disk, name=f"trio_raft disk watchdog {self._id}")
 
     def _close(self) -> None:
         self._closed = True
@@ -317,12 +321,41 @@ class Node:
 
     async def _persist(self, ready: Ready) -> None:
         last = self._state.log.last_index  # nothing else changes the log while we await
-        await self._storage.save(
-            hard_state=ready.hard_state, truncate_from=ready.truncate_from, entries=ready.entries
-        )
-        await self._storage.sync()
+        self._disk_busy_since = trio.current_time()
+        self._disk_idle = trio.Event()
+        self._disk_watch.set()
+        try:
+            await self._storage.save(
+                hard_state=ready.hard_state,
+                truncate_from=ready.truncate_from,
+                entries=ready.entries,
+            )
+            await self._storage.sync()
+        finally:
+            self._disk_busy_since = math.inf
+            self._disk_idle.set()
         self._notify("persisted", ready)
         self._state.on_persisted(last)
+
+    async def _watch_disk(self) -> None:
+        """A leader whose disk stalls must not hold the cluster hostage: its replicators would
+        keep heartbeating while nothing commits. Past ``Config.disk_stall_s`` it steps down
+        (its followers then elect a healthy leader); a stalled follower simply stops answering,
+        since its dispatcher is the one waiting."""
+        stall_s = self._state.config.disk_stall_s
+        while True:
+            await self._disk_watch.wait()
+            idle = self._disk_idle
+            with trio.move_on_at(self._disk_busy_since + stall_s):
+                await idle.wait()
+                continue
+            st = self._state
+            if st.role is Role.LEADER:
+                self._notify("disk-stall", trio.current_time() - self._disk_busy_since)
+                st.step_down()
+                self._on_role_changed()
+                self._changed.notify()
+            await idle.wait()
 
     def _on_role_changed(self) -> None:
         st = self._state

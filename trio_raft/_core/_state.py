@@ -230,6 +230,11 @@ class RaftState:
         else:
             self._campaign()
 
+    def step_down(self) -> None:
+        """Stop leading (keeping the term): the node cannot do its job, e.g. its disk stalled."""
+        if self.role is Role.LEADER:
+            self._become_follower(self.term, None)
+
     def _check_quorum(self) -> None:
         if not self.config.check_quorum:
             return

@@ -32,6 +32,8 @@ class SimulatedStorage:
         self._durable = MemoryStorage(initial)
         self._volatile = MemoryStorage(initial)
         self._unsynced: list[_Write] = []
+        self._unstalled = trio.Event()
+        self._unstalled.set()
         self.syncs = 0
         """How many syncs completed (a statistic for tests)."""
 
@@ -45,14 +47,24 @@ class SimulatedStorage:
         truncate_from: int | None = None,
         entries: Sequence[Entry] = (),
     ) -> None:
-        await trio.lowlevel.checkpoint()
+        await self._unstalled.wait()
         self._volatile.apply_write(hard_state, truncate_from, entries)
         self._unsynced.append((hard_state, truncate_from, tuple(entries)))
 
     async def _disk_latency(self) -> None:
         await trio.sleep(self._rng.uniform(0, self._sync_s_max))
 
+    def stall(self) -> None:
+        """Make every write and sync hang until :meth:`unstall` (a disk that stopped answering)."""
+        if self._unstalled.is_set():
+            self._unstalled = trio.Event()
+
+    def unstall(self) -> None:
+        """Let stalled writes and syncs complete."""
+        self._unstalled.set()
+
     async def sync(self) -> None:
+        await self._unstalled.wait()
         pending = len(self._unsynced)
         await self._disk_latency()
         for write in self._unsynced[:pending]:

@@ -1,0 +1,224 @@
+"""Opening a data directory: lock it, verify and replay every segment, repair a torn tail.
+
+Replay reads the segments in order of their sequence number and applies their records to a
+log of *known* entries ``[base, next)``; every step is checked, and a check that fails names
+the file and byte offset (:class:`StorageCorruptError`). A segment's name carries the index the
+next append had when it was created (``first_index``); against the log replayed so far it is:
+
+* equal to ``next``: a plain continuation (rotation);
+* below ``next``: the segment was started by a truncation, and must say so with a truncation
+  record at ``first_index`` right after its header;
+* above ``next``: only if everything below it was compacted (``first_index <= log_start + 1``),
+  otherwise entries are missing.
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+from .._types import Entry
+from ._errors import StorageCorruptError, StorageLockedError
+from ._fs import FileLock, FileSystem
+from ._segments import (
+    LOCK_FILE,
+    SEGMENT_TMP,
+    STATE_FILE,
+    STATE_TMP,
+    Append,
+    Header,
+    ScannedSegment,
+    State,
+    Truncate,
+    decode_state,
+    parse_segment_name,
+    scan_segment,
+)
+from ._snapshot_file import SNAPSHOT_TMP
+from ._wal import Counters, Segment, Wal, create_segment, join_path, write_state_file
+
+
+def _read_all(fs: FileSystem, path: str, limit: int) -> bytes:
+    file = fs.open_read(path)
+    try:
+        data = file.read(limit + 1)
+    finally:
+        file.close()
+    if len(data) > limit:
+        raise StorageCorruptError(path, limit, f"file is larger than the {limit} bytes expected")
+    return data
+
+
+def _replay(scanned: list[ScannedSegment], state: State) -> tuple[list[Entry], list[Segment], int]:
+    """The live entries, the segments' bookkeeping, and the WAL's next index."""
+    base = next_index = scanned[0].first_index
+    entries: list[Entry] = []
+    owners: list[int] = []  # position in ``scanned`` of each entry's segment
+    start = state.log_start_index
+    for pos, seg in enumerate(scanned):
+        records = seg.records
+        if not records or not isinstance(records[0][1], Header):
+            raise StorageCorruptError(seg.path, 0, "the segment does not start with a header")
+        header = records[0][1]
+        if (header.seq, header.first_index) != (seg.seq, seg.first_index):
+            raise StorageCorruptError(
+                seg.path, 0, f"its header says segment {header.seq} starting at index "
+                f"{header.first_index}, its file name says {seg.seq} at {seg.first_index}",
+            )  # fmt: skip
+        first = seg.first_index
+        if first > next_index:
+            if first > start + 1:
+                raise StorageCorruptError(
+                    seg.path, 0, f"entries {next_index}..{first - 1} are missing: the previous "
+                    f"segment ends at index {next_index - 1}, this one starts at {first}",
+                )  # fmt: skip
+            base = next_index = first  # everything before was compacted
+            entries.clear()
+            owners.clear()
+        elif first < next_index and (len(records) < 2 or records[1][1] != Truncate(first)):
+            raise StorageCorruptError(
+                seg.path, records[0][0], f"the segment starts at index {first}, below the end "
+                f"of the previous segment ({next_index - 1}), without a truncation record",
+            )  # fmt: skip
+        for offset, record in records[1:]:
+            if isinstance(record, Append):
+                if record.entry.index != next_index:
+                    raise StorageCorruptError(
+                        seg.path, offset,
+                        f"entry {record.entry.index} where entry {next_index} was expected",
+                    )  # fmt: skip
+                entries.append(record.entry)
+                owners.append(pos)
+                next_index += 1
+            elif isinstance(record, Truncate):
+                if record.index > next_index:
+                    raise StorageCorruptError(
+                        seg.path, offset, f"truncation at {record.index}, beyond the end of "
+                        f"the log ({next_index - 1})",
+                    )  # fmt: skip
+                cut = max(record.index - base, 0)
+                del entries[cut:], owners[cut:]
+                base = min(base, record.index)
+                next_index = record.index
+            else:
+                raise StorageCorruptError(seg.path, offset, "a second segment header")
+    if next_index > start + 1 and base > start + 1:
+        raise StorageCorruptError(
+            scanned[0].path, 0, f"entries {start + 1}..{base - 1} are missing: the state file "
+            f"keeps the log after index {start}, but the first segment starts at {base}",
+        )  # fmt: skip
+    if base <= start < next_index and entries[start - base].term != state.log_start_term:
+        raise StorageCorruptError(
+            scanned[0].path, None, f"entry {start} has term {entries[start - base].term}, but "
+            f"the state file says the log was compacted up to it in term {state.log_start_term}",
+        )  # fmt: skip
+    cut = max(start + 1 - base, 0)
+    live, live_owners = entries[cut:], owners[cut:]
+    segments = []
+    for pos, seg in enumerate(scanned):
+        mine = [e.index for e, owner in zip(live, live_owners, strict=True) if owner == pos]
+        lo, hi = (mine[0], mine[-1] + 1) if mine else (seg.first_index, seg.first_index)
+        ends = [offset for offset, _ in seg.records[1:]] + [seg.valid_bytes]
+        starts_with_truncation = seg.records[1:2] == [(ends[0], Truncate(seg.first_index))]
+        header_bytes = ends[1] if starts_with_truncation else ends[0]
+        segments.append(
+            Segment(seg.seq, seg.first_index, seg.path, seg.valid_bytes, header_bytes, lo, hi)
+        )
+    return live, segments, next_index
+
+
+def _list_segments(fs: FileSystem, directory: str) -> list[tuple[int, int, str]]:
+    found: dict[int, tuple[int, int, str]] = {}
+    for name in fs.listdir(directory):
+        parsed = parse_segment_name(name)
+        path = join_path(directory, name)
+        if parsed is None:
+            if name.startswith("wal-"):
+                raise StorageCorruptError(path, None, "a file named like a segment but not one")
+            continue
+        seq, first_index = parsed
+        if seq in found:
+            raise StorageCorruptError(path, None, f"two segments numbered {seq}")
+        found[seq] = (seq, first_index, path)
+    return [found[seq] for seq in sorted(found)]
+
+
+def open_wal(
+    fs: FileSystem, directory: str, *, segment_bytes: int, max_record_bytes: int
+) -> tuple[Wal, FileLock, list[Entry]]:
+    """Open (creating if needed), lock, verify and repair a data directory.
+
+    Returns:
+        The writer, the held lock (the caller releases it), and the live entries.
+
+    Raises:
+        StorageLockedError: another storage holds the directory.
+        StorageCorruptError: damage a crash cannot explain.
+        OSError: the file system failed.
+    """
+    if fs.makedirs(directory):
+        fs.fsync_dir(posixpath.dirname(directory.rstrip("/")) or "/")
+    try:
+        lock = fs.lock(join_path(directory, LOCK_FILE))
+    except BlockingIOError:
+        raise StorageLockedError(directory) from None
+    try:
+        wal, entries = _recover(fs, directory, segment_bytes, max_record_bytes)
+    except BaseException:
+        lock.release()
+        raise
+    return wal, lock, entries
+
+
+def _recover(
+    fs: FileSystem, directory: str, segment_bytes: int, max_record_bytes: int
+) -> tuple[Wal, list[Entry]]:
+    counters = Counters()
+    for tmp in (STATE_TMP, SEGMENT_TMP, SNAPSHOT_TMP):  # interrupted before their rename
+        if fs.exists(join_path(directory, tmp)):
+            fs.unlink(join_path(directory, tmp))
+    state_path = join_path(directory, STATE_FILE)
+    state = None
+    if fs.exists(state_path):
+        state = decode_state(_read_all(fs, state_path, 1 << 16), state_path)
+    listed = _list_segments(fs, directory)
+    scanned = [
+        scan_segment(fs, path, seq, first, max_record_bytes=max_record_bytes, last=i == n - 1)
+        for n in [len(listed)]
+        for i, (seq, first, path) in enumerate(listed)
+    ]
+    if state is None:
+        fresh = [(1, 1, 1)]  # a first start cut short after the segment, before the state
+        if [(s.seq, s.first_index, len(s.records)) for s in scanned] not in ([], fresh):
+            raise StorageCorruptError(
+                state_path, None, "the state file (term and vote) is missing, but the log is not"
+            )
+        for seg in scanned:
+            fs.unlink(seg.path)
+        return _create(fs, directory, segment_bytes, counters), []
+    if not scanned:
+        raise StorageCorruptError(directory, None, "the state file exists but no WAL segment")
+    entries, segments, next_index = _replay(scanned, state)
+    last = scanned[-1]
+    file = fs.open_append(last.path, create=False)
+    if last.torn is not None:
+        file.truncate(last.valid_bytes)
+        file.fsync()
+    wal = Wal(
+        fs, directory, segment_bytes=segment_bytes, state=state, segments=segments,
+        active=file, next_index=next_index, counters=counters,
+    )  # fmt: skip
+    if next_index <= state.log_start_index:
+        wal.compact(state.log_start_index, state.log_start_term)  # continue after log start
+    wal.drop_dead_prefix()  # left over by a crash in the middle of a compaction
+    return wal, entries
+
+
+def _create(fs: FileSystem, directory: str, segment_bytes: int, counters: Counters) -> Wal:
+    segment, file = create_segment(fs, directory, 1, 1, truncate=False)
+    fs.fsync_dir(directory)
+    state = State()
+    write_state_file(fs, directory, state, counters)
+    return Wal(
+        fs, directory, segment_bytes=segment_bytes, state=state, segments=[segment],
+        active=file, next_index=1, counters=counters,
+    )  # fmt: skip

@@ -1,0 +1,348 @@
+"""The on-disk format: frames, WAL records, segment names, the state file; scanning a segment.
+
+Every record, in a segment or in the state file, is one *frame*::
+
+    [u32 length, little-endian][u32 zlib.crc32(payload), little-endian][payload: length bytes]
+
+with ``1 <= length <= max_record_bytes``. A WAL payload is a CBOR array whose first item says
+what it is (the array length is fixed per kind, so the first two bytes of a payload are one of
+three markers, which :func:`scan_segment` uses to recognise frame starts):
+
+* ``[2, FORMAT_VERSION, seq, first_index]``: the header, first record of every segment;
+* ``[0, index, term, kind, command]``: append an entry;
+* ``[1, index]``: truncate: drop every entry at ``index`` or later.
+
+The state file holds one frame whose payload is the CBOR map
+``{"v": 1, "term": int, "vote": str | None, "start_index": int, "start_term": int}``.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import struct
+import zlib
+
+import attrs
+import cbor2
+
+from .._types import Entry, EntryKind, HardState
+from ._errors import StorageCorruptError
+from ._fs import FileSystem, ReadFile
+
+FRAME = struct.Struct("<II")
+"""A frame header: payload length, then the payload's crc32."""
+FORMAT_VERSION = 1
+"""Version of the segment and state-file format written by this code."""
+STATE_FILE = "state"
+STATE_TMP = "state.tmp"
+SEGMENT_TMP = "segment.tmp"
+LOCK_FILE = "LOCK"
+_SEGMENT_NAME = re.compile(r"wal-(\d{10})-(\d{20})\.log")
+_APPEND, _TRUNCATE, _HEADER = 0, 1, 2
+_MARKERS = (b"\x85\x00", b"\x82\x01", b"\x84\x02")  # array(5)+0, array(2)+1, array(4)+2
+_CHUNK_BYTES = 1 << 20
+
+
+def segment_name(seq: int, first_index: int) -> str:
+    """File name of segment number ``seq`` whose first entry (if any) has ``first_index``."""
+    return f"wal-{seq:010d}-{first_index:020d}.log"
+
+
+def parse_segment_name(name: str) -> tuple[int, int] | None:
+    """``(seq, first_index)`` of a segment file name, or ``None`` if it is not one."""
+    match = _SEGMENT_NAME.fullmatch(name)
+    if match is None:
+        return None
+    return int(match[1]), int(match[2])
+
+
+def frame(payload: bytes) -> bytes:
+    """Frame ``payload`` (length, crc32, payload)."""
+    assert 1 <= len(payload) < 1 << 32
+    return FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+# -- WAL records ---------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Header:
+    """First record of every segment; must agree with the file name."""
+
+    seq: int
+    first_index: int
+
+
+@attrs.frozen
+class Append:
+    """Append ``entry`` (whose index must be the next one)."""
+
+    entry: Entry
+
+
+@attrs.frozen
+class Truncate:
+    """Drop every entry at ``index`` or later."""
+
+    index: int
+
+
+Record = Header | Append | Truncate
+
+
+def encode_header(seq: int, first_index: int) -> bytes:
+    """The payload of a segment header."""
+    return cbor2.dumps([_HEADER, FORMAT_VERSION, seq, first_index])
+
+
+def encode_truncate(index: int) -> bytes:
+    """The payload of a truncation record."""
+    return cbor2.dumps([_TRUNCATE, index])
+
+
+def encode_append(entry: Entry) -> bytes:
+    """The payload of an append record.
+
+    Raises:
+        TypeError: the command is not CBOR-encodable.
+    """
+    try:
+        return cbor2.dumps([_APPEND, entry.index, entry.term, int(entry.kind), entry.command])
+    except (cbor2.CBOREncodeError, ValueError, TypeError, RecursionError) as exc:
+        raise TypeError(
+            f"entry {entry.index}: the command cannot be stored, it is not CBOR-encodable "
+            f"({exc}); commands must be CBOR values (None, bool, int, float, str, bytes, lists, "
+            "dicts, ...)"
+        ) from exc
+
+
+class Malformed(Exception):
+    """A payload whose checksum is fine but whose content is not a valid record."""
+
+
+def decode_cbor(payload: bytes) -> object:
+    buffer = io.BytesIO(payload)
+    try:
+        value: object = cbor2.CBORDecoder(buffer, allow_duplicate_keys=False).decode()
+    except Exception as exc:  # the gateway: whatever the decoder raises means "not a record"
+        raise Malformed(f"not valid CBOR ({type(exc).__name__}: {exc})") from exc
+    if buffer.tell() != len(payload):
+        raise Malformed(f"{len(payload) - buffer.tell()} stray bytes after the CBOR value")
+    return value
+
+
+def _ints(values: list[object], count: int) -> list[int]:
+    out = [v for v in values[:count] if type(v) is int and v >= 0]
+    if len(out) != count:
+        raise Malformed(f"expected {count} non-negative integers, got {values[:count]!r}")
+    return out
+
+
+def decode_record(payload: bytes) -> Record:
+    """Decode a WAL payload.
+
+    Raises:
+        Malformed: it is not a valid record.
+    """
+    value = decode_cbor(payload)
+    if not isinstance(value, list) or not value or type(value[0]) is not int:
+        raise Malformed(f"expected an array starting with a record type, got {type(value)}")
+    kind, rest = value[0], value[1:]
+    try:
+        if kind == _APPEND and len(rest) == 4:
+            index, term, entry_kind = _ints(rest, 3)
+            return Append(Entry(term, index, rest[3], EntryKind(entry_kind)))
+        if kind == _TRUNCATE and len(rest) == 1:
+            (index,) = _ints(rest, 1)
+            if index < 1:
+                raise Malformed("truncation index 0")
+            return Truncate(index)
+        if kind == _HEADER and len(rest) == 3:
+            version, seq, first_index = _ints(rest, 3)
+            if version != FORMAT_VERSION:
+                raise Malformed(
+                    f"segment format version {version}; this trio-raft reads {FORMAT_VERSION}"
+                )
+            return Header(seq, first_index)
+    except ValueError as exc:  # Entry / EntryKind validators
+        raise Malformed(str(exc)) from exc
+    raise Malformed(f"unknown record type {kind} with {len(rest)} fields")
+
+
+# -- the state file ------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class State:
+    """Content of the state file: the hard state and where the log starts."""
+
+    hard_state: HardState = attrs.field(factory=HardState)
+    log_start_index: int = 0
+    log_start_term: int = 0
+
+
+def encode_state(state: State) -> bytes:
+    """The whole state file (one frame)."""
+    hs = state.hard_state
+    return frame(
+        cbor2.dumps(
+            {
+                "v": FORMAT_VERSION,
+                "term": hs.term,
+                "vote": hs.voted_for,
+                "start_index": state.log_start_index,
+                "start_term": state.log_start_term,
+            }
+        )
+    )
+
+
+def decode_state(data: bytes, path: str) -> State:
+    """Parse a state file.
+
+    Raises:
+        StorageCorruptError: it is truncated, fails its checksum or does not parse.
+    """
+    if len(data) < FRAME.size:
+        raise StorageCorruptError(path, 0, f"state file is {len(data)} bytes, shorter than a frame")
+    length, crc = FRAME.unpack_from(data)
+    payload = data[FRAME.size :]
+    if length != len(payload):
+        raise StorageCorruptError(
+            path, 0, f"state file frame says {length} bytes but {len(payload)} follow"
+        )
+    if zlib.crc32(payload) != crc:
+        raise StorageCorruptError(path, 0, "state file checksum mismatch")
+    try:
+        value = decode_cbor(payload)
+        if not isinstance(value, dict) or set(value) != {
+            "v", "term", "vote", "start_index", "start_term",
+        }:  # fmt: skip
+            raise Malformed(f"unexpected fields {value!r}")
+        if value["v"] != FORMAT_VERSION:
+            raise Malformed(f"format version {value['v']!r}; this trio-raft reads 1")
+        term, start_index, start_term = _ints(
+            [value["term"], value["start_index"], value["start_term"]], 3
+        )
+        vote = value["vote"]
+        if vote is not None and (type(vote) is not str or not vote):
+            raise Malformed(f"vote {vote!r} is not a node id")
+    except Malformed as exc:
+        raise StorageCorruptError(path, FRAME.size, f"state file does not parse: {exc}") from exc
+    return State(HardState(term, vote), start_index, start_term)
+
+
+# -- scanning a segment --------------------------------------------------------------------------
+
+
+@attrs.define
+class ScannedSegment:
+    """The valid records of one segment file and what follows them."""
+
+    path: str
+    seq: int
+    first_index: int
+    records: list[tuple[int, Record]]
+    """``(byte offset, record)`` of each valid record, in file order."""
+    valid_bytes: int
+    """Offset just past the last valid record."""
+    torn: str | None = None
+    """Why the bytes after ``valid_bytes`` are a torn tail (to be cut off), if there are any."""
+
+
+def _rest_is_zero(file: ReadFile) -> bool:
+    while chunk := file.read(_CHUNK_BYTES):
+        if chunk.count(0) != len(chunk):
+            return False
+    return True
+
+
+def _frame_within(buf: bytes, start: int, max_record_bytes: int) -> int | None:
+    """Offset (>= ``start``) of a complete, valid frame inside ``buf``, if there is one."""
+    for marker in _MARKERS:
+        pos = buf.find(marker, start + FRAME.size)
+        while pos != -1:
+            at = pos - FRAME.size
+            length, crc = FRAME.unpack_from(buf, at)
+            payload = buf[pos : pos + length]
+            if (
+                1 <= length <= max_record_bytes
+                and len(payload) == length
+                and zlib.crc32(payload) == crc
+            ):
+                try:
+                    decode_record(payload)
+                except Malformed:
+                    pass
+                else:
+                    return at
+            pos = buf.find(marker, pos + 1)
+    return None
+
+
+def scan_segment(
+    fs: FileSystem, path: str, seq: int, first_index: int, *, max_record_bytes: int, last: bool
+) -> ScannedSegment:
+    """Read and verify every frame of a segment.
+
+    A damaged frame is a *torn tail* (reported in ``torn``, to be cut off) only in the ``last``
+    segment and only if a crash in the middle of an append explains it: a partial frame
+    header; a frame running past the end of the file with no valid frame inside what follows;
+    a checksum mismatch in the final frame (nothing but zeros after it); or zeros to the end.
+
+    Raises:
+        StorageCorruptError: any other damage, or a torn tail in a segment that is not last.
+    """
+    scanned = ScannedSegment(path, seq, first_index, [], 0)
+    file = fs.open_read(path)
+    try:
+        offset = 0
+        while header := file.read(FRAME.size):
+            if len(header) < FRAME.size:
+                return _torn(scanned, offset, last, "a partial frame header at the end")
+            length, crc = FRAME.unpack(header)
+            if not 1 <= length <= max_record_bytes:
+                if header.count(0) == len(header) and _rest_is_zero(file):
+                    return _torn(scanned, offset, last, "zeros to the end of the file")
+                raise StorageCorruptError(
+                    path, offset, f"frame length {length} is outside 1..{max_record_bytes}"
+                )
+            payload = file.read(length)
+            if len(payload) < length:
+                found = _frame_within(header + payload, 1, max_record_bytes)
+                if found is not None:
+                    raise StorageCorruptError(
+                        path,
+                        offset,
+                        f"frame of {length} bytes runs past the end of the file, but a valid "
+                        f"frame starts inside it at offset {offset + found} (a damaged length)",
+                    )
+                return _torn(scanned, offset, last, "a frame cut short by the end of the file")
+            if zlib.crc32(payload) != crc:
+                if _rest_is_zero(file):
+                    return _torn(scanned, offset, last, "a checksum mismatch in the final frame")
+                raise StorageCorruptError(
+                    path, offset, "checksum mismatch in a frame that is followed by more data"
+                )
+            try:
+                record = decode_record(payload)
+            except Malformed as exc:
+                raise StorageCorruptError(
+                    path, offset, f"a frame with a valid checksum holds no valid record: {exc}"
+                ) from exc
+            scanned.records.append((offset, record))
+            offset += FRAME.size + length
+            scanned.valid_bytes = offset
+    finally:
+        file.close()
+    return scanned
+
+
+def _torn(scanned: ScannedSegment, offset: int, last: bool, why: str) -> ScannedSegment:
+    if not last:
+        raise StorageCorruptError(
+            scanned.path, offset, f"{why}, in a segment that is not the last one"
+        )
+    scanned.torn = why
+    return scanned
