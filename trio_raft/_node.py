@@ -162,7 +162,8 @@ class Node:
             TooManyUncommittedError: back-pressure; nothing was appended.
             LeadershipLostError: leadership was lost (or the node shut down) after appending:
                 the command may or may not be applied.
-            ProposalDroppedError: the entry was overwritten by another leader: it was not applied.
+            ProposalDroppedError: definitely not applied (its subclass
+                :class:`TooManyUncommittedError` is the one raised today).
             NodeClosedError: the node has shut down.
         """
         waiter: Waiter[object] = Waiter()

@@ -70,15 +70,19 @@ class FileStorage:
     Commands come back from a restart as CBOR decodes them (a tuple comes back as a list);
     the entries in memory are the objects that were saved.
 
-    Disk work runs in a worker thread, so the trio thread never waits for a fsync. Calls are
-    serialized by a lock. Once a disk call began it is shielded from cancellation (it finishes,
-    and cancellation takes effect afterwards), so the memory and the disk never disagree.
+    Disk work runs in worker threads, so the trio thread never waits for a fsync, and the
+    threads touch the files one at a time. :meth:`save`, :meth:`sync` and :meth:`compact` are
+    serialized by a lock (the node never overlaps them anyway); a snapshot may stream in through
+    :meth:`save_snapshot` meanwhile. Once a disk call began it is shielded from cancellation (it
+    finishes, and cancellation takes effect afterwards), so the memory and the disk never
+    disagree.
     """
 
     def __init__(
         self, wal: Wal, lock: FileLock, entries: list[Entry], *, path: str, max_record_bytes: int
     ) -> None:
         self._wal = wal
+        self._state = wal.state  # trio's copy: the worker's changes while a call runs
         self._file_lock = lock
         self._entries = entries
         self._path = path
@@ -99,17 +103,17 @@ class FileStorage:
     @property
     def hard_state(self) -> HardState:
         """The last saved hard state (durable: see :meth:`save`)."""
-        return self._wal.state.hard_state
+        return self._state.hard_state
 
     @property
     def log_start_index(self) -> int:
         """Index of the last entry discarded by :meth:`compact` (0 if none was)."""
-        return self._wal.state.log_start_index
+        return self._state.log_start_index
 
     @property
     def log_start_term(self) -> int:
         """Term of the entry at :attr:`log_start_index` (0 if none)."""
-        return self._wal.state.log_start_term
+        return self._state.log_start_term
 
     def last_index(self) -> int:
         """Index of the last saved entry, synced or not (:attr:`log_start_index` if none)."""
@@ -196,19 +200,18 @@ class FileStorage:
                     "open the storage with a larger max_record_bytes"
                 )
             payloads.append(payload)
+        if hard_state is not None and not isinstance(hard_state, HardState):
+            raise TypeError(f"FileStorage.save: hard_state must be a HardState, got {hard_state!r}")
         state = None
         if hard_state is not None and hard_state != self.hard_state:
-            if not isinstance(hard_state, HardState):
-                raise TypeError(
-                    f"FileStorage.save: hard_state must be a HardState, got {hard_state!r}"
-                )
-            state = attrs.evolve(self._wal.state, hard_state=hard_state)
+            state = attrs.evolve(self._state, hard_state=hard_state)
         async with self._lock:
             if state is None and truncate_from is None and not payloads:
                 self._check_usable()
                 await trio.lowlevel.checkpoint()
                 return
             await self._run(self._wal.save, state, truncate_from, payloads)
+            self._state = self._wal.state
             if truncate_from is not None:
                 del self._entries[truncate_from - start - 1 :]
             self._entries.extend(entries)
@@ -259,6 +262,7 @@ class FileStorage:
                     f"{self._entries[index - start - 1].term}, not {term}"
                 )
             await self._run(self._wal.compact, index, term)
+            self._state = self._wal.state
             del self._entries[: index - start]
 
     # -- snapshots -----------------------------------------------------------------------------
@@ -397,8 +401,8 @@ async def open_file_storage(
         max_record_bytes: Largest encoded entry :meth:`FileStorage.save` accepts. Reopen a
             directory with a value at least as large as it was written with: a longer record
             on disk is reported as corruption.
-        fs: The file system (tests pass a :class:`SimulatedFileSystem`); the real one if
-            ``None``.
+        fs: The file system, for tests (``trio_raft._wal._simfs.SimulatedFileSystem`` crashes
+            on demand); the real one if ``None``.
 
     Raises:
         StorageLockedError: another FileStorage, in this or another process, has ``path``

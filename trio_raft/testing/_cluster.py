@@ -199,19 +199,23 @@ class SimulatedCluster:
             await trio.sleep(retry_s)
 
     async def wait_converged(self, *, poll_s: float = 0.01) -> None:
-        """Wait until every running node has applied the same, highest commit index."""
+        """Wait until a leader has committed its whole log and every running node has applied
+        exactly that much (so nothing is still in flight). Bound it with :func:`trio.fail_after`."""
         while True:
-            statuses = [n.status for n in self._nodes.values()]
-            top = max((s.commit_index for s in statuses), default=0)
-            if all(s.last_applied == top and s.commit_index == top for s in statuses):
-                return
+            leader = self.leader()
+            if leader is not None:
+                top = leader.status.last_log_index
+                statuses = [n.status for n in self._nodes.values()]
+                if all(s.last_applied == top and s.commit_index == top for s in statuses):
+                    return
             await trio.sleep(poll_s)
 
-    async def deliver(self, message: Message, *, settle_s: float = 0.0) -> list[Message]:
+    async def deliver(self, message: Message, *, settle_s: float = 0.01) -> list[Message]:
         """Hand ``message`` to ``message.dst`` and return what it sends back to ``message.src``.
 
         Messages from the receiver to the sender are captured (and not delivered) until every
-        task is blocked, plus ``settle_s`` of virtual time. Any other traffic flows as usual.
+        task is blocked, plus ``settle_s`` of virtual time (a reply that depends on a term, vote
+        or log change waits for a storage sync first). Any other traffic flows as usual.
         """
         replies: list[Message] = []
         previous_hook = self.network.hook
