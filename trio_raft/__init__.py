@@ -36,6 +36,12 @@ from ._types import SnapshotMeta as SnapshotMeta
 from ._types import StoredState as StoredState
 from ._util import fixup_module_metadata as _fixup_module_metadata
 from ._version import __version__ as __version__
+from ._wal._errors import StorageCorruptError as StorageCorruptError
+from ._wal._errors import StorageError as StorageError
+from ._wal._errors import StorageLockedError as StorageLockedError
+from ._wal._file_storage import FileStorage as FileStorage
+from ._wal._file_storage import FileStorageStatistics as FileStorageStatistics
+from ._wal._file_storage import open_file_storage as open_file_storage
 
 _fixup_module_metadata(__name__, globals())
 del _fixup_module_metadata

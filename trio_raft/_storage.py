@@ -51,7 +51,12 @@ class MemoryStorage:
             self._hard_state = hard_state
         start = self._start[0]
         if truncate_from is not None:
-            del self._entries[max(truncate_from - start - 1, 0) :]
+            if truncate_from <= start:
+                raise ValueError(
+                    f"MemoryStorage.save: cannot truncate from {truncate_from}, inside the "
+                    f"compacted prefix (the log starts after {start})"
+                )
+            del self._entries[truncate_from - start - 1 :]
         for e in entries:
             if e.index != self.last_index() + 1:
                 raise ValueError(

@@ -1,0 +1,257 @@
+"""Damaged data directories: recover a prefix at the tail, or refuse with StorageCorruptError.
+
+A known directory (several segments, a truncation that started its own segment, a compacted
+prefix) is built once on a :class:`SimulatedFileSystem`. Hypothesis then truncates files and
+flips bits in copies of it. Opening must either return exactly the true hard state and a
+prefix of the true log, losing entries only from a damaged last segment, or raise
+:class:`StorageCorruptError`; never a wrong log and never another exception. Cutting the last
+segment short (what a crash does) must always recover.
+"""
+
+from __future__ import annotations
+
+import functools
+import struct
+
+import attrs
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from trio_raft import Entry, HardState, StoredState
+from trio_raft._wal._errors import StorageCorruptError
+from trio_raft._wal._file_storage import open_file_storage
+from trio_raft._wal._segments import FRAME
+from trio_raft._wal._simfs import SimulatedFileSystem
+
+DIR = "/node"
+SEGMENT_BYTES = 400
+STATE = f"{DIR}/state"
+
+
+@attrs.frozen
+class Truth:
+    files: dict[str, bytes]
+    state: StoredState
+    segments: list[str]  # paths, oldest first
+    last_segment_first_live: int  # index of the first entry stored in the last segment
+    last_segment_header_bytes: int  # a crash never cuts into these (born complete)
+
+
+async def _build() -> Truth:
+    fs = SimulatedFileSystem()
+    async with open_file_storage(DIR, segment_bytes=SEGMENT_BYTES, fs=fs) as s:
+        await s.save(hard_state=HardState(4, "n2"))
+        for batch in range(12):
+            first = s.last_index() + 1
+            await s.save(
+                entries=[Entry(1, i, [i, "c" * (batch + i % 5)]) for i in range(first, first + 5)]
+            )
+            await s.sync()
+        # A truncation reaching into an older segment starts a new one.
+        await s.save(truncate_from=52, entries=[Entry(2, i, {"i": i}) for i in range(52, 62)])
+        await s.sync()
+        await s.compact(5, 1)
+        state = await s.load()
+        last = s._wal.segments[-1]
+        first_live = last.live_lo if last.live else s.last_index() + 1
+        segments = [seg.path for seg in s._wal.segments]
+        header_bytes = last.header_bytes
+    assert len(segments) >= 4
+    return Truth(fs.files(), state, segments, first_live, header_bytes)
+
+
+@functools.cache
+def truth() -> Truth:
+    return trio.run(_build)
+
+
+def filesystem(files: dict[str, bytes]) -> SimulatedFileSystem:
+    fs = SimulatedFileSystem()
+    fs.makedirs(DIR)
+    for path, data in files.items():
+        fs.put_file(path, data)
+    return fs
+
+
+async def _open_and_load(files: dict[str, bytes]) -> StoredState:
+    async with open_file_storage(DIR, segment_bytes=SEGMENT_BYTES, fs=filesystem(files)) as s:
+        return await s.load()
+
+
+def open_and_load(files: dict[str, bytes]) -> StoredState:
+    return trio.run(_open_and_load, files)
+
+
+@st.composite
+def damages(draw: st.DrawFn) -> tuple[dict[str, bytes], dict[str, set[str]]]:
+    t = truth()
+    files = dict(t.files)
+    kinds: dict[str, set[str]] = {}
+    targets = [*t.segments, STATE]
+    for _ in range(draw(st.integers(1, 3))):
+        path = draw(st.sampled_from(targets))
+        data = files[path]
+        if not data:
+            continue
+        if path != STATE and draw(st.booleans()):
+            files[path] = data[: draw(st.integers(0, len(data) - 1))]
+            kinds.setdefault(path, set()).add("truncate")
+        else:
+            at, bit = draw(st.integers(0, len(data) - 1)), draw(st.integers(0, 7))
+            files[path] = data[:at] + bytes([data[at] ^ (1 << bit)]) + data[at + 1 :]
+            kinds.setdefault(path, set()).add("flip")
+    damaged = {p: k for p, k in kinds.items() if files[p] != t.files[p]}
+    return files, damaged
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(damages())
+def test_damage_gives_a_true_prefix_or_an_error(
+    case: tuple[dict[str, bytes], dict[str, set[str]]],
+) -> None:
+    files, damaged = case
+    t = truth()
+    last = t.segments[-1]
+    torn_only = (
+        set(damaged) <= {last}
+        and damaged.get(last, set()) <= {"truncate"}
+        and len(files[last]) >= t.last_segment_header_bytes
+    )
+    try:
+        state = open_and_load(files)
+    except StorageCorruptError as exc:
+        assert not torn_only, f"a crash-like cut of the last segment was refused: {exc}"
+        assert exc.path.startswith(DIR) and exc.reason in str(exc)
+        return
+    assert STATE not in damaged, "a damaged state file went unnoticed"
+    assert state.hard_state == t.state.hard_state
+    assert (state.log_start_index, state.log_start_term) == (5, 1)
+    k = len(state.entries)
+    assert state.entries == t.state.entries[:k], "recovered a log that is not a prefix"
+    if k < len(t.state.entries):
+        assert set(damaged) == {last}, f"entries lost to damage outside the last segment: {damaged}"
+        lost_from = t.state.log_start_index + k + 1
+        assert lost_from >= t.last_segment_first_live, "lost entries from an older segment"
+
+
+def test_undamaged_directory_loads_exactly() -> None:
+    assert open_and_load(truth().files) == truth().state
+
+
+def _frames(data: bytes) -> list[tuple[int, int]]:
+    """``(offset, payload length)`` of each frame."""
+    out, offset = [], 0
+    while offset < len(data):
+        length, _ = FRAME.unpack_from(data, offset)
+        out.append((offset, length))
+        offset += FRAME.size + length
+    return out
+
+
+def test_bit_flip_in_a_middle_segment_names_file_and_offset() -> None:
+    t = truth()
+    middle = t.segments[len(t.segments) // 2]
+    data = t.files[middle]
+    offset, length = _frames(data)[1]
+    at = offset + FRAME.size + length // 2
+    files = {**t.files, middle: data[:at] + bytes([data[at] ^ 0x10]) + data[at + 1 :]}
+    with pytest.raises(StorageCorruptError) as info:
+        open_and_load(files)
+    assert (info.value.path, info.value.offset) == (middle, offset)
+    message = str(info.value)
+    assert f"{middle} at byte offset {offset}" in message and "checksum" in message
+    assert "backup" in message and "vote" in message  # says what to do, and the risk
+
+
+def test_damaged_state_file_is_corruption() -> None:
+    t = truth()
+    data = t.files[STATE]
+    with pytest.raises(StorageCorruptError, match="state file checksum") as info:
+        open_and_load({**t.files, STATE: data[:-1] + bytes([data[-1] ^ 1])})
+    assert info.value.path == STATE
+    with pytest.raises(StorageCorruptError, match="state file frame"):
+        open_and_load({**t.files, STATE: data[:-3]})
+    with pytest.raises(StorageCorruptError, match="state file"):
+        open_and_load({**t.files, STATE: b"\x00" * 3})
+
+
+def test_missing_state_file_with_a_log_is_corruption() -> None:
+    files = {p: d for p, d in truth().files.items() if p != STATE}
+    with pytest.raises(StorageCorruptError, match="term and vote") as info:
+        open_and_load(files)
+    assert info.value.path == STATE
+
+
+def test_missing_middle_segment_is_a_gap() -> None:
+    t = truth()
+    files = {p: d for p, d in t.files.items() if p != t.segments[1]}
+    with pytest.raises(StorageCorruptError, match="missing") as info:
+        open_and_load(files)
+    assert info.value.path == t.segments[2]
+
+
+def test_huge_length_field_is_corruption_not_an_allocation() -> None:
+    t = truth()
+    middle = t.segments[1]
+    data = bytearray(t.files[middle])
+    offset, _ = _frames(bytes(data))[1]
+    struct.pack_into("<I", data, offset, 0xFFFFFFF0)
+    with pytest.raises(StorageCorruptError, match=r"outside 1\.\.") as info:
+        open_and_load({**t.files, middle: bytes(data)})
+    assert info.value.offset == offset
+
+
+def test_damaged_length_running_past_the_end_is_not_mistaken_for_a_torn_tail() -> None:
+    t = truth()
+    last = t.segments[-1]
+    data = bytearray(t.files[last])
+    frames = _frames(bytes(data))
+    assert len(frames) >= 3
+    offset, _ = frames[-2]  # the last frame still follows it intact
+    struct.pack_into("<I", data, offset, len(data))  # now runs past the end of the file
+    with pytest.raises(StorageCorruptError, match="damaged length") as info:
+        open_and_load({**t.files, last: bytes(data)})
+    assert (info.value.path, info.value.offset) == (last, offset)
+
+
+@pytest.mark.parametrize("cut", [1, 5, 9, -1])
+def test_torn_last_record_is_cut_off(cut: int) -> None:
+    t = truth()
+    last = t.segments[-1]
+    offset, _ = _frames(t.files[last])[-1]
+    if cut == -1:
+        cut = len(t.files[last]) - offset - 1  # all of the last frame but its first byte
+    files = {**t.files, last: t.files[last][:-cut]}
+    state = open_and_load(files)
+    assert state.entries == t.state.entries[:-1]
+
+    async def append_after_repair() -> StoredState:
+        fs = filesystem(files)
+        async with open_file_storage(DIR, segment_bytes=SEGMENT_BYTES, fs=fs) as s:
+            await s.save(entries=[Entry(3, s.last_index() + 1, "new")])
+            await s.sync()
+        async with open_file_storage(DIR, segment_bytes=SEGMENT_BYTES, fs=fs) as s:
+            return await s.load()
+
+    again = trio.run(append_after_repair)
+    assert again.entries[:-1] == t.state.entries[:-1] and again.entries[-1].command == "new"
+
+
+def test_zero_filled_tail_is_cut_off() -> None:
+    t = truth()
+    last = t.segments[-1]
+    assert open_and_load({**t.files, last: t.files[last] + bytes(100)}) == t.state
+
+
+def test_bad_checksum_in_final_record_is_a_torn_tail_but_not_in_an_earlier_one() -> None:
+    t = truth()
+    last = t.segments[-1]
+    data = t.files[last]
+    flipped = data[:-1] + bytes([data[-1] ^ 4])
+    assert open_and_load({**t.files, last: flipped}).entries == t.state.entries[:-1]
+    offset, length = _frames(data)[-2]
+    at = offset + FRAME.size + length - 1
+    with pytest.raises(StorageCorruptError, match="followed by more data"):
+        open_and_load({**t.files, last: data[:at] + bytes([data[at] ^ 4]) + data[at + 1 :]})
