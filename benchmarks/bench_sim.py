@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import trio
 import trio.testing
@@ -22,7 +22,7 @@ async def _idle(seconds: float) -> None:
         await trio.sleep(seconds)
 
 
-def _wall(fn: functools.partial[object]) -> float:
+def _wall(fn: Callable[[], Awaitable[object]]) -> float:
     start = time.perf_counter()
     trio.run(fn, clock=trio.testing.MockClock(autojump_threshold=0))
     return time.perf_counter() - start

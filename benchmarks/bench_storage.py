@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import os
-import random
 import tempfile
 import time
 from collections.abc import Iterator
@@ -19,8 +18,9 @@ from pathlib import Path
 
 import trio
 
-from trio_raft import Entry, HardState, MemoryStorage, Storage, open_file_storage, open_node
-from trio_raft.testing import KVStateMachine, MemoryNetwork
+from trio_raft import Entry, HardState, MemoryStorage, Storage, open_file_storage
+
+from .bench_cluster_memory import cluster_throughput
 
 SEGMENT_BYTES = 4 << 20
 """Small segments, so compaction (which deletes whole segments) shows in the figures."""
@@ -37,52 +37,17 @@ def _dir_bytes(path: str) -> int:
     return sum(p.stat().st_size for p in Path(path).iterdir() if p.is_file())
 
 
-async def _cluster(n: int, concurrency: int, storages: dict[str, Storage]) -> tuple[float, int]:
-    network = MemoryNetwork(random.Random(1), delay_s_min=0.0, delay_s_max=0.0)
-    ids = sorted(storages)
-    nodes = {}
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(network.run)
-
-        async def run_node(nid: str, task_status: trio.TaskStatus[None]) -> None:
-            async with open_node(
-                nid, ids, state_machine=KVStateMachine(), transport=network.transport(nid),
-                storage=storages[nid], rng=random.Random(nid),
-            ) as node:  # fmt: skip
-                nodes[nid] = node
-                task_status.started()
-                await trio.sleep_forever()
-
-        for nid in ids:
-            await nursery.start(run_node, nid)
-        leader = nodes[await nodes[ids[0]].wait_leader()]
-        await leader.propose(("put", "warm", "up"))
-        counter = iter(range(n))
-
-        async def client() -> None:
-            for i in counter:
-                await leader.propose(("put", f"k{i % 100}", "v" * 100))
-
-        start = time.perf_counter()
-        async with trio.open_nursery() as clients:
-            for _ in range(concurrency):
-                clients.start_soon(client)
-        elapsed = time.perf_counter() - start
-        nursery.cancel_scope.cancel()
-    return n / elapsed, leader.id  # type: ignore[return-value]
-
-
 async def _group_commit(n: int, concurrency: int) -> tuple[float, float, float]:
     memory: dict[str, Storage] = {nid: MemoryStorage() for nid in ("a", "b", "c")}
-    base_rate, _ = await _cluster(n, concurrency, memory)
+    base_rate, _ = await cluster_throughput(n, concurrency, memory)
     with tempfile.TemporaryDirectory() as tmp:
         async with (
             open_file_storage(os.path.join(tmp, "a")) as a,
             open_file_storage(os.path.join(tmp, "b")) as b,
             open_file_storage(os.path.join(tmp, "c")) as c,
         ):
-            rate, leader = await _cluster(n, concurrency, {"a": a, "b": b, "c": c})
-            stats = {"a": a, "b": b, "c": c}[str(leader)].statistics()
+            rate, leader = await cluster_throughput(n, concurrency, {"a": a, "b": b, "c": c})
+            stats = {"a": a, "b": b, "c": c}[leader].statistics()
     return rate, base_rate, (n + 2) / max(stats.syncs, 1)
 
 
