@@ -65,10 +65,10 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """Type-check the package and this noxfile with strict mypy."""
+    """Type-check the package, the benchmarks and this noxfile with strict mypy."""
     _install(session, "typecheck", "test")
     session.install("nox")
-    session.run("mypy", "trio_raft", "noxfile.py", *session.posargs)
+    session.run("mypy", "trio_raft", "benchmarks", "noxfile.py", *session.posargs)
 
 
 @nox.session
