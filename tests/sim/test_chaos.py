@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import functools
 
+import attrs
 import hypothesis
 import hypothesis.strategies as st
 import pytest
 import trio
 import trio.testing
 
-from trio_raft.testing import ACTIONS, Fault, run_chaos
+from trio_raft.testing import ACTIONS, CHAOS_CONFIG, Fault, run_chaos
 
 NODES = ("n1", "n2", "n3", "n4", "n5")
 
@@ -35,6 +36,19 @@ def test_chaos(sim_seed: int) -> None:
     report = _run(sim_seed, duration_s=60.0)
     assert report.linearizability.ok is True, f"seed={sim_seed}: {report.linearizability}"
     assert report.acknowledged_writes > 0, f"seed={sim_seed}: no write was ever acknowledged"
+
+
+@pytest.mark.slow
+@pytest.mark.seeds(25)
+@pytest.mark.parametrize(
+    ("pre_vote", "check_quorum"), [(False, False), (True, False), (False, True)]
+)
+def test_chaos_with_features_off(sim_seed: int, pre_vote: bool, check_quorum: bool) -> None:
+    """The paper's plain algorithm (and each defence alone) is just as safe under the nemesis;
+    only liveness after healing may take a few more elections."""
+    config = attrs.evolve(CHAOS_CONFIG, pre_vote=pre_vote, check_quorum=check_quorum)
+    report = _run(sim_seed, duration_s=60.0, config=config)
+    assert report.linearizability.ok is True, f"seed={sim_seed}: {report.linearizability}"
 
 
 _fault = st.builds(

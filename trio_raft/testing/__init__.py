@@ -29,6 +29,7 @@ from ._network import NetworkStatistics as NetworkStatistics
 from ._network import Verdict as Verdict
 from ._storage import SimulatedStorage as SimulatedStorage
 from ._workload import ACTIONS as ACTIONS
+from ._workload import CHAOS_CONFIG as CHAOS_CONFIG
 from ._workload import ChaosReport as ChaosReport
 from ._workload import Fault as Fault
 from ._workload import KVClients as KVClients

@@ -238,8 +238,13 @@ async def run_chaos(
         cluster.network.reset_faults()
         await apply_fault(cluster, Fault(0.0, "restart_all"))
         with trio.move_on_after(converge_s) as scope:
-            leader = await cluster.wait_leader()
-            await leader.propose(("get", "__barrier__"))
+            while True:  # without PreVote, healed nodes may still force an election or two
+                leader = await cluster.wait_leader()
+                try:
+                    await leader.propose(("get", "__barrier__"))
+                    break
+                except (NotLeaderError, LeadershipLostError, ProposalDroppedError):
+                    await trio.sleep(0.05)
             await cluster.wait_converged()
         if scope.cancelled_caught:
             raise AssertionError(
