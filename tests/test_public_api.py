@@ -10,12 +10,13 @@ import types
 import pytest
 
 import trio_raft
+import trio_raft.kv
 import trio_raft.testing
 
 PACKAGE = pathlib.Path(trio_raft.__file__).parent
 
 
-@pytest.mark.parametrize("module", [trio_raft, trio_raft.testing])
+@pytest.mark.parametrize("module", [trio_raft, trio_raft.testing, trio_raft.kv])
 def test_public_names_have_docstrings_and_public_module(module: types.ModuleType) -> None:
     for name in dir(module):
         if name.startswith("_"):

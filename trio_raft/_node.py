@@ -135,6 +135,15 @@ class Node:
         return self._id
 
     @property
+    def state_machine(self) -> StateMachine:
+        """The state machine this node applies committed commands to.
+
+        Reading it directly gives a *stale* view (whatever this node has applied so far); use
+        :meth:`read` for a linearizable one. Never mutate it: only the node's applier may.
+        """
+        return self._sm
+
+    @property
     def status(self) -> Status:
         """A consistent snapshot of this node's state (cheap; computed on access)."""
         st = self._state

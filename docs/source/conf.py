@@ -24,6 +24,7 @@ from sphinx.application import Sphinx
 from sphinx.ext.napoleon import _process_docstring as napoleon_process_docstring
 
 import trio_raft
+import trio_raft.kv
 import trio_raft.testing
 
 project = "trio-raft"
@@ -101,7 +102,7 @@ def _restore_defining_modules() -> None:
     """
     public = {
         id(obj): obj
-        for package in (trio_raft, trio_raft.testing)
+        for package in (trio_raft, trio_raft.testing, trio_raft.kv)
         for obj in vars(package).values()
         if isinstance(obj, type) and obj.__module__ == package.__name__
     }

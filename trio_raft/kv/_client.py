@@ -1,0 +1,595 @@
+"""The Python client of the KV service: :func:`open_client` and :class:`KVClient`.
+
+A client keeps one WebSocket connection (a *link*), to the leader once it has found it::
+
+    open_client ─ nursery
+      └── link task: TCP (+TLS) ─ WebSocket ─ hello ─ route responses to callers by id
+    (calls run in the caller's tasks: send a request, wait for its response)
+
+A call retries until it gets an answer or its timeout expires: on ``not_leader`` it follows
+the hint (or tries the next URL); on a lost connection, ``outcome_unknown``, ``dropped`` or
+``unavailable`` it backs off (exponentially, with jitter from the client's
+:class:`random.Random`). A write keeps its session and sequence number through its retries, so
+the state machine applies it at most once however often it is sent.
+"""
+
+from __future__ import annotations
+
+import builtins
+import enum
+import math
+import random
+import ssl
+import urllib.parse
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from types import NoneType
+from typing import Final, Literal, TypeVar, final
+
+import attrs
+import trio
+from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, wrap_client_stream
+
+from .._sync import Waiter
+from .._util import unwrap_single_exception_group
+from . import _protocol as p
+
+DEFAULT_TIMEOUT_S: Final = 5.0
+"""Default time limit of one call, retries included (enough to ride out a leader election)."""
+DEFAULT_CONNECT_TIMEOUT_S: Final = 2.0
+"""Default time limit of one connection attempt (TCP, TLS, WebSocket handshake and hello)."""
+DEFAULT_MAX_CONCURRENT_REQUESTS: Final = 64
+"""Requests a client has in flight at once (the server's default per-connection bound)."""
+BACKOFF_S_MIN: Final = 0.02
+"""First pause between retries; it doubles on each failure, up to ``BACKOFF_S_MAX``."""
+BACKOFF_S_MAX: Final = 1.0
+"""Longest pause between retries."""
+FREE_HOPS: Final = 3
+"""Leader hints a call follows at once; past that it backs off between hops (a hint loop)."""
+CLOSE_TIMEOUT_S: Final = 1.0
+"""How long closing a connection waits for the server's closing handshake."""
+
+T = TypeVar("T")
+
+
+@final
+class UseClientDefault(enum.Enum):
+    """The type of :data:`USE_CLIENT_DEFAULT` (a single-member enum, so it types well)."""
+
+    USE_CLIENT_DEFAULT = "the client's timeout_s"
+
+
+USE_CLIENT_DEFAULT: Final = UseClientDefault.USE_CLIENT_DEFAULT
+"""A call's ``timeout_s=USE_CLIENT_DEFAULT`` (its default) means: the ``timeout_s`` given to
+:func:`open_client`. Pass a number of seconds to override it, or ``None`` to disable it."""
+
+Timeout = float | UseClientDefault | None
+
+
+class _LinkLost(Exception):
+    def __init__(self, reason: str, *, sent: bool) -> None:
+        super().__init__(reason)
+        self.sent = sent  # the request may have reached the server
+
+
+class _ConnectFailed(Exception):
+    pass
+
+
+class _Link:
+    """One connection: requests out, responses routed back to their callers by id."""
+
+    def __init__(self, ws: WebSocketConnection, url: str) -> None:
+        self.ws, self.url = ws, url
+        self.dead = False
+        self.closing = trio.Event()
+        self._reason = "closed"
+        self._pending: dict[int, Waiter[p.Response]] = {}
+
+    async def request(self, request_id: int, request: p.Request) -> p.Response:
+        if self.dead:
+            raise _LinkLost(self._reason, sent=False)
+        waiter: Waiter[p.Response] = Waiter()
+        self._pending[request_id] = waiter
+        try:
+            try:
+                await self.ws.send_message(p.encode_request(request_id, request))
+            except ConnectionClosed as exc:
+                self.die(f"connection closed ({exc.reason})")
+                raise _LinkLost(self._reason, sent=True) from None
+            return await waiter.wait()
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def read_loop(self) -> None:
+        while True:
+            try:
+                response = p.decode_response(await self.ws.get_message())
+            except ConnectionClosed as exc:
+                return self.die(f"connection closed ({exc.reason})")
+            except p.FrameError as exc:
+                return self.die(f"invalid response: {exc}")
+            waiter = self._pending.pop(response.id, None)
+            if waiter is not None:  # else its caller gave up (was cancelled) meanwhile
+                waiter.set(response)
+
+    def die(self, reason: str) -> None:
+        if not self.dead:
+            self.dead, self._reason = True, reason
+        for waiter in self._pending.values():
+            waiter.fail(_LinkLost(self._reason, sent=True))
+        self._pending.clear()
+        self.closing.set()
+
+
+@attrs.define
+class _Attempts:
+    """What one call has been through, for its backoff and its error messages."""
+
+    what: str
+    failures: int = 0
+    hops: int = 0
+    misses: int = 0
+    last_error: str = "no answer yet"
+    uncertain: bool = False  # a write attempt may have been applied
+    in_flight: bool = False
+
+
+@final
+class KVClient:
+    """A client of a KV cluster; create it with :func:`open_client`.
+
+    Calls may run concurrently from many tasks. Reads proceed in parallel; writes go one at a
+    time, since exactly-once needs at most one write in flight per session (for parallel
+    writes, open several clients). Keys are :class:`str`, values :class:`bytes` (a
+    :class:`str` value is encoded as UTF-8).
+
+    Every call takes ``timeout_s``: seconds for the whole call, retries included; ``None``
+    disables it (the call then retries until it succeeds or is cancelled); the default is the
+    client's. Cancelling a call abandons it: a write may still be applied (at most once).
+
+    Every call may raise :exc:`KVTimeoutError` (no answer in time; for a write, the outcome is
+    unknown), :exc:`KVRequestError` (invalid arguments; nothing happened),
+    :exc:`KVAuthError` (token refused), :exc:`KVServerError` (a server bug) and
+    :exc:`ClientClosedError`; writes also :exc:`SessionExpiredError`.
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        nursery: trio.Nursery,
+        token: str | None,
+        timeout_s: float | None,
+        connect_timeout_s: float,
+        rng: random.Random,
+        ssl_context: ssl.SSLContext | None,
+        max_concurrent_requests: int,
+    ) -> None:
+        self._urls, self._nursery, self._token = tuple(urls), nursery, token
+        self._timeout_s, self._connect_timeout_s = timeout_s, connect_timeout_s
+        self._rng, self._ssl_context = rng, ssl_context
+        self._slots = trio.Semaphore(max_concurrent_requests)
+        self._link: _Link | None = None
+        self._hint: str | None = None
+        self._next_url = self._next_id = 0
+        self._connect_lock, self._write_lock = trio.Lock(), trio.Lock()
+        self._closed = False
+        self._session, self._seq, self._session_open = b"", 0, False
+        self._new_session()
+
+    @property
+    def session_id(self) -> bytes:
+        """The current session's id (16 random bytes from the client's rng)."""
+        return self._session
+
+    @property
+    def url(self) -> str | None:
+        """The URL of the node the client is connected to, if any (the leader, usually)."""
+        link = self._link
+        return None if link is None or link.dead else link.url
+
+    async def get(
+        self,
+        key: str,
+        *,
+        consistency: Literal["linearizable", "stale"] = "linearizable",
+        timeout_s: Timeout = USE_CLIENT_DEFAULT,
+    ) -> bytes | None:
+        """Read the value of ``key``.
+
+        Args:
+            key: The key.
+            consistency: ``"linearizable"`` (the default) reflects every write acknowledged
+                before the call began (the leader confirms its leadership first).
+                ``"stale"`` answers from the connected node's state at once, which may lag.
+            timeout_s: See the class documentation.
+
+        Returns:
+            The value, or ``None`` if the key is absent.
+        """
+        with _invalid_arguments():
+            request = p.Get(key=key, consistency=consistency)
+        result = await self._read(request, f"get {key!r}", timeout_s)
+        return _expect(result, (bytes, NoneType), "get")
+
+    async def list(
+        self,
+        prefix: str = "",
+        *,
+        limit: int = p.DEFAULT_LIST_LIMIT,
+        start_after: str | None = None,
+        consistency: Literal["linearizable", "stale"] = "linearizable",
+        timeout_s: Timeout = USE_CLIENT_DEFAULT,
+    ) -> builtins.list[str]:
+        """List the keys that start with ``prefix``, in order (by code point).
+
+        Page through many keys by passing the last key of a page as the next ``start_after``.
+
+        Args:
+            prefix: Only keys starting with it ("" for every key).
+            limit: At most this many keys, 1 to :data:`MAX_LIST_LIMIT`.
+            start_after: Only keys greater than this one.
+            consistency: As for :meth:`get`.
+            timeout_s: See the class documentation.
+
+        Returns:
+            At most ``limit`` keys.
+        """
+        with _invalid_arguments():
+            request = p.ListKeys(
+                prefix=prefix, limit=limit, start_after=start_after, consistency=consistency
+            )
+        keys = _expect(await self._read(request, f"list {prefix!r}", timeout_s), (list,), "list")
+        if not all(type(k) is str for k in keys):
+            raise p.KVServerError(f"the server answered a list with non-str keys: {keys!r:.200}")
+        return keys
+
+    async def put(
+        self, key: str, value: bytes | str, *, timeout_s: Timeout = USE_CLIENT_DEFAULT
+    ) -> None:
+        """Set ``key`` to ``value``, exactly once (however many times the client retries).
+
+        Args:
+            key: The key.
+            value: The value; a :class:`str` is stored as UTF-8.
+            timeout_s: See the class documentation. On :exc:`KVTimeoutError` the put may or
+                may not have happened (the message says whether any attempt was sent).
+        """
+        with _invalid_arguments():
+            request = p.Put(session=self._session, seq=1, key=key, value=_encode(value))
+        await self._write(request, f"put {key!r}", timeout_s)
+
+    async def delete(self, key: str, *, timeout_s: Timeout = USE_CLIENT_DEFAULT) -> bool:
+        """Remove ``key``, exactly once.
+
+        Args:
+            key: The key.
+            timeout_s: See the class documentation.
+
+        Returns:
+            Whether the key existed (as the first application of the delete saw it, even if
+            the answer comes from a retry).
+        """
+        with _invalid_arguments():
+            request = p.Delete(session=self._session, seq=1, key=key)
+        return _expect(await self._write(request, f"delete {key!r}", timeout_s), (bool,), "delete")
+
+    async def cas(
+        self,
+        key: str,
+        expected: bytes | str | None,
+        new: bytes | str | None,
+        *,
+        timeout_s: Timeout = USE_CLIENT_DEFAULT,
+    ) -> bool:
+        """Compare and swap, exactly once: set ``key`` to ``new`` iff its value is ``expected``.
+
+        ``None`` means "absent" on both sides: ``cas(k, None, v)`` creates ``k`` only if it does
+        not exist; ``cas(k, v, None)`` deletes it only if its value is ``v``.
+
+        Args:
+            key: The key.
+            expected: The value the key must have (a :class:`str` is compared as UTF-8).
+            new: The value to set.
+            timeout_s: See the class documentation.
+
+        Returns:
+            Whether it swapped (as its first application decided, even if the answer comes
+            from a retry). If not, read the current value with :meth:`get` and decide again.
+        """
+        with _invalid_arguments():
+            old, data = _encode_optional(expected), _encode_optional(new)
+            request = p.Cas(session=self._session, seq=1, key=key, expected=old, new=data)
+        return _expect(await self._write(request, f"cas {key!r}", timeout_s), (bool,), "cas")
+
+    # -- calls ---------------------------------------------------------------------------------
+
+    async def _read(self, request: p.Request, what: str, timeout_s: Timeout) -> object:
+        attempts = _Attempts(what)
+        with trio.move_on_at(self._deadline(timeout_s)):
+            return await self._execute(request, attempts)
+        raise p.KVTimeoutError(f"{what}: no answer in time (last: {attempts.last_error})")
+
+    async def _write(self, request: p.WriteRequest, what: str, timeout_s: Timeout) -> object:
+        attempts = _Attempts(what)
+        with trio.move_on_at(self._deadline(timeout_s)):
+            async with self._write_lock:
+                while True:
+                    if not self._session_open:
+                        await self._execute(p.OpenSession(session=self._session), attempts)
+                        self._session_open = True
+                        attempts.uncertain = False  # an open is idempotent: no doubt about it
+                    self._seq += 1
+                    request = attrs.evolve(request, session=self._session, seq=self._seq)
+                    try:
+                        return await self._execute(request, attempts)
+                    except p.SessionExpiredError as exc:
+                        self._new_session()
+                        if attempts.uncertain:
+                            raise p.SessionExpiredError(
+                                f"{what}: {exc}. An earlier attempt of this write may have been "
+                                "applied: read the key back before retrying"
+                            ) from None
+                        # This write was definitely not applied: redo it in the new session.
+        if attempts.uncertain or attempts.in_flight:
+            outcome = "it may or may not have been applied (at most once): read it back"
+        else:
+            outcome = "it was not applied"
+        raise p.KVTimeoutError(
+            f"{what}: no answer in time (last: {attempts.last_error}); {outcome}, or raise "
+            "timeout_s if the cluster is slow"
+        )
+
+    async def _execute(self, request: p.Request, attempts: _Attempts) -> object:
+        """Send until answered; raise the answer if it is an error no retry can fix."""
+        while True:
+            link = await self._connected(attempts)
+            self._next_id += 1
+            try:
+                async with self._slots:
+                    attempts.in_flight = True
+                    response = await link.request(self._next_id, request)
+                    attempts.in_flight = False
+            except _LinkLost as exc:
+                attempts.in_flight = False
+                attempts.uncertain |= exc.sent
+                attempts.last_error = f"{link.url}: {exc}"
+                self._drop(link)
+                await self._backoff(attempts)
+                continue
+            if isinstance(response, p.Ok):
+                return response.result
+            attempts.last_error = f"{link.url}: {response.code}: {response.message}"
+            if self._retry_at_once(link, response, attempts):
+                continue
+            await self._backoff(attempts)
+
+    def _retry_at_once(self, link: _Link, failure: p.Failure, attempts: _Attempts) -> bool:
+        """Prepare the retry of a failed request, or raise what no retry can fix."""
+        message = f"{attempts.what}: {failure.message}"
+        match failure.code:
+            case p.ErrorCode.NOT_LEADER:
+                self._drop(link)
+                self._hint = failure.leader
+                if failure.leader not in (None, link.url) and attempts.hops < FREE_HOPS:
+                    attempts.hops += 1
+                    return True  # follow the hint at once
+            case p.ErrorCode.OUTCOME_UNKNOWN:
+                attempts.uncertain = True  # retry: the same seq makes it exactly-once
+            case p.ErrorCode.UNAVAILABLE:
+                self._drop(link)
+            case p.ErrorCode.BAD_REQUEST:
+                raise p.KVRequestError(message)
+            case p.ErrorCode.UNAUTHORIZED:
+                raise p.KVAuthError(message)
+            case p.ErrorCode.SESSION_EXPIRED:
+                raise p.SessionExpiredError(message)
+            case p.ErrorCode.INTERNAL:
+                raise p.KVServerError(message)
+        return False  # DROPPED and the above: after a pause
+
+    # -- connections ---------------------------------------------------------------------------
+
+    async def _connected(self, attempts: _Attempts) -> _Link:
+        while True:
+            if self._closed:
+                raise p.ClientClosedError("this KV client is closed; open a new one")
+            if self._link is not None and not self._link.dead:
+                return self._link
+            async with self._connect_lock:
+                if self._closed or (self._link is not None and not self._link.dead):
+                    continue
+                if self._hint is not None:
+                    url, self._hint = self._hint, None
+                else:
+                    url = self._urls[self._next_url % len(self._urls)]
+                    self._next_url += 1
+                try:
+                    self._link = await self._nursery.start(self._run_link, url)
+                    attempts.misses = 0
+                    continue
+                except _ConnectFailed as exc:
+                    attempts.last_error = str(exc)
+            attempts.misses += 1
+            if attempts.misses >= len(self._urls):  # a whole round failed: pause
+                attempts.misses = 0
+                await self._backoff(attempts)
+
+    async def _run_link(self, url: str, *, task_status: trio.TaskStatus[_Link]) -> None:
+        """Connect, greet, then route responses until the link is closed or lost.
+
+        The TCP stream is ours, opened and closed here: trio-websocket's ``open_websocket``
+        leaves the socket open when the server closes first (it closes it only as the closing
+        side), and a client meets that at every server crash or refusal.
+        """
+        started = False
+        try:
+            with unwrap_single_exception_group(), trio.fail_after(self._connect_timeout_s) as phase:
+                host, port, resource, tls = _split_url(url)
+                stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
+                if tls:
+                    context = self._ssl_context or ssl.create_default_context()
+                    stream = await trio.open_ssl_over_tcp_stream(
+                        host, port, ssl_context=context, https_compatible=True
+                    )
+                else:
+                    stream = await trio.open_tcp_stream(host, port)
+                async with stream, trio.open_nursery() as nursery:
+                    address = host if port in (80, 443) else f"{host}:{port}"
+                    ws = await wrap_client_stream(
+                        nursery, stream, address, resource, max_message_size=p.MAX_RESPONSE_BYTES
+                    )
+                    link = _Link(ws, url)
+                    try:
+                        await self._hello(link)
+                        phase.deadline = math.inf  # connected: no time limit from now on
+                        task_status.started(link)
+                        started = True
+                        nursery.start_soon(link.read_loop)
+                        await link.closing.wait()
+                        with trio.move_on_after(CLOSE_TIMEOUT_S):
+                            await ws.aclose()
+                    finally:
+                        link.die("connection closed")
+                        nursery.cancel_scope.cancel()
+        except (HandshakeError, ConnectionClosed, OSError, trio.TooSlowError, ValueError) as exc:
+            if not started:
+                raise _ConnectFailed(f"{url}: cannot connect: {exc!r}") from None
+            # After the start the link is dead and its callers were told: nothing left to do.
+
+    async def _hello(self, link: _Link) -> None:
+        await link.ws.send_message(p.encode_request(0, p.Hello(token=self._token)))
+        try:
+            response = p.decode_response(await link.ws.get_message())
+        except ConnectionClosed as exc:
+            if exc.reason is not None and exc.reason.code == p.CLOSE_POLICY_VIOLATION:
+                raise p.KVAuthError(f"{link.url} refused the token ({exc.reason.reason})") from None
+            raise
+        except p.FrameError as exc:
+            raise _ConnectFailed(f"{link.url}: not a KV server: {exc}") from None
+        if isinstance(response, p.Failure):
+            if response.code is p.ErrorCode.UNAUTHORIZED:
+                raise p.KVAuthError(f"{link.url}: {response.message}; pass the servers' token")
+            raise _ConnectFailed(f"{link.url}: hello refused: {response.code}: {response.message}")
+        if not isinstance(response.result, dict) or response.result.get("v") != p.PROTOCOL_VERSION:
+            raise _ConnectFailed(f"{link.url}: not a KV server of protocol {p.PROTOCOL_VERSION}")
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _drop(self, link: _Link) -> None:
+        if self._link is link:
+            self._link = None
+        link.closing.set()
+
+    def _new_session(self) -> None:
+        self._session = self._rng.getrandbits(128).to_bytes(16, "big")
+        self._seq = 0
+        self._session_open = False
+
+    def _deadline(self, timeout_s: Timeout) -> float:
+        seconds = self._timeout_s if timeout_s is USE_CLIENT_DEFAULT else timeout_s
+        if seconds is None:
+            return math.inf
+        if not seconds >= 0:
+            raise ValueError(f"timeout_s must be >= 0 or None, got {seconds!r}")
+        return trio.current_time() + seconds
+
+    async def _backoff(self, attempts: _Attempts) -> None:
+        ceiling = min(BACKOFF_S_MAX, BACKOFF_S_MIN * 2.0 ** min(attempts.failures, 30))
+        attempts.failures += 1
+        await trio.sleep(self._rng.uniform(ceiling / 2, ceiling))
+
+    def _close(self) -> None:
+        self._closed = True
+        if self._link is not None:
+            self._drop(self._link)
+
+
+def _split_url(url: str) -> tuple[str, int, str, bool]:
+    """``ws[s]://host[:port]/path?query`` -> (host, port, resource, tls), or ValueError."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"not a ws:// or wss:// URL with a host: {url!r}")
+    tls = parts.scheme == "wss"
+    port = parts.port if parts.port is not None else (443 if tls else 80)
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return parts.hostname, port, resource, tls
+
+
+@contextmanager
+def _invalid_arguments() -> Iterator[None]:
+    try:
+        yield
+    except (ValueError, TypeError) as exc:
+        raise p.KVRequestError(str(exc)) from None
+
+
+def _encode(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else value
+
+
+def _encode_optional(value: bytes | str | None) -> bytes | None:
+    return None if value is None else _encode(value)
+
+
+def _expect(result: object, types: tuple[type[T], ...], op: str) -> T:
+    if not isinstance(result, types) or (bool not in types and isinstance(result, bool)):
+        raise p.KVServerError(f"the server answered a {op} with {result!r:.200}")
+    return result
+
+
+@asynccontextmanager
+async def open_client(
+    urls: Sequence[str],
+    *,
+    token: str | None = None,
+    timeout_s: float | None = DEFAULT_TIMEOUT_S,
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+    rng: random.Random | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS,
+) -> AsyncIterator[KVClient]:
+    """Open a client of the KV cluster served at ``urls``, for the ``async with`` block.
+
+    The client connects lazily, at its first call: to a hinted leader, else to each URL in
+    turn. Any node's URL will do (a follower redirects to the leader); list several so the
+    client can start while some are down. Leaving the block closes the connection (waiting
+    up to a second for a clean close); calls still running then fail with
+    :exc:`ClientClosedError`.
+
+    Args:
+        urls: The nodes' client URLs, ``ws://host:port/kv`` or ``wss://...`` (or just one).
+        token: The servers' token, if they require one.
+        timeout_s: Default limit of each call, retries included, in seconds; ``None`` for
+            none (a call then retries until it succeeds or you cancel it). Override it per
+            call with the call's ``timeout_s``.
+        connect_timeout_s: Limit of one connection attempt (a dead host is skipped after it).
+        rng: The only source of randomness: session ids and backoff jitter. Seed it to make a
+            client's behaviour repeatable. A fresh :class:`random.Random` by default.
+        ssl_context: For ``wss://`` URLs (the default context if omitted).
+        max_concurrent_requests: Requests in flight at once; more calls wait their turn.
+
+    Raises:
+        ValueError: no URL, a URL that is not ``ws://`` or ``wss://``, or a bound < 1.
+    """
+    urls = [urls] if isinstance(urls, str) else list(urls)
+    if not urls:
+        raise ValueError("open_client needs at least one URL")
+    for url in urls:
+        _split_url(url)
+    if max_concurrent_requests < 1 or not connect_timeout_s > 0:
+        raise ValueError("max_concurrent_requests must be >= 1 and connect_timeout_s > 0")
+    if timeout_s is not None and not timeout_s >= 0:
+        raise ValueError(f"timeout_s must be >= 0 or None, got {timeout_s!r}")
+    with unwrap_single_exception_group():
+        async with trio.open_nursery() as nursery:
+            client = KVClient(
+                urls, nursery=nursery, token=token, timeout_s=timeout_s,
+                connect_timeout_s=connect_timeout_s, rng=rng or random.Random(),
+                ssl_context=ssl_context, max_concurrent_requests=max_concurrent_requests,
+            )  # fmt: skip
+            try:
+                yield client
+            finally:
+                client._close()

@@ -1,0 +1,471 @@
+"""The KV service's wire protocol, its limits and its errors.
+
+One request or response per binary WebSocket message, each a CBOR map, on the path ``/kv``.
+A request carries an ``id`` (an int the client picks) that its response echoes, so a
+connection carries many requests at once and responses may come back in any order::
+
+    request    {"id": 7, "op": "put", "session": b"...", "seq": 3, "key": "a", "value": b"1"}
+    success    {"id": 7, "ok": None}
+    failure    {"id": 7, "error": {"code": "not_leader", "message": "...",
+                                   "leader": "ws://10.0.0.2:7000/kv"}}
+
+The ops and their fields are the request classes below (``hello``, ``open_session``, ``get``,
+``list``, ``put``, ``delete``, ``cas``), the error codes :class:`ErrorCode`; ``docs/source/kv.rst``
+("The wire protocol") has the full table. Every field is checked (type, size, no unknown
+field) when a request is built, on either side. A frame that cannot be answered (not CBOR, not
+a map, no valid ``id``) closes the connection with 1007, a text frame with 1003; a missing or
+wrong token closes it with 1008 after an ``unauthorized`` answer; a message over the size
+limit closes it with 1009. The error classes are drawn in :mod:`trio_raft.kv`.
+"""
+
+from __future__ import annotations
+
+import enum
+import io
+from collections.abc import Callable
+from typing import Any, Final, Literal, final
+
+import attrs
+import cbor2
+
+from .._errors import RaftError
+
+PROTOCOL_VERSION: Final = 1
+"""The version a ``hello`` carries; a server answers ``bad_request`` to any other."""
+PATH: Final = "/kv"
+"""The WebSocket resource the service is served on."""
+
+MAX_KEY_BYTES: Final = 1024
+"""A key (or list prefix) is a non-empty str of at most this many bytes in UTF-8."""
+MAX_VALUE_BYTES: Final = 256 * 1024
+"""A value is bytes of at most this length."""
+MAX_SESSION_ID_BYTES: Final = 64
+"""A session id is 1 to this many bytes (the client draws 16 random ones)."""
+MAX_LIST_LIMIT: Final = 1000
+"""A ``list`` returns at most this many keys (ask for the next page with ``start_after``)."""
+DEFAULT_LIST_LIMIT: Final = 100
+"""The ``limit`` of a ``list`` that names none."""
+MAX_TOKEN_BYTES: Final = 1024
+"""Longest accepted token (UTF-8)."""
+MAX_SEQ: Final = 2**63 - 1
+"""Sequence numbers and request ids are ints in ``[1, MAX_SEQ]`` and ``[0, MAX_SEQ]``."""
+MAX_REQUEST_BYTES: Final = 512 * 1024
+"""Largest request message a server accepts (a ``put`` of the largest key and value fits)."""
+MAX_RESPONSE_BYTES: Final = 2 * 1024 * 1024
+"""Largest response message a client accepts (a full ``list`` page of the longest keys fits)."""
+
+# WebSocket close codes (RFC 6455, section 7.4.1) the server uses.
+CLOSE_UNSUPPORTED_DATA: Final = 1003  # a text frame
+CLOSE_INVALID_PAYLOAD: Final = 1007  # a frame that cannot be answered
+CLOSE_POLICY_VIOLATION: Final = 1008  # missing or wrong token
+
+_MAX_DEPTH: Final = 4  # {"id":..., "ok": [keys]} and {"error": {...}} are depth 2 or 3
+
+Consistency = Literal["linearizable", "stale"]
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+class KVError(RaftError):
+    """Base class of every error the KV service raises on purpose."""
+
+
+class KVTimeoutError(KVError):
+    """The call did not complete within its timeout.
+
+    For a read nothing happened. For a write the outcome is *unknown*: it may have been applied
+    (once: the session's sequence number prevents a second application). Read the key back to
+    find out, or raise the timeout (``timeout_s``) if the cluster is just slow or electing.
+    """
+
+
+class KVRequestError(KVError, ValueError):
+    """The request is invalid (a key too long, a wrong type, ...), whether the client or the
+    server noticed; it had no effect. Fix the call: retrying the same request fails the same way.
+    """
+
+
+class StaleSequenceError(KVRequestError):
+    """A write carried a sequence number older than its session's last applied one; it was not
+    applied. Only a client that sends two writes of one session at once, or reuses a sequence
+    number for a new write, sees this: give each concurrent writer its own session."""
+
+
+class KVAuthError(KVError):
+    """The server refused the token (missing or wrong). Pass the token the servers were started
+    with; retrying with the same one fails the same way."""
+
+
+class SessionExpiredError(KVError):
+    """The client's session was evicted from the servers' bounded session table (too many other
+    clients since its last write). The write that got this answer was not applied, but an earlier
+    attempt of it, whose answer was lost, may have been: read the key back before retrying. The
+    client has already opened a new session for its next writes."""
+
+
+class KVServerError(KVError):
+    """The server failed unexpectedly (the message says how). The outcome of a write is unknown.
+    This is a bug in the server or its state machine: please report it."""
+
+
+class ClientClosedError(KVError):
+    """The client was used after its ``async with`` block ended; open a new one."""
+
+
+class ErrorCode(enum.StrEnum):
+    """The ``code`` of an error response, and what a client does about it."""
+
+    NOT_LEADER = "not_leader"
+    """Not the leader: nothing happened. Retry on ``leader`` (a URL, or None if unknown)."""
+    OUTCOME_UNKNOWN = "outcome_unknown"
+    """Leadership was lost after the write was appended: it may or may not be applied. Retry
+    with the same session and sequence number (the state machine then answers as the first
+    time)."""
+    DROPPED = "dropped"
+    """The write was definitely not applied (e.g. back-pressure); retry, after a pause."""
+    UNAVAILABLE = "unavailable"
+    """The node is shutting down; nothing happened. Retry on another node."""
+    BAD_REQUEST = "bad_request"
+    """The request is invalid; it had no effect (:class:`KVRequestError`)."""
+    UNAUTHORIZED = "unauthorized"
+    """Missing or wrong token (:class:`KVAuthError`); the server closes the connection."""
+    SESSION_EXPIRED = "session_expired"
+    """The session is unknown (evicted): not applied (:class:`SessionExpiredError`)."""
+    INTERNAL = "internal"
+    """The server failed unexpectedly (:class:`KVServerError`)."""
+
+
+class FrameError(Exception):
+    """A message that cannot be answered; the receiver closes the connection with ``code``."""
+
+    def __init__(self, message: str, code: int = CLOSE_INVALID_PAYLOAD) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class BadRequest(Exception):
+    """A request that can be answered with ``bad_request`` (its ``id`` is valid)."""
+
+    def __init__(self, request_id: int, message: str) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+# -- field checks (shared with the state machine) -------------------------------------------
+
+
+def check_key(value: object, what: str = "key") -> str:
+    """Return ``value`` if it is a valid key, else raise :exc:`ValueError` saying why."""
+    if type(value) is not str:
+        raise ValueError(f"{what} must be a str, got {type(value).__name__}")
+    try:
+        size = len(value.encode())
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} must be valid Unicode (no lone surrogates)") from None
+    if not 0 < size <= MAX_KEY_BYTES:
+        raise ValueError(f"{what} must be 1 to {MAX_KEY_BYTES} bytes in UTF-8, got {size}")
+    return value
+
+
+def check_prefix(value: object) -> str:
+    """A list prefix: like a key, but may be empty (list everything)."""
+    if value == "":
+        return ""
+    return check_key(value, "prefix")
+
+
+def check_value(value: object, what: str = "value") -> bytes:
+    """Return ``value`` if it is valid bytes for a value, else raise :exc:`ValueError`."""
+    if type(value) is not bytes:
+        raise ValueError(f"{what} must be bytes, got {type(value).__name__}")
+    if len(value) > MAX_VALUE_BYTES:
+        raise ValueError(f"{what} must be at most {MAX_VALUE_BYTES} bytes, got {len(value)}")
+    return value
+
+
+def check_optional_value(value: object, what: str) -> bytes | None:
+    """A value, or None (meaning "absent")."""
+    return None if value is None else check_value(value, what)
+
+
+def check_session(value: object) -> bytes:
+    """A session id: 1 to :data:`MAX_SESSION_ID_BYTES` bytes."""
+    if type(value) is not bytes or not 0 < len(value) <= MAX_SESSION_ID_BYTES:
+        raise ValueError(f"session must be 1 to {MAX_SESSION_ID_BYTES} bytes, got {value!r:.80}")
+    return value
+
+
+def check_int(value: object, what: str, lo: int, hi: int) -> int:
+    """An int (not a bool) in ``[lo, hi]``."""
+    if type(value) is not int or not lo <= value <= hi:
+        raise ValueError(f"{what} must be an int from {lo} to {hi}, got {value!r:.80}")
+    return value
+
+
+def check_seq(value: object) -> int:
+    """A write's sequence number: an int in ``[1, MAX_SEQ]``."""
+    return check_int(value, "seq", 1, MAX_SEQ)
+
+
+def check_limit(value: object) -> int:
+    """A list limit: an int in ``[1, MAX_LIST_LIMIT]``."""
+    return check_int(value, "limit", 1, MAX_LIST_LIMIT)
+
+
+def check_optional_key(value: object, what: str) -> str | None:
+    """A key, or None."""
+    return None if value is None else check_key(value, what)
+
+
+_Validator = Callable[[Any, Any, Any], None]
+
+
+def _v(check: Callable[[object], object]) -> _Validator:
+    """Adapt a ``check_*(value)`` function to an attrs validator."""
+
+    def validator(_inst: Any, _attr: Any, value: Any) -> None:
+        check(value)
+
+    return validator
+
+
+def _version(_inst: Any, _attr: Any, value: Any) -> None:
+    if value != PROTOCOL_VERSION or type(value) is not int:
+        raise ValueError(
+            f"unsupported protocol version {value!r:.80}; this server speaks {PROTOCOL_VERSION}"
+        )
+
+
+def _consistency(_inst: Any, _attr: Any, value: Any) -> None:
+    if value not in ("linearizable", "stale"):
+        raise ValueError(f'consistency must be "linearizable" or "stale", got {value!r:.80}')
+
+
+def _token(_inst: Any, _attr: Any, value: Any) -> None:
+    if value is not None and (type(value) is not str or len(value.encode()) > MAX_TOKEN_BYTES):
+        raise ValueError(f"token must be a str of at most {MAX_TOKEN_BYTES} bytes, or None")
+
+
+# -- requests ----------------------------------------------------------------------------------
+# Each class validates its fields on construction (ValueError), so an invalid request never
+# exists: the server builds them from decoded maps, the client from its arguments. The id is
+# not part of a request: it belongs to one sending of it (a retry gets a new one).
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Hello:
+    """First request of a connection: protocol version and token."""
+
+    token: str | None = attrs.field(default=None, validator=_token)
+    v: int = attrs.field(default=PROTOCOL_VERSION, validator=_version)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class OpenSession:
+    """Register a session (idempotent) before its first write."""
+
+    session: bytes = attrs.field(validator=_v(check_session))
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Get:
+    """Read one key."""
+
+    key: str = attrs.field(validator=_v(check_key))
+    consistency: Consistency = attrs.field(default="linearizable", validator=_consistency)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ListKeys:
+    """List keys with a prefix, in order, after ``start_after``, at most ``limit``."""
+
+    prefix: str = attrs.field(validator=_v(check_prefix))
+    limit: int = attrs.field(default=DEFAULT_LIST_LIMIT, validator=_v(check_limit))
+    start_after: str | None = attrs.field(
+        default=None, validator=_v(lambda x: check_optional_key(x, "start_after"))
+    )
+    consistency: Consistency = attrs.field(default="linearizable", validator=_consistency)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Put:
+    """Set a key's value."""
+
+    session: bytes = attrs.field(validator=_v(check_session))
+    seq: int = attrs.field(validator=_v(check_seq))
+    key: str = attrs.field(validator=_v(check_key))
+    value: bytes = attrs.field(validator=_v(check_value))
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Delete:
+    """Remove a key."""
+
+    session: bytes = attrs.field(validator=_v(check_session))
+    seq: int = attrs.field(validator=_v(check_seq))
+    key: str = attrs.field(validator=_v(check_key))
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Cas:
+    """Set ``key`` to ``new`` iff its value is ``expected`` (None: absent, both ways)."""
+
+    session: bytes = attrs.field(validator=_v(check_session))
+    seq: int = attrs.field(validator=_v(check_seq))
+    key: str = attrs.field(validator=_v(check_key))
+    expected: bytes | None = attrs.field(
+        validator=_v(lambda x: check_optional_value(x, "expected"))
+    )
+    new: bytes | None = attrs.field(validator=_v(lambda x: check_optional_value(x, "new")))
+
+
+Request = Hello | OpenSession | Get | ListKeys | Put | Delete | Cas
+WriteRequest = Put | Delete | Cas
+
+_OPS: Final[dict[str, type[Request]]] = {
+    "hello": Hello,
+    "open_session": OpenSession,
+    "get": Get,
+    "list": ListKeys,
+    "put": Put,
+    "delete": Delete,
+    "cas": Cas,
+}
+_OP_NAMES: Final = {cls: name for name, cls in _OPS.items()}
+_FIELDS: Final = {cls: frozenset(f.name for f in attrs.fields(cls)) for cls in _OPS.values()}
+_REQUIRED: Final = {
+    cls: frozenset(f.name for f in attrs.fields(cls) if f.default is attrs.NOTHING)
+    for cls in _OPS.values()
+}
+
+
+def encode_request(request_id: int, request: Request) -> bytes:
+    """Serialize a (valid, by construction) request under ``request_id``."""
+    fields = attrs.asdict(request, recurse=False)
+    return cbor2.dumps({"id": request_id, "op": _OP_NAMES[type(request)], **fields})
+
+
+def _decode_map(data: bytes | str, max_bytes: int) -> dict[object, object]:
+    """Decode one message to a map, or raise :exc:`FrameError` (close the connection)."""
+    if isinstance(data, str):
+        raise FrameError("text frames are not part of the protocol", CLOSE_UNSUPPORTED_DATA)
+    if len(data) > max_bytes:
+        raise FrameError(f"message of {len(data)} bytes exceeds {max_bytes}")
+    stream = io.BytesIO(data)
+    try:
+        decoded = cbor2.CBORDecoder(
+            stream, allow_duplicate_keys=False, max_depth=_MAX_DEPTH
+        ).decode()
+    except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise FrameError(f"not a CBOR message: {exc}") from None
+    if stream.tell() != len(data):
+        raise FrameError("trailing bytes after the CBOR message")
+    if not isinstance(decoded, dict):
+        raise FrameError(f"a message must be a CBOR map, got {type(decoded).__name__}")
+    return decoded
+
+
+def _request_id(message: dict[object, object]) -> int:
+    request_id = message.get("id")
+    if type(request_id) is not int or not 0 <= request_id <= MAX_SEQ:
+        raise FrameError(f"a message needs an int id from 0 to {MAX_SEQ}")
+    return request_id
+
+
+def decode_request(data: bytes | str) -> tuple[int, Request]:
+    """Parse and validate one request message; return its id and the request.
+
+    Raises:
+        FrameError: unanswerable junk (not a CBOR map, no valid ``id``, a text frame): close.
+        BadRequest: a map with a valid ``id`` that is not a valid request: answer it.
+    """
+    message = _decode_map(data, MAX_REQUEST_BYTES)
+    request_id = _request_id(message)
+    op = message.get("op")
+    cls = _OPS.get(op) if isinstance(op, str) else None
+    if cls is None:
+        raise BadRequest(request_id, f"unknown op {op!r:.80}; expected one of {sorted(_OPS)}")
+    fields = {k: v for k, v in message.items() if k not in ("id", "op")}
+    unknown = set(fields) - _FIELDS[cls]
+    if unknown:
+        names = sorted(map(repr, unknown))
+        raise BadRequest(request_id, f"unknown fields for {op!r}: {', '.join(names):.200}")
+    missing = _REQUIRED[cls] - set(fields)
+    if missing:
+        raise BadRequest(request_id, f"missing fields for {op!r}: {', '.join(sorted(missing))}")
+    try:
+        return request_id, cls(**fields)  # type: ignore[arg-type]
+    except (ValueError, TypeError) as exc:
+        raise BadRequest(request_id, f"invalid {op!r} request: {exc}") from None
+
+
+# -- responses ---------------------------------------------------------------------------------
+
+
+@final
+@attrs.frozen
+class Ok:
+    """A successful response; ``result`` is plain CBOR data whose shape depends on the op."""
+
+    id: int
+    result: object
+
+
+@final
+@attrs.frozen
+class Failure:
+    """An error response."""
+
+    id: int
+    code: ErrorCode
+    message: str
+    leader: str | None = None
+    """Only for ``not_leader``: the leader's client URL, if known."""
+
+
+Response = Ok | Failure
+
+
+def encode_response(response: Response) -> bytes:
+    """Serialize a response."""
+    if isinstance(response, Ok):
+        return cbor2.dumps({"id": response.id, "ok": response.result})
+    error: dict[str, object] = {"code": response.code.value, "message": response.message}
+    if response.code is ErrorCode.NOT_LEADER:
+        error["leader"] = response.leader
+    return cbor2.dumps({"id": response.id, "error": error})
+
+
+def decode_response(data: bytes | str) -> Response:
+    """Parse one response message; the shape of an ``ok`` result is checked by the caller.
+
+    Raises:
+        FrameError: not a valid response (the connection is then useless: close it).
+    """
+    message = _decode_map(data, MAX_RESPONSE_BYTES)
+    request_id = _request_id(message)
+    if set(message) == {"id", "ok"}:
+        return Ok(request_id, message["ok"])
+    error = message.get("error")
+    if set(message) != {"id", "error"} or not isinstance(error, dict):
+        raise FrameError("a response is {id, ok} or {id, error}")
+    code, text, leader = error.get("code"), error.get("message"), error.get("leader")
+    if type(code) is not str:
+        raise FrameError(f"malformed error code in response {request_id}")
+    if set(error) - {"code", "message", "leader"} or type(text) is not str:
+        raise FrameError(f"malformed error in response {request_id}")
+    try:
+        error_code = ErrorCode(code)
+    except ValueError:
+        raise FrameError(f"unknown error code {code!r:.80}") from None
+    if leader is not None and type(leader) is not str:
+        raise FrameError("an error's leader must be a URL or None")
+    return Failure(request_id, error_code, text, leader)
