@@ -415,3 +415,21 @@ async def test_client_keeps_writing_through_a_leader_crash() -> None:
                 machine = cluster.machines[node_id]
                 assert machine.as_dict() == {"counter": str(writes).encode()}
                 assert machine.revision == writes + 1, node_id
+
+
+async def test_status_is_answered_by_the_connected_node() -> None:
+    with trio.fail_after(TEST_S):
+        async with kv_cluster() as cluster:
+            follower, leader = await cluster.follower(), await cluster.leader()
+            async with open_client([cluster.urls[follower.id]], rng=random.Random(1)) as kv:
+                status = await kv.status()
+            assert status["node"] == follower.id
+            assert status["role"] == "follower"
+            assert status["leader"] == leader.id
+            async with open_client([cluster.urls[leader.id]], rng=random.Random(2)) as kv:
+                await kv.put("k", "v")
+                status = await kv.status()
+            assert status["role"] == "leader"
+            followers = status["followers"]
+            assert isinstance(followers, dict)
+            assert set(followers) == set(cluster.ids) - {leader.id}

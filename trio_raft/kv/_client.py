@@ -303,6 +303,19 @@ class KVClient:
             request = p.Cas(session=self._session, seq=1, key=key, expected=old, new=data)
         return _expect(await self._write(request, f"cas {key!r}", timeout_s), (bool,), "cas")
 
+    async def status(self, *, timeout_s: Timeout = USE_CLIENT_DEFAULT) -> dict[str, object]:
+        """The status of the node this client is connected to (see :attr:`url`): its role,
+        term, leader, commit and applied indexes, and as leader each follower's progress.
+        Answered by that node itself, never redirected.
+
+        Returns:
+            A dict with keys ``node``, ``role``, ``term``, ``leader``, ``commit``,
+            ``applied``, ``last_index``, ``last_term`` and ``followers`` (peer -> ``match``,
+            ``next``, ``probing``).
+        """
+        result = await self._read(p.NodeStatus(), "status", timeout_s)
+        return _expect(result, (dict,), "status")
+
     # -- calls ---------------------------------------------------------------------------------
 
     async def _read(self, request: p.Request, what: str, timeout_s: Timeout) -> object:

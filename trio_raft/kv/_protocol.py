@@ -327,7 +327,13 @@ class Cas:
     new: bytes | None = attrs.field(validator=_v(lambda x: check_optional_value(x, "new")))
 
 
-Request = Hello | OpenSession | Get | ListKeys | Put | Delete | Cas
+@final
+@attrs.frozen(kw_only=True)
+class NodeStatus:
+    """The answering node's own status (never redirected): for monitoring."""
+
+
+Request = Hello | OpenSession | Get | ListKeys | Put | Delete | Cas | NodeStatus
 WriteRequest = Put | Delete | Cas
 
 _OPS: Final[dict[str, type[Request]]] = {
@@ -338,6 +344,7 @@ _OPS: Final[dict[str, type[Request]]] = {
     "put": Put,
     "delete": Delete,
     "cas": Cas,
+    "status": NodeStatus,
 }
 _OP_NAMES: Final = {cls: name for name, cls in _OPS.items()}
 _FIELDS: Final = {cls: frozenset(f.name for f in attrs.fields(cls)) for cls in _OPS.values()}

@@ -38,6 +38,7 @@ from .._errors import (
     ProposalDroppedError,
 )
 from .._node import Node
+from .._status import Status
 from .._types import NodeId
 from ._protocol import (
     CLOSE_POLICY_VIOLATION,
@@ -54,6 +55,7 @@ from ._protocol import (
     Get,
     Hello,
     ListKeys,
+    NodeStatus,
     Ok,
     OpenSession,
     Put,
@@ -64,6 +66,25 @@ from ._protocol import (
     encode_response,
 )
 from ._state_machine import KVStateMachine
+
+
+def status_to_wire(status: Status) -> dict[str, object]:
+    """A node's :class:`~trio_raft.Status` as plain CBOR-friendly values."""
+    return {
+        "node": status.node_id,
+        "role": status.role.value,
+        "term": status.term,
+        "leader": status.leader_id,
+        "commit": status.commit_index,
+        "applied": status.last_applied,
+        "last_index": status.last_log_index,
+        "last_term": status.last_log_term,
+        "followers": {
+            peer: {"match": f.match_index, "next": f.next_index, "probing": f.probing}
+            for peer, f in sorted(status.followers.items())
+        },
+    }
+
 
 DEFAULT_MAX_CONNECTIONS: Final = 1024
 """Connections a server accepts at once; more are refused with HTTP 503 (clients move on)."""
@@ -178,6 +199,9 @@ class KVServer:
                 return await propose(("delete", session, seq, key))
             case Cas(session=session, seq=seq, key=key, expected=expected, new=new):
                 return await propose(("cas", session, seq, key, expected, new))
+            case NodeStatus():
+                await trio.lowlevel.checkpoint()
+                return status_to_wire(self._node.status)
 
     async def _read(self, query: tuple[object, ...], consistency: Consistency) -> object:
         if consistency == "stale":
