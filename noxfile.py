@@ -90,9 +90,11 @@ def docs(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """Run the demo: a simulated 3-node cluster with failover."""
+    """Run the demos: a simulated 3-node cluster with failover, then the same over three real
+    processes on 127.0.0.1 (``kill -9`` of the leader included). Both end by themselves."""
     _install(session)
     session.run("python", "-m", "trio_raft", "demo", *session.posargs)
+    session.run("python", "-m", "trio_raft", "cluster", "--demo")
 
 
 @nox.session

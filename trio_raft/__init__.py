@@ -8,6 +8,7 @@ from ._abc import SnapshottingStateMachine as SnapshottingStateMachine
 from ._abc import StateMachine as StateMachine
 from ._abc import Storage as Storage
 from ._abc import Transport as Transport
+from ._codec import FrameError as FrameError
 from ._config import Config as Config
 from ._errors import LeadershipLostError as LeadershipLostError
 from ._errors import NodeClosedError as NodeClosedError
@@ -27,6 +28,10 @@ from ._node import open_node as open_node
 from ._status import FollowerStatus as FollowerStatus
 from ._status import Status as Status
 from ._storage import MemoryStorage as MemoryStorage
+from ._transport import PeerStatistics as PeerStatistics
+from ._transport import TransportStatistics as TransportStatistics
+from ._transport import WebSocketTransport as WebSocketTransport
+from ._transport import open_websocket_transport as open_websocket_transport
 from ._types import Entry as Entry
 from ._types import EntryKind as EntryKind
 from ._types import HardState as HardState

@@ -5,6 +5,15 @@ Subcommands:
 ``demo``
     A simulated cluster elects a leader, replicates, loses its leader and heals, printed as a
     timeline on virtual time (see :mod:`trio_raft._demo`).
+``serve``
+    Run one node of a real cluster described by a cluster file (see :mod:`trio_raft._serve`).
+``cluster``
+    Start a local cluster of separate processes and watch it (or ``--demo``: a scripted tour
+    with ``kill -9`` of the leader that ends by itself).
+``kv``
+    get / put / delete / cas / list against a running cluster.
+``status``
+    The status of each node of a running cluster.
 
 Exit codes: 0 on success, 1 when the command ran but failed (the output says why), 2 for a usage
 error (argparse prints what is wrong), 130 when interrupted with Ctrl-C.
@@ -16,9 +25,17 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+import trio
 
 from ._demo import MAX_NODES, MIN_NODES, run_demo
+from ._errors import RaftError
+from ._local_cluster import render, run_local_cluster
+from ._serve import explain, load_cluster_file, serve
 from ._version import __version__
+from .kv import KVError, open_client
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -81,7 +98,138 @@ def build_parser() -> argparse.ArgumentParser:
         "--nodes", type=_node_count, default=3, metavar="N",
         help=f"cluster size, {MIN_NODES} to {MAX_NODES} (default: %(default)s)",
     )  # fmt: skip
+    _add_real_commands(commands)
     return parser
+
+
+def _port(text: str) -> int:
+    value = _seed(text)
+    if not 1 <= value <= 65000:
+        raise argparse.ArgumentTypeError(f"must be a port between 1 and 65000, got {value}")
+    return value
+
+
+def _add_real_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="run one node of a cluster described by a cluster file",
+        description="Run one node: its data directory, its peer and client endpoints. "
+        "SIGINT or SIGTERM stops it cleanly.",
+    )
+    serve.add_argument("--config", required=True, metavar="FILE", help="the cluster file (TOML)")
+    serve.add_argument("--id", required=True, metavar="ID", help="which [nodes.ID] this node is")
+
+    cluster = commands.add_parser(
+        "cluster",
+        help="start a local cluster of separate processes and watch it",
+        description="Start N `trio-raft serve` processes on 127.0.0.1 and show a live status "
+        "view; Ctrl-C stops every process. --demo instead runs a scripted tour (writes, kill -9 "
+        "of the leader, failover, restart, catch-up) and exits.",
+    )
+    cluster.add_argument("--nodes", type=_node_count, default=3, metavar="N")
+    cluster.add_argument(
+        "--base-port",
+        type=_port,
+        default=7100,
+        metavar="PORT",
+        help="peers listen on PORT+i, clients on PORT+100+i (default 7100)",
+    )
+    cluster.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="keep the cluster file, logs and data here (default: a temp dir)",
+    )
+    cluster.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop by itself after this long",
+    )
+    cluster.add_argument("--demo", action="store_true", help="run the scripted tour and exit")
+
+    def client_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--url",
+            action="append",
+            required=True,
+            metavar="URL",
+            help="a node's client URL, ws://host:port/kv (repeat for several)",
+        )
+        p.add_argument("--token", default=None, help="the cluster's client token, if any")
+        p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS")
+
+    kv = commands.add_parser("kv", help="read and write keys of a running cluster")
+    client_options(kv)
+    ops = kv.add_subparsers(dest="op", metavar="OP", required=True)
+    ops.add_parser("get", help="print a key's value").add_argument("key")
+    put = ops.add_parser("put", help="set a key")
+    put.add_argument("key")
+    put.add_argument("value")
+    ops.add_parser("delete", help="remove a key").add_argument("key")
+    cas = ops.add_parser("cas", help="set KEY to NEW if it is EXPECTED ('-' means absent)")
+    cas.add_argument("key")
+    cas.add_argument("expected")
+    cas.add_argument("new")
+    listing = ops.add_parser("list", help="list keys with a prefix")
+    listing.add_argument("prefix", nargs="?", default="")
+    listing.add_argument("--limit", type=int, default=100)
+
+    status = commands.add_parser("status", help="show each node's role, term and progress")
+    client_options(status)
+
+
+async def _kv_command(args: argparse.Namespace) -> int:
+    async with open_client(args.url, token=args.token, timeout_s=args.timeout) as kv:
+        if args.op == "get":
+            value = await kv.get(args.key)
+            if value is None:
+                print(f"{args.key}: absent", file=sys.stderr)
+                return EXIT_FAILED
+            print(value.decode(errors="backslashreplace"))
+        elif args.op == "put":
+            await kv.put(args.key, args.value)
+        elif args.op == "delete":
+            print("deleted" if await kv.delete(args.key) else "absent")
+        elif args.op == "cas":
+            expected = None if args.expected == "-" else args.expected
+            swapped = await kv.cas(args.key, expected, args.new)
+            print("swapped" if swapped else "not swapped: the value differs")
+            return EXIT_OK if swapped else EXIT_FAILED
+        else:
+            for key in await kv.list(args.prefix, limit=args.limit):
+                print(key)
+    return EXIT_OK
+
+
+async def _status_command(args: argparse.Namespace) -> int:
+    statuses: dict[str, dict[str, object] | None] = {}
+    for url in args.url:
+        try:
+            async with open_client([url], token=args.token, timeout_s=args.timeout) as kv:
+                status = await kv.status()
+            statuses[str(status["node"])] = status
+        except (KVError, OSError) as exc:
+            statuses[url] = None
+            print(f"{url}: no answer ({exc})", file=sys.stderr)
+    print(render(statuses))
+    return EXIT_OK if all(statuses.values()) else EXIT_FAILED
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    cluster = None
+    try:
+        cluster = load_cluster_file(args.config)
+        trio.run(partial(serve, cluster, args.id))
+    except (RaftError, OSError) as exc:
+        message = explain(exc, cluster, args.id)
+        if message is None:
+            raise
+        print(f"trio-raft serve: {message}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -100,6 +248,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             ok = run_demo(seed=args.seed, nodes=args.nodes)
             return EXIT_OK if ok else EXIT_FAILED
+        if args.command == "serve":
+            return _run_serve(args)
+        if args.command == "cluster":
+            ok = trio.run(
+                partial(
+                    run_local_cluster, args.nodes, directory=args.dir, base_port=args.base_port,
+                    duration_s=args.duration, demo=args.demo,
+                )
+            )  # fmt: skip
+            return EXIT_OK if ok else EXIT_FAILED
+        try:
+            if args.command == "kv":
+                return trio.run(_kv_command, args)
+            return trio.run(_status_command, args)
+        except RaftError as exc:
+            print(f"trio-raft {args.command}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

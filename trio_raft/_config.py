@@ -45,6 +45,9 @@ class Config:
     """Pipelining window: AppendEntries sent to one follower and not yet answered."""
     max_inflight_bytes: int = attrs.field(default=8 << 20, validator=_positive_int)
     """Pipelining window in bytes per follower."""
+    max_command_bytes: int = attrs.field(default=1 << 20, validator=_positive_int)
+    """:meth:`Node.propose` refuses a command whose CBOR encoding is larger (it would have to
+    fit in one message of the transport, whose limit must stay above it)."""
     max_uncommitted_entries: int = attrs.field(default=10_000, validator=_positive_int)
     """A leader refuses proposals (:class:`TooManyUncommittedError`) beyond this many uncommitted
     entries, so a leader cut off from its followers cannot grow without bound."""

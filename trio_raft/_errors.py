@@ -6,7 +6,13 @@
     ├── LeadershipLostError      leadership lost after appending: the outcome is UNKNOWN
     ├── ProposalDroppedError     definitely not committed (overwritten or refused)
     │   └── TooManyUncommittedError   back-pressure: too many uncommitted entries
-    └── InvariantViolation       (trio_raft.testing) a safety property broke in the simulator
+    ├── FrameError               a peer sent bytes that are not a valid frame (connection dropped)
+    ├── StorageError             the data directory failed (see trio_raft.FileStorage)
+    │   ├── StorageCorruptError      damaged beyond a torn tail: names the file and offset
+    │   └── StorageLockedError       another process has the directory open
+    ├── ConfigError              (trio-raft serve) the cluster file is wrong
+    ├── InvariantViolation       (trio_raft.testing) a safety property broke in the simulator
+    └── KVError                  (trio_raft.kv) the KV service's client errors
 
 ``NotLeaderError`` and ``ProposalDroppedError`` mean *definitely not applied*: it is always safe to
 retry. ``LeadershipLostError`` means *maybe applied*: retry only idempotent commands, or make the

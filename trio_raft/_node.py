@@ -27,10 +27,12 @@ from contextlib import asynccontextmanager
 from typing import Protocol, final
 
 import attrs
+import cbor2
 import trio
 
 from . import _snapshot
 from ._abc import StateMachine, Storage, Transport
+from ._codec import FrameError, check_command
 from ._config import Config
 from ._core._log import RaftLog
 from ._core._progress import ProgressState
@@ -174,7 +176,10 @@ class Node:
             ProposalDroppedError: definitely not applied (its subclass
                 :class:`TooManyUncommittedError` is the one raised today).
             NodeClosedError: the node has shut down.
+            ValueError: ``command`` is not a CBOR value of the wire's data model, or encodes
+                to more than ``Config.max_command_bytes``; nothing was appended.
         """
+        _check_command(command, self._state.config.max_command_bytes)
         waiter: Waiter[object] = Waiter()
         await self._submit(_Propose(command, waiter))
         return await waiter.wait()
@@ -509,6 +514,24 @@ class Node:
                     f"of term {entry.term}; it was not applied, retry"
                 )
             )
+
+
+def _check_command(command: object, max_bytes: int) -> None:
+    """Refuse, before anything is appended, a command no storage or transport could carry (it
+    would block replication of every entry behind it)."""
+    try:
+        check_command(command)
+        size = len(cbor2.dumps(command))
+    except (FrameError, cbor2.CBOREncodeError, TypeError, ValueError) as exc:
+        raise ValueError(
+            f"cannot propose {command!r:.100}: {exc}. Commands must be CBOR values: None, bool, "
+            "int, float, str, bytes, lists/tuples, dicts with str or bytes keys"
+        ) from None
+    if size > max_bytes:
+        raise ValueError(
+            f"command encodes to {size} bytes, over Config.max_command_bytes={max_bytes}; "
+            "store large values elsewhere and propose a reference, or raise the limit"
+        )
 
 
 def _describe_failure(exc: Exception) -> tuple[str, str]:

@@ -45,4 +45,4 @@ def unwrap_single_exception_group() -> Iterator[None]:
             inner = inner.exceptions[0]
         if inner is group:
             raise
-        raise inner from None
+        raise inner from inner.__cause__

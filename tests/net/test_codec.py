@@ -1,0 +1,486 @@
+"""The wire format (``trio_raft._codec``): round trips, and every class of rejection.
+
+Canonical form: commands come back with tuples as lists (CBOR has one array type), so expected
+values go through :func:`canonical` before comparing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import math
+from typing import Any
+
+import attrs
+import cbor2
+import hypothesis.strategies as st
+import pytest
+import trio
+import trio.testing
+from hypothesis import HealthCheck, example, given, settings
+
+from trio_raft import Config
+from trio_raft import _codec as codec
+from trio_raft._codec import FrameError, check_command, decode, encode
+from trio_raft._messages import (
+    AppendRequest,
+    AppendResponse,
+    Message,
+    SnapshotRequest,
+    SnapshotResponse,
+    VoteRequest,
+    VoteResponse,
+)
+from trio_raft._types import Entry, EntryKind
+from trio_raft.testing import KVStateMachine, Verdict, open_simulated_cluster
+
+CLUSTER = "test-cluster"
+MAX = 1 << 20
+UINT = st.integers(0, 2**63 - 1)
+
+
+def canonical(value: object) -> object:
+    """What a command looks like after a round trip."""
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    if isinstance(value, dict):
+        return {k: canonical(v) for k, v in value.items()}
+    return value
+
+
+def canonical_message(message: Message) -> Message:
+    if isinstance(message, AppendRequest):
+        entries = tuple(attrs.evolve(e, command=canonical(e.command)) for e in message.entries)
+        return attrs.evolve(message, entries=entries)
+    return message
+
+
+def round_trip(message: Message) -> Message:
+    return decode(encode(message, cluster_id=CLUSTER), cluster_id=CLUSTER, max_bytes=MAX)
+
+
+# -- strategies -------------------------------------------------------------------------------
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**64), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20)
+    | st.binary(max_size=20)
+)
+commands = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=6) | st.binary(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=16,
+)
+node_ids = st.text(min_size=1, max_size=8)
+
+
+@st.composite
+def endpoints(draw: st.DrawFn) -> dict[str, str]:
+    src = draw(node_ids)
+    dst = draw(node_ids.filter(lambda d: d != src))
+    return {"src": src, "dst": dst}
+
+
+@st.composite
+def append_requests(draw: st.DrawFn) -> AppendRequest:
+    term = draw(st.integers(1, 2**63 - 1))
+    prev_term = draw(st.integers(0, term))
+    prev_index = draw(st.integers(0, 2**62))
+    entries = []
+    entry_term = max(prev_term, 1)
+    for i in range(draw(st.integers(0, 5))):
+        entry_term = draw(st.integers(entry_term, term))
+        kind = draw(st.sampled_from(EntryKind))
+        command = None if kind is EntryKind.NOOP else draw(commands)
+        entries.append(Entry(entry_term, prev_index + 1 + i, command, kind))
+    return AppendRequest(
+        **draw(endpoints()), term=term, prev_index=prev_index, prev_term=prev_term,
+        entries=tuple(entries), commit=draw(UINT), seq=draw(UINT),
+    )  # fmt: skip
+
+
+@st.composite
+def snapshot_requests(draw: st.DrawFn) -> SnapshotRequest:
+    term = draw(st.integers(1, 2**63 - 1))
+    return SnapshotRequest(
+        **draw(endpoints()), term=term, index=draw(st.integers(1, 2**63 - 1)),
+        snapshot_term=draw(st.integers(1, term)), offset=draw(UINT),
+        data=draw(st.binary(max_size=64)), done=draw(st.booleans()),
+    )  # fmt: skip
+
+
+messages = st.one_of(
+    st.builds(
+        VoteRequest,
+        **{"term": UINT, "last_log_index": UINT, "last_log_term": UINT},
+        pre_vote=st.booleans(),
+        src=node_ids,
+        dst=node_ids,
+    ),
+    st.builds(
+        VoteResponse,
+        src=node_ids,
+        dst=node_ids,
+        term=UINT,
+        granted=st.booleans(),
+        pre_vote=st.booleans(),
+    ),
+    append_requests(),
+    st.builds(
+        AppendResponse,
+        src=node_ids,
+        dst=node_ids,
+        term=UINT,
+        success=st.booleans(),
+        match_index=UINT,
+        rejected_index=UINT,
+        conflict_term=UINT,
+        conflict_index=UINT,
+        last_index=UINT,
+        seq=UINT,
+    ),
+    snapshot_requests(),
+    st.builds(
+        SnapshotResponse,
+        src=node_ids,
+        dst=node_ids,
+        term=UINT,
+        index=st.integers(1, 2**63 - 1),
+        offset=UINT,
+        done=st.booleans(),
+    ),
+).filter(lambda m: m.src != m.dst)
+
+
+# -- round trips ------------------------------------------------------------------------------
+
+
+@given(messages)
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+def test_every_message_round_trips(message: Message) -> None:
+    assert round_trip(message) == canonical_message(message)
+
+
+@given(commands)
+def test_commands_round_trip_in_canonical_form(command: object) -> None:
+    check_command(command)
+    message = AppendRequest("a", "b", 1, 0, 0, (Entry(1, 1, command),), 0)
+    decoded = round_trip(message)
+    assert isinstance(decoded, AppendRequest)
+    assert decoded.entries[0].command == canonical(command)
+
+
+def test_nan_round_trips_as_nan() -> None:
+    message = AppendRequest("a", "b", 1, 0, 0, (Entry(1, 1, [math.nan]),), 0)
+    decoded = round_trip(message)
+    assert isinstance(decoded, AppendRequest)
+    assert isinstance(decoded.entries[0].command, list)
+    assert math.isnan(decoded.entries[0].command[0])
+
+
+def test_envelope_layout() -> None:
+    frame = encode(VoteRequest("n1", "n2", 5, 7, 4, pre_vote=True), cluster_id=CLUSTER)
+    assert cbor2.loads(frame) == {
+        "v": 1, "c": CLUSTER, "s": "n1", "d": "n2", "t": 1, "b": [5, 7, 4, True],
+    }  # fmt: skip
+    entries = (Entry(2, 5, ("put", "k", "v")), Entry(3, 6, None, EntryKind.NOOP))
+    frame = encode(AppendRequest("n1", "n2", 3, 4, 2, entries, 4, 9), cluster_id=CLUSTER)
+    assert cbor2.loads(frame)["b"] == [
+        3,
+        4,
+        2,
+        4,
+        9,
+        [[2, 5, 0, ["put", "k", "v"]], [3, 6, 1, None]],
+    ]
+
+
+async def test_real_cluster_traffic_round_trips(autojump_clock: trio.testing.MockClock) -> None:
+    """Every message a simulated cluster sends, snapshots included, survives the codec."""
+    seen: set[str] = set()
+
+    def through_the_codec(message: Message) -> Verdict:
+        assert round_trip(message) == canonical_message(message), message
+        seen.add(type(message).__name__)
+        return Verdict.DELIVER
+
+    config = Config(snapshot_entries=20, snapshot_keep_entries=2, snapshot_chunk_bytes=64)
+    async with open_simulated_cluster(3, seed=7, config=config) as cluster:
+        cluster.network.hook = through_the_codec
+        with trio.fail_after(60):
+            await cluster.wait_leader()
+            await cluster.crash("n3")
+            for i in range(60):
+                await cluster.propose(("put", f"k{i % 7}", f"v{i}"))
+            await cluster.start("n3")
+            await cluster.wait_converged()
+    assert seen == {t.__name__ for t in codec.TYPE_CODES}
+
+
+# -- rejections -------------------------------------------------------------------------------
+
+
+def envelope(**changes: Any) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "v": 1,
+        "c": CLUSTER,
+        "s": "n1",
+        "d": "n2",
+        "t": 1,
+        "b": [5, 7, 4, False],
+    }
+    env.update(changes)
+    return env
+
+
+def append_body(*entries: list[Any], term: int = 5, prev_index: int = 3, prev_term: int = 2) -> Any:
+    return [term, prev_index, prev_term, 0, 0, list(entries)]
+
+
+def nested(depth: int) -> object:
+    value: object = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def rejects(data: bytes, match: str, *, max_bytes: int = MAX) -> FrameError:
+    with pytest.raises(FrameError, match=match) as info:
+        decode(data, cluster_id=CLUSTER, max_bytes=max_bytes)
+    return info.value
+
+
+def test_valid_hand_built_frame_is_accepted() -> None:
+    assert decode(cbor2.dumps(envelope()), cluster_id=CLUSTER, max_bytes=MAX) == VoteRequest(
+        "n1", "n2", 5, 7, 4, pre_vote=False
+    )
+
+
+def test_size_cap_is_checked_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_decoding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("decoded an oversize frame")
+
+    monkeypatch.setattr(cbor2, "CBORDecoder", no_decoding)
+    rejects(b"\xff" * 101, r"^frame of 101 bytes exceeds the limit of 100 bytes$", max_bytes=100)
+    rejects(b"\xff" * 100, r"decoded an oversize frame", max_bytes=100)  # the spy works
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (b"", r"^not well-formed CBOR"),
+        (b"\xff", r"^not well-formed CBOR"),
+        (cbor2.dumps(envelope()) + b"\x00", r"^1 trailing bytes after the CBOR item$"),
+        (cbor2.dumps(envelope())[:-1], r"^not well-formed CBOR"),
+        (b"\xa2\x61v\x01\x61v\x01", r"^not well-formed CBOR: .*[Dd]uplicate"),  # {"v": 1, "v": 1}
+        (b"\xbf\x61v\x01\xff", r"^not well-formed CBOR: .*indefinite"),  # indefinite-length map
+        (b"\xa1\x01\x01", r"^not well-formed CBOR"),  # an integer map key
+        (cbor2.dumps([1, 2]), r"^envelope: expected a map, got list$"),
+        (cbor2.dumps(envelope(v=2)), r"^envelope: unsupported protocol version 2 "),
+        (cbor2.dumps(envelope(v=True)), r"^envelope: unsupported protocol version True "),
+        (cbor2.dumps({"c": CLUSTER}), r"^envelope: unsupported protocol version None "),
+        (cbor2.dumps(envelope(x=1)),
+         r"^envelope: unexpected key 'x' \(the keys are v, c, s, d, t, b\)$"),
+        (cbor2.dumps({k: v for k, v in envelope().items() if k != "b"}),
+         r"^envelope: missing key b \(the keys"),
+        (cbor2.dumps(envelope(c="other")), r"^envelope: frame for cluster 'other', not 'test-"),
+        (cbor2.dumps(envelope(c=b"test-cluster")), r"^envelope: frame for cluster b'test-"),
+        (cbor2.dumps(envelope(s="")), r"^envelope.s \(sender\): expected a str of 1 to 128 "),
+        (cbor2.dumps(envelope(d=7)), r"^envelope.d \(receiver\): expected a str"),
+        (cbor2.dumps(envelope(s="x" * 129)), r"^envelope.s \(sender\): expected a str"),
+        (cbor2.dumps(envelope(d="n1")), r"^envelope: sender and receiver are both 'n1'$"),
+        (cbor2.dumps(envelope(t=9)), r"^envelope: unknown message type 9$"),
+        (cbor2.dumps(envelope(t=True)), r"^envelope: unknown message type True$"),
+        (cbor2.dumps(envelope(t="VoteRequest")), r"^envelope: unknown message type 'VoteReq"),
+        (cbor2.dumps(envelope(b={"term": 1})), r"^VoteRequest: body must be an array, got dict$"),
+        (cbor2.dumps(envelope(b=[5, 7, 4])),
+         r"^VoteRequest: body has 3 fields, expected 4 \(term, last_log_index, last_log_term, "
+         r"pre_vote\)$"),
+        (cbor2.dumps(envelope(b=[5, 7, 4, False, 0])), r"^VoteRequest: body has 5 fields"),
+        (cbor2.dumps(envelope(b=[True, 7, 4, False])),
+         r"^VoteRequest.term: expected an integer in \[0, 2\*\*63\), got True$"),
+        (cbor2.dumps(envelope(b=[-1, 7, 4, False])), r"^VoteRequest.term: .*, got -1$"),
+        (cbor2.dumps(envelope(b=[2**63, 7, 4, False])), r"^VoteRequest.term: .*, got 922337"),
+        (cbor2.dumps(envelope(b=[2**64, 7, 4, False])), r"^VoteRequest.term: .*, got 18446"),
+        (cbor2.dumps(envelope(b=[10**400, 7, 4, False])), r"^VoteRequest.term: .*a huge int$"),
+        (cbor2.dumps(envelope(b=[5.0, 7, 4, False])), r"^VoteRequest.term: .*, got 5.0$"),
+        (cbor2.dumps(envelope(b=[5, None, 4, False])), r"^VoteRequest.last_log_index: .*None$"),
+        (cbor2.dumps(envelope(b=[5, 7, 4, 1])), r"^VoteRequest.pre_vote: expected a bool, got 1$"),
+        (cbor2.dumps(envelope(t=2, b=[5, "yes", False])), r"^VoteResponse.granted: expected a b"),
+        (cbor2.dumps(envelope(t=6, b=[5, 0, 0, True])),
+         r"^SnapshotResponse.index: expected an integer >= 1, got 0$"),
+        (cbor2.dumps(envelope(t=5, b=[5, 3, 2, 0, "data", False])),
+         r"^SnapshotRequest.data: expected a byte string, got str$"),
+        (cbor2.dumps(envelope(t=5, b=[5, 3, 6, 0, b"", False])),
+         r"^SnapshotRequest.snapshot_term: 6 exceeds the term 5$"),
+    ],
+)  # fmt: skip
+def test_invalid_frames_are_rejected(data: bytes, match: str) -> None:
+    rejects(data, match)
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        (append_body([2, 4, 0, "x"], [2, 6, 0, "y"]),
+         r"^AppendRequest.entries\[1\].index: expected 5 \(contiguous after prev_index 3\), "
+         r"got 6$"),
+        (append_body([2, 5, 0, "x"]), r"^AppendRequest.entries\[0\].index: expected 4 "),
+        (append_body([2, 0, 0, "x"]), r"^AppendRequest.entries\[0\].index: .*>= 1, got 0$"),
+        (append_body([0, 4, 0, "x"]), r"^AppendRequest.entries\[0\].term: .*>= 1, got 0$"),
+        (append_body([3, 4, 0, "x"], [2, 5, 0, "y"]),
+         r"^AppendRequest.entries\[1\].term: 2 is outside \[3, 5\] \(log terms never decrease"),
+        (append_body([6, 4, 0, "x"]), r"^AppendRequest.entries\[0\].term: 6 is outside \[2, 5\]"),
+        (append_body([1, 4, 0, "x"]), r"^AppendRequest.entries\[0\].term: 1 is outside \[2, 5\]"),
+        (append_body(prev_term=6), r"^AppendRequest.prev_term: 6 exceeds the term 5$"),
+        (append_body([2, 4, 0]), r"^AppendRequest.entries\[0\]: expected an array \[term, "),
+        (append_body({"term": 2}), r"^AppendRequest.entries\[0\]: expected an array"),  # type: ignore[arg-type]
+        (append_body([2, 4, 7, "x"]), r"^AppendRequest.entries\[0\].kind: unknown entry kind 7$"),
+        (append_body([2, 4, False, "x"]), r"^AppendRequest.entries\[0\].kind: unknown entry kin"),
+        (append_body([2, 4, 1, "x"]),
+         r"^AppendRequest.entries\[0\].command: a no-op entry carries no command$"),
+        (append_body([2, 4, 0, 2**64]),
+         r"^AppendRequest.entries\[0\].command: integer out of range \[-2\*\*64, 2\*\*64 - 1\]$"),
+        (append_body([2, 4, 0, cbor2.CBORTag(1000, 1)]),
+         r"^AppendRequest.entries\[0\].command: CBORTag is not allowed in a command"),
+        (append_body([2, 4, 0, [datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)]]),
+         r"^AppendRequest.entries\[0\].command\[0\]: datetime is not allowed"),
+        (append_body([2, 4, 0, cbor2.CBORSimpleValue(99)]), r"CBORSimpleValue is not allowed"),
+        (append_body([2, 4, 0, cbor2.undefined]), r"UndefinedType is not allowed"),
+        (append_body([2, 4, 0, nested(33)]), r"^not well-formed CBOR: .*depth \(36\) exceeded"),
+        ([5, 3, 2, 0, 0, "entries"], r"^AppendRequest.entries: expected an array, got str$"),
+    ],
+)  # fmt: skip
+def test_invalid_append_requests_are_rejected(body: Any, match: str) -> None:
+    rejects(cbor2.dumps(envelope(t=3, b=body)), match)
+
+
+def test_commands_may_nest_32_deep() -> None:
+    frame = cbor2.dumps(envelope(t=3, b=append_body([2, 4, 0, nested(32)])))
+    message = decode(frame, cluster_id=CLUSTER, max_bytes=MAX)
+    assert isinstance(message, AppendRequest)
+    assert message.entries[0].command == nested(32)
+
+
+def test_a_shared_reference_cycle_is_rejected() -> None:
+    # tag 28 marks a shareable list whose only element (tag 29, reference 0) is itself
+    cyclic = b"\xd8\x1c\x81\xd8\x1d\x00"
+    prefix = cbor2.dumps(envelope(t=3, b=append_body([2, 4, 0, "PLACEHOLDER"])))
+    placeholder = cbor2.dumps("PLACEHOLDER")
+    data = prefix.replace(placeholder, cyclic)
+    error = rejects(data, r"^AppendRequest.entries\[0\].command(\[0\])*: ")
+    assert "deeper" in str(error) or "more values than the frame has bytes" in str(error)
+
+
+def test_a_shared_reference_explosion_is_rejected() -> None:
+    """A DAG of shared references (each level holds the previous one twice) has 2**25 leaves:
+    a naive walk would never finish."""
+    levels = 25
+    cbor = b"\xd8\x1c\x82\x01\x02"  # level 0: shareable [1, 2]; shared indexes count outside-in
+    for k in range(1, levels + 1):
+        reference = b"\xd8\x1d" + cbor2.dumps(levels - (k - 1))  # the index of level k - 1
+        cbor = b"\xd8\x1c\x82" + cbor + reference
+    data = cbor2.dumps(envelope(t=3, b=append_body([2, 4, 0, "PLACEHOLDER"])))
+    data = data.replace(cbor2.dumps("PLACEHOLDER"), cbor)
+    rejects(data, r"^AppendRequest.entries\[0\].command.*: command has more values than the frame")
+
+
+def test_text_frames_are_rejected() -> None:
+    with pytest.raises(FrameError, match=r"^expected a binary frame, got str$"):
+        decode("hello", cluster_id=CLUSTER, max_bytes=MAX)  # type: ignore[arg-type]
+
+
+@given(st.binary(max_size=200))
+@example(b"\xd8\x1c\x81\xd8\x1d\x00")
+def test_random_bytes_raise_only_frame_error(data: bytes) -> None:
+    with contextlib.suppress(FrameError):
+        decode(data, cluster_id=CLUSTER, max_bytes=MAX)
+
+
+@given(messages, st.data())
+@settings(suppress_health_check=[HealthCheck.too_slow])
+def test_mutated_frames_raise_only_frame_error(message: Message, data: st.DataObject) -> None:
+    frame = bytearray(encode(message, cluster_id=CLUSTER))
+    for _ in range(data.draw(st.integers(1, 4))):
+        position = data.draw(st.integers(0, len(frame) - 1))
+        action = data.draw(st.sampled_from(["flip", "delete", "insert", "truncate"]))
+        if action == "flip":
+            frame[position] ^= 1 << data.draw(st.integers(0, 7))
+        elif action == "delete":
+            del frame[position]
+        elif action == "insert":
+            frame.insert(position, data.draw(st.integers(0, 255)))
+        else:
+            del frame[position:]
+        if not frame:
+            break
+    try:
+        decoded = decode(bytes(frame), cluster_id=CLUSTER, max_bytes=MAX)
+    except FrameError:
+        return
+    assert type(decoded) in codec.TYPE_CODES  # still a whole, valid message
+
+
+# -- encoding ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "match"),
+    [
+        ({1, 2}, r"^command: set is not allowed in a command \(allowed: None, bool, int"),
+        ({"k": datetime.date(2020, 1, 1)}, r"^command\['k'\]: date is not allowed"),
+        ({1: "x"}, r"^command: map key of type int \(only str or bytes keys\)$"),
+        ({("a",): "x"}, r"^command: map key of type tuple"),
+        ([2**64], r"^command\[0\]: integer out of range"),
+        ([-(2**64) - 1], r"^command\[0\]: integer out of range"),
+        (nested(33), r"^command(\[0\]){32}: nested deeper than 32 levels$"),
+        (object(), r"^command: object is not allowed"),
+    ],
+)
+def test_check_command_refuses_values_outside_the_model(command: object, match: str) -> None:
+    with pytest.raises(FrameError, match=match):
+        check_command(command)
+
+
+def test_check_command_refuses_cycles() -> None:
+    cycle: list[object] = []
+    cycle.append(cycle)
+    with pytest.raises(FrameError, match=r"nested deeper than 32 levels"):
+        check_command(cycle)
+
+
+def test_encode_refuses_an_unencodable_command() -> None:
+    message = AppendRequest("a", "b", 1, 0, 0, (Entry(1, 1, {"when": datetime.date.today()}),), 0)
+    with pytest.raises(FrameError, match=r"^AppendRequest.entries\[0\].command\['when'\]: date"):
+        encode(message, cluster_id=CLUSTER)
+    message = AppendRequest("a", "b", 1, 0, 0, (Entry(1, 1, "\ud800"),), 0)
+    with pytest.raises(FrameError, match=r"^cannot encode AppendRequest: "):
+        encode(message, cluster_id=CLUSTER)
+
+
+def test_encode_refuses_a_message_type_without_a_code() -> None:
+    @attrs.frozen
+    class TimeoutNow:
+        src: str
+        dst: str
+        term: int
+
+    with pytest.raises(FrameError, match=r"^TimeoutNow has no wire encoding"):
+        encode(TimeoutNow("a", "b", 1), cluster_id=CLUSTER)  # type: ignore[arg-type]
+
+
+def test_encoded_kv_commands_are_applied_the_same() -> None:
+    """The KV state machine accepts its commands in canonical (list) form."""
+    sm = KVStateMachine()
+    message = AppendRequest("a", "b", 1, 0, 0, (Entry(1, 1, ("put", "k", "v")),), 0)
+    decoded = round_trip(message)
+    assert isinstance(decoded, AppendRequest)
+    sm.apply(decoded.entries[0].command)
+    assert sm.as_dict() == {"k": "v"}

@@ -1,0 +1,87 @@
+"""The real-cluster commands: the cluster file, ``serve`` errors, and ``cluster --demo``."""
+
+from __future__ import annotations
+
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trio_raft._cli import main
+from trio_raft._serve import ConfigError, load_cluster_file
+
+GOOD = """
+cluster_id = "t"
+secret = "0123456789abcdef0123"
+[nodes.n1]
+peer = "ws://127.0.0.1:7001/raft"
+client = "ws://127.0.0.1:8001/kv"
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cluster.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_good_cluster_file_loads(tmp_path: Path) -> None:
+    cluster = load_cluster_file(_write(tmp_path, GOOD + "[raft]\nsnapshot_entries = 50\n"))
+    assert cluster.cluster_id == "t"
+    assert cluster.nodes["n1"].client == "ws://127.0.0.1:8001/kv"
+    assert cluster.raft.snapshot_entries == 50
+    assert cluster.data_dir == (tmp_path / "data").resolve()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (GOOD + "colour = 1\n", "unknown key(s) ['colour']"),
+        (GOOD.replace('secret = "0123456789abcdef0123"', 'secret = "short"'), "at least 16"),
+        (GOOD.replace('secret = "0123456789abcdef0123"', ""), "exactly one of secret"),
+        (GOOD.replace("ws://127.0.0.1:7001/raft", "http://x"), "nodes.n1.peer must be a URL"),
+        (GOOD + "[raft]\nelection_timeout = 3\n", "[raft]"),
+        (GOOD + "[raft]\nheartbeat_s = 1.0\n", "heartbeat_s"),
+        ("cluster_id = [", "not valid TOML"),
+        (GOOD.replace("[nodes.n1]", "[nodes.n1]\ncolour = 2"), "in [nodes.n1]"),
+    ],
+)
+def test_cluster_file_mistakes_are_explained(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_cluster_file(_write(tmp_path, text))
+    assert expected in str(info.value)
+    assert str(tmp_path / "cluster.toml") in str(info.value)
+
+
+def test_serve_reports_a_port_in_use(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        path = _write(tmp_path, GOOD.replace("7001", str(port)))
+        assert main(["serve", "--config", str(path), "--id", "n1"]) == 1
+    err = capsys.readouterr().err
+    assert "already in use" in err
+    assert "nodes.n1" in err
+
+
+def test_serve_reports_an_unknown_node(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _write(tmp_path, GOOD)
+    assert main(["serve", "--config", str(path), "--id", "n9"]) == 1
+    assert "no [nodes.n9] table" in capsys.readouterr().err
+
+
+def test_cluster_demo_over_real_processes(tmp_path: Path) -> None:
+    base = random.Random().randrange(20_000, 40_000, 200)
+    result = subprocess.run(
+        [sys.executable, "-m", "trio_raft", "cluster", "--demo", "--base-port", str(base),
+         "--dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "kill -9" in result.stdout
+    assert "every acknowledged write is there" in result.stdout
+    assert "all nodes stopped" in result.stdout

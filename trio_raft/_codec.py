@@ -1,0 +1,483 @@
+"""The wire format: every Raft message as one versioned CBOR envelope.
+
+A frame is one CBOR map with exactly these keys (short, since heartbeats are frequent):
+
+======  =========================================================================================
+key     value
+======  =========================================================================================
+``v``   protocol version, an int (:data:`PROTOCOL_VERSION`)
+``c``   cluster id, a str (a frame for another cluster is rejected)
+``s``   sender node id, a non-empty str
+``d``   receiver node id, a non-empty str, different from the sender
+``t``   message type code, an int (see :data:`TYPE_CODES`)
+``b``   body: an array of the message's remaining fields, in the order of :data:`BODY_FIELDS`
+======  =========================================================================================
+
+An :class:`~trio_raft.AppendRequest`'s entries are an array of compact arrays
+``[term, index, kind, command]``, encoded once per message. Commands are plain CBOR values
+(see :func:`check_command` for the exact data model).
+
+Decoding is strict, because frames come from the network: the size cap is checked before a byte
+is decoded; the CBOR is decoded plainly (no tag or object hooks), definite lengths only, without
+duplicate map keys, with only text or byte string map keys and no trailing bytes; the result is
+then validated field by field into the frozen :mod:`trio_raft._messages` types. Anything wrong
+raises :class:`FrameError` naming the field and the problem; nothing else is ever raised and no
+partly built message escapes.
+
+Canonical form: a message survives ``decode(encode(m))`` unchanged except inside commands, where
+tuples come back as lists (CBOR has one array type) and subclasses of the allowed types come
+back as the base type. Compare commands after a round trip, not before.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterable
+from typing import Final, TypeAlias
+
+import cbor2
+
+from ._errors import RaftError
+from ._messages import (
+    AppendRequest,
+    AppendResponse,
+    Message,
+    SnapshotRequest,
+    SnapshotResponse,
+    VoteRequest,
+    VoteResponse,
+)
+from ._types import Entry, EntryKind, NodeId
+
+__all__ = [
+    "BODY_FIELDS",
+    "MAX_COMMAND_DEPTH",
+    "PROTOCOL_VERSION",
+    "TYPE_CODES",
+    "FrameError",
+    "check_command",
+    "decode",
+    "encode",
+    "load_plain",
+]
+
+PROTOCOL_VERSION: Final = 1
+"""The version of the envelope and body layout; a frame with any other ``v`` is rejected."""
+
+MAX_COMMAND_DEPTH: Final = 32
+"""Commands may nest lists and maps at most this deep."""
+
+MAX_ID_CHARS: Final = 128
+"""Node ids and cluster ids on the wire are 1 to this many characters long."""
+
+_ENVELOPE_DEPTH: Final = 4  # map > body array > entries array > entry array > command
+_UINT_MAX: Final = 2**63 - 1  # terms, indexes, offsets: int64-compatible
+_COMMAND_INT_MIN: Final = -(2**64)  # the integers CBOR encodes without a bignum tag
+_COMMAND_INT_MAX: Final = 2**64 - 1
+_ENVELOPE_KEYS: Final = frozenset("vcsdtb")
+_DECODED_TYPES: Final = frozenset({type(None), bool, int, float, str, bytes, list, dict})
+
+TYPE_CODES: Final[dict[type[Message], int]] = {
+    VoteRequest: 1,
+    VoteResponse: 2,
+    AppendRequest: 3,
+    AppendResponse: 4,
+    SnapshotRequest: 5,
+    SnapshotResponse: 6,
+}
+"""The ``t`` of each message type."""
+
+BODY_FIELDS: Final[dict[type[Message], tuple[str, ...]]] = {
+    VoteRequest: ("term", "last_log_index", "last_log_term", "pre_vote"),
+    VoteResponse: ("term", "granted", "pre_vote"),
+    AppendRequest: ("term", "prev_index", "prev_term", "commit", "seq", "entries"),
+    AppendResponse: (
+        "term",
+        "success",
+        "match_index",
+        "rejected_index",
+        "conflict_term",
+        "conflict_index",
+        "last_index",
+        "seq",
+    ),
+    SnapshotRequest: ("term", "index", "snapshot_term", "offset", "data", "done"),
+    SnapshotResponse: ("term", "index", "offset", "done"),
+}
+"""The body array of each message type: its attribute values in this order."""
+
+
+class FrameError(RaftError):
+    """A frame (or a message to be framed) breaks the wire format (see :doc:`wire`).
+
+    Raised when decoding bytes that are not a valid frame for this cluster (the message says
+    which rule failed, e.g. ``AppendRequest.entries[2].index: expected 8 (contiguous after
+    prev_index 5), got 9``), and when encoding a message that cannot be framed (a command outside
+    the wire's data model). A transport that receives an invalid frame drops the connection that
+    carried it and counts it; the node never sees the frame. A transport asked to send an
+    unencodable message drops it, counts it and logs this error.
+    """
+
+
+# -- encoding ---------------------------------------------------------------------------------
+
+
+def encode(message: Message, *, cluster_id: str) -> bytes:
+    """Frame ``message`` for ``cluster_id``.
+
+    Every frame this returns is accepted by :func:`decode` with the same ``cluster_id`` and a
+    large enough ``max_bytes``.
+
+    Raises:
+        FrameError: a command is not wire-encodable (see :func:`check_command`), or the message
+            type has no code in this protocol version.
+    """
+    cls = type(message)
+    if cls not in TYPE_CODES:
+        raise FrameError(f"{cls.__name__} has no wire encoding (protocol version 1)")
+    body: list[object] = [getattr(message, name) for name in BODY_FIELDS[cls]]
+    if isinstance(message, AppendRequest):
+        entries = []
+        for i, e in enumerate(message.entries):
+            check_command(e.command, where=f"AppendRequest.entries[{i}].command")
+            entries.append([e.term, e.index, int(e.kind), e.command])
+        body[-1] = entries
+    envelope = {
+        "v": PROTOCOL_VERSION,
+        "c": cluster_id,
+        "s": message.src,
+        "d": message.dst,
+        "t": TYPE_CODES[cls],
+        "b": body,
+    }
+    try:
+        return cbor2.dumps(envelope)
+    except Exception as exc:  # e.g. a str with lone surrogates is not UTF-8 encodable
+        raise FrameError(f"cannot encode {cls.__name__}: {exc}") from exc
+
+
+def check_command(command: object, *, where: str = "command") -> None:
+    """Check that ``command`` can travel on the wire (and be stored as CBOR).
+
+    The data model: ``None``, :class:`bool`, :class:`int` in ``[-2**64, 2**64 - 1]``,
+    :class:`float`, :class:`str`, :class:`bytes`, :class:`list`/:class:`tuple`, and
+    :class:`dict` with :class:`str` or :class:`bytes` keys, nested at most
+    :data:`MAX_COMMAND_DEPTH` deep. Tuples arrive as lists. Anything else (sets, datetimes,
+    arbitrary objects, CBOR tags, integer map keys) is refused: integer keys because a map
+    of colliding integer keys is a cheap denial of service on the decoding side.
+
+    Raises:
+        FrameError: the command is outside that model; the message gives the path to the value.
+    """
+    _check_value(command, where, 0, None)
+
+
+class _Invalid(Exception):
+    """A value outside the command model; the path to it is collected while unwinding, so the
+    common, valid case builds no strings."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self.path: list[str] = []
+
+
+def _check_value(value: object, where: str, depth: int, budget: list[int] | None) -> None:
+    try:
+        _walk(value, depth, budget)
+    except _Invalid as exc:
+        raise FrameError(f"{where}{''.join(reversed(exc.path))}: {exc.reason}") from None
+
+
+_SCALARS: Final = frozenset({type(None), bool, float, str, bytes})
+
+
+def _walk(value: object, depth: int, budget: list[int] | None) -> None:
+    """Check one value of a command; ``budget`` (decoding only) counts values left."""
+    kind = type(value)
+    if budget is not None:
+        budget[0] -= 1
+        if budget[0] < 0:  # shared references (CBOR tag 28/29) can build cycles and DAGs
+            raise _Invalid("command has more values than the frame has bytes")
+        if kind not in _DECODED_TYPES:
+            # Decoded values must be exactly these: cbor2 builds other types for tags
+            # (datetime, Decimal, set, CBORTag, ...) and simple values, none in the model.
+            raise _Invalid(f"{_kind(value)} is not allowed in a command (a CBOR tag?)")
+    if kind in _SCALARS or isinstance(value, (bool, float, str, bytes)):
+        return
+    if isinstance(value, int):
+        if not _COMMAND_INT_MIN <= value <= _COMMAND_INT_MAX:
+            raise _Invalid("integer out of range [-2**64, 2**64 - 1]")
+        return
+    if not isinstance(value, (list, tuple, dict)):
+        raise _Invalid(
+            f"{kind.__name__} is not allowed in a command (allowed: None, bool, int, float, "
+            "str, bytes, list, tuple, dict with str or bytes keys)"
+        )
+    if depth >= MAX_COMMAND_DEPTH:
+        raise _Invalid(f"nested deeper than {MAX_COMMAND_DEPTH} levels")
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, (str, bytes)):
+                raise _Invalid(f"map key of type {type(key).__name__} (only str or bytes keys)")
+        labelled: Iterable[tuple[object, object]] = value.items()
+    else:
+        labelled = enumerate(value)
+    for label, item in labelled:
+        if type(item) in _SCALARS:  # the common case, without a call
+            if budget is not None:
+                budget[0] -= 1
+                if budget[0] < 0:
+                    raise _Invalid("command has more values than the frame has bytes")
+            continue
+        try:
+            _walk(item, depth + 1, budget)
+        except _Invalid as exc:
+            exc.path.append(f"[{label!r:.40}]")
+            raise
+
+
+# -- decoding ---------------------------------------------------------------------------------
+
+
+def load_plain(data: object, *, max_bytes: int, max_depth: int) -> object:
+    """Decode one plain CBOR item from ``data``, strictly.
+
+    Checks, in order: ``data`` is :class:`bytes`; its length is at most ``max_bytes`` (before
+    decoding anything); it is exactly one well-formed CBOR item (no trailing bytes) with
+    definite lengths, no duplicate map keys, only text or byte string map keys, and at most
+    ``max_depth`` nested containers. No tag or object hooks are installed.
+
+    Raises:
+        FrameError: any of the above fails.
+    """
+    if not isinstance(data, bytes):
+        raise FrameError(f"expected a binary frame, got {type(data).__name__}")
+    if len(data) > max_bytes:
+        raise FrameError(f"frame of {len(data)} bytes exceeds the limit of {max_bytes} bytes")
+    stream = io.BytesIO(data)
+    try:
+        decoder = cbor2.CBORDecoder(
+            stream,
+            max_depth=max_depth,
+            allow_indefinite=False,
+            allow_duplicate_keys=False,
+            strict_hashable_types=True,
+        )
+        value = decoder.decode()
+    except Exception as exc:  # cbor2 raises CBORDecodeError, but semantic decoders may not
+        raise FrameError(f"not well-formed CBOR: {exc}") from None
+    if stream.tell() != len(data):
+        raise FrameError(f"{len(data) - stream.tell()} trailing bytes after the CBOR item")
+    return value
+
+
+def decode(data: bytes, *, cluster_id: str, max_bytes: int) -> Message:
+    """Validate one frame of ``cluster_id`` and return the message it carries.
+
+    Args:
+        data: The frame, as received.
+        cluster_id: This node's cluster; frames of other clusters are rejected.
+        max_bytes: Frames longer than this are rejected before decoding.
+
+    Returns:
+        A fully validated message. It does not check that the sender or receiver belong to the
+        cluster; the transport checks them against the authenticated connection.
+
+    Raises:
+        FrameError: the frame is invalid; the message names the rule broken. No other exception
+            escapes.
+    """
+    envelope = load_plain(data, max_bytes=max_bytes, max_depth=_ENVELOPE_DEPTH + MAX_COMMAND_DEPTH)
+    if not isinstance(envelope, dict):
+        raise FrameError(f"envelope: expected a map, got {_kind(envelope)}")
+    version = envelope.get("v")  # first: another version may have other keys
+    if type(version) is not int or version != PROTOCOL_VERSION:
+        raise FrameError(
+            f"envelope: unsupported protocol version {_short(version)} (this node speaks "
+            f"{PROTOCOL_VERSION})"
+        )
+    keys = set(envelope)
+    if keys != _ENVELOPE_KEYS:
+        problems = []
+        if missing := sorted(map(str, _ENVELOPE_KEYS - keys)):
+            problems.append(f"missing key {', '.join(missing)}")
+        if extra := sorted(_short(k) for k in keys - _ENVELOPE_KEYS):
+            problems.append(f"unexpected key {', '.join(extra)}")
+        raise FrameError(f"envelope: {'; '.join(problems)} (the keys are v, c, s, d, t, b)")
+    cluster = envelope["c"]
+    if type(cluster) is not str or cluster != cluster_id:
+        raise FrameError(f"envelope: frame for cluster {_short(cluster)}, not {cluster_id!r}")
+    src = _node_id(envelope["s"], "envelope.s (sender)")
+    dst = _node_id(envelope["d"], "envelope.d (receiver)")
+    if src == dst:
+        raise FrameError(f"envelope: sender and receiver are both {src!r}")
+    code = envelope["t"]
+    cls = _CLASS_BY_CODE.get(code) if type(code) is int else None
+    if cls is None:
+        raise FrameError(f"envelope: unknown message type {_short(code)}")
+    body = envelope["b"]
+    name = cls.__name__
+    fields = BODY_FIELDS[cls]
+    if type(body) is not list:
+        raise FrameError(f"{name}: body must be an array, got {_kind(body)}")
+    if len(body) != len(fields):
+        raise FrameError(
+            f"{name}: body has {len(body)} fields, expected {len(fields)} ({', '.join(fields)})"
+        )
+    budget = [len(data)]
+    values = {
+        field: _FIELD_CHECKS[field](raw, f"{name}.{field}", budget)
+        for field, raw in zip(fields, body, strict=True)
+    }
+    message: Message = cls(src=src, dst=dst, **values)  # type: ignore[arg-type]
+    _CROSS_CHECKS.get(cls, _no_cross_check)(message)
+    return message
+
+
+_CLASS_BY_CODE: Final = {code: cls for cls, code in TYPE_CODES.items()}
+
+_Check: TypeAlias = Callable[[object, str, list[int]], object]
+
+
+def _uint(value: object, where: str, _budget: list[int]) -> int:
+    if type(value) is not int or not 0 <= value <= _UINT_MAX:
+        raise FrameError(f"{where}: expected an integer in [0, 2**63), got {_short(value)}")
+    return value
+
+
+def _positive(value: object, where: str, budget: list[int]) -> int:
+    number = _uint(value, where, budget)
+    if number < 1:
+        raise FrameError(f"{where}: expected an integer >= 1, got 0")
+    return number
+
+
+def _bool(value: object, where: str, _budget: list[int]) -> bool:
+    if type(value) is not bool:
+        raise FrameError(f"{where}: expected a bool, got {_short(value)}")
+    return value
+
+
+def _bytes(value: object, where: str, _budget: list[int]) -> bytes:
+    if type(value) is not bytes:
+        raise FrameError(f"{where}: expected a byte string, got {_kind(value)}")
+    return value
+
+
+def _entries(value: object, where: str, budget: list[int]) -> tuple[Entry, ...]:
+    if type(value) is not list:
+        raise FrameError(f"{where}: expected an array, got {_kind(value)}")
+    entries = []
+    for i, raw in enumerate(value):  # the hot loop: error paths build their strings lazily
+        if type(raw) is not list or len(raw) != 4:
+            raise FrameError(f"{where}[{i}]: expected an array [term, index, kind, command]")
+        term, index, kind_code, command = raw
+        if type(term) is not int or not 1 <= term <= _UINT_MAX:
+            _positive(term, f"{where}[{i}].term", budget)
+        if type(index) is not int or not 1 <= index <= _UINT_MAX:
+            _positive(index, f"{where}[{i}].index", budget)
+        kind = _ENTRY_KINDS.get(kind_code) if type(kind_code) is int else None
+        if kind is None:
+            raise FrameError(f"{where}[{i}].kind: unknown entry kind {_short(kind_code)}")
+        if kind is EntryKind.NOOP and command is not None:
+            raise FrameError(f"{where}[{i}].command: a no-op entry carries no command")
+        try:
+            _walk(command, 0, budget)
+        except _Invalid as exc:
+            path = "".join(reversed(exc.path))
+            raise FrameError(f"{where}[{i}].command{path}: {exc.reason}") from None
+        entries.append(Entry(term=term, index=index, command=command, kind=kind))
+    return tuple(entries)
+
+
+_ENTRY_KINDS: Final = {int(k): k for k in EntryKind}
+
+_FIELD_CHECKS: Final[dict[str, _Check]] = {
+    "term": _uint,
+    "last_log_index": _uint,
+    "last_log_term": _uint,
+    "pre_vote": _bool,
+    "granted": _bool,
+    "prev_index": _uint,
+    "prev_term": _uint,
+    "commit": _uint,
+    "seq": _uint,
+    "entries": _entries,
+    "success": _bool,
+    "match_index": _uint,
+    "rejected_index": _uint,
+    "conflict_term": _uint,
+    "conflict_index": _uint,
+    "last_index": _uint,
+    "index": _positive,
+    "snapshot_term": _positive,
+    "offset": _uint,
+    "data": _bytes,
+    "done": _bool,
+}
+
+
+def _check_append(m: Message) -> None:
+    """Invariants of any AppendEntries a leader builds from its log (Log Matching relies on
+    entries being contiguous; log terms never decrease and never exceed the leader's term)."""
+    assert isinstance(m, AppendRequest)
+    if m.prev_term > m.term:
+        raise FrameError(f"AppendRequest.prev_term: {m.prev_term} exceeds the term {m.term}")
+    previous_term = m.prev_term
+    for i, e in enumerate(m.entries):
+        expected = m.prev_index + 1 + i
+        if e.index != expected:
+            raise FrameError(
+                f"AppendRequest.entries[{i}].index: expected {expected} (contiguous after "
+                f"prev_index {m.prev_index}), got {e.index}"
+            )
+        if not previous_term <= e.term <= m.term:
+            raise FrameError(
+                f"AppendRequest.entries[{i}].term: {e.term} is outside [{previous_term}, "
+                f"{m.term}] (log terms never decrease nor exceed the leader's term)"
+            )
+        previous_term = e.term
+    if m.prev_index + len(m.entries) > _UINT_MAX:
+        raise FrameError("AppendRequest.entries: indexes overflow 2**63 - 1")
+
+
+def _check_snapshot(m: Message) -> None:
+    assert isinstance(m, SnapshotRequest)
+    if m.snapshot_term > m.term:
+        raise FrameError(
+            f"SnapshotRequest.snapshot_term: {m.snapshot_term} exceeds the term {m.term}"
+        )
+
+
+def _no_cross_check(_m: Message) -> None:
+    return None
+
+
+_CROSS_CHECKS: Final[dict[type[Message], Callable[[Message], None]]] = {
+    AppendRequest: _check_append,
+    SnapshotRequest: _check_snapshot,
+}
+
+
+def _node_id(value: object, where: str) -> NodeId:
+    if type(value) is not str or not 1 <= len(value) <= MAX_ID_CHARS:
+        raise FrameError(f"{where}: expected a str of 1 to {MAX_ID_CHARS} characters")
+    return value
+
+
+def _kind(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _short(value: object) -> str:
+    """A bounded description of an untrusted value, for error messages."""
+    if value is None or type(value) in (bool, float):
+        return repr(value)
+    if type(value) is int:
+        assert isinstance(value, int)
+        return repr(value) if abs(value) < 10**30 else "a huge int"
+    if type(value) in (str, bytes):
+        assert isinstance(value, (str, bytes))
+        text = repr(value[:40])
+        return text + "..." if len(value) > 40 else text
+    return f"a {_kind(value)}"

@@ -1,0 +1,300 @@
+"""Running a real node: the cluster file, and ``trio-raft serve``.
+
+A cluster is described by one TOML file that every node reads::
+
+    cluster_id = "local"
+    secret = "a long random string, the same on every node"  # or secret_file = "path"
+    token = "what clients must present"  # optional
+    data_dir = "data"  # a node uses data_dir/<id>
+
+    [raft]  # optional: any field of trio_raft.Config
+    snapshot_entries = 10000
+
+    [nodes.n1]
+    peer = "ws://127.0.0.1:7001/raft"  # where the other nodes reach n1 (n1 listens there)
+    client = "ws://127.0.0.1:8001/kv"  # where KV clients reach n1
+    listen = "127.0.0.1:7501"  # optional: listen for peers here rather than at `peer`
+    dial = { n2 = "ws://127.0.0.1:9012/raft" }  # optional: reach these peers by other URLs
+
+Relative paths are relative to the file. Mistakes are reported as :class:`ConfigError` with the
+file, the key and what to write instead.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import sys
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TextIO
+from urllib.parse import urlsplit
+
+import attrs
+import trio
+
+from ._config import Config
+from ._errors import RaftError
+from ._node import open_node
+from ._transport import open_websocket_transport
+from ._types import NodeId
+from ._wal._errors import StorageError
+from ._wal._file_storage import open_file_storage
+from .kv import KVStateMachine, serve_kv
+
+MIN_SECRET_BYTES = 16
+
+
+class ConfigError(RaftError):
+    """The cluster file is missing, unreadable or wrong; the message says where and how."""
+
+
+@attrs.frozen
+class NodeAddress:
+    """Where one node listens."""
+
+    peer: str
+    """URL the other nodes dial (``ws://host:port/raft``)."""
+    client: str
+    """URL KV clients dial (``ws://host:port/kv``)."""
+    listen: tuple[str, int] | None = None
+    """Where to listen for peers, if not at :attr:`peer`'s host and port."""
+    dial: Mapping[NodeId, str] = attrs.field(factory=dict)
+    """URLs to reach some peers by, instead of their :attr:`peer` (a proxy, a NAT)."""
+
+
+@attrs.frozen
+class ClusterFile:
+    """A parsed cluster file."""
+
+    path: Path
+    cluster_id: str
+    secret: bytes
+    token: str | None
+    data_dir: Path
+    nodes: Mapping[NodeId, NodeAddress]
+    raft: Config
+
+
+_TOP_KEYS = {"cluster_id", "secret", "secret_file", "token", "data_dir", "raft", "nodes"}
+_NODE_KEYS = {"peer", "client", "listen", "dial"}
+
+
+def load_cluster_file(path: str | os.PathLike[str]) -> ClusterFile:
+    """Read and validate a cluster file.
+
+    Raises:
+        ConfigError: the file cannot be read or is wrong (the message names the key).
+    """
+    file = Path(path)
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read the cluster file {file}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file} is not valid TOML: {exc}") from exc
+
+    def fail(message: str) -> ConfigError:
+        return ConfigError(f"{file}: {message}")
+
+    unknown = sorted(set(data) - _TOP_KEYS)
+    if unknown:
+        raise fail(f"unknown key(s) {unknown}; expected some of {sorted(_TOP_KEYS)}")
+    cluster_id = data.get("cluster_id")
+    if not isinstance(cluster_id, str) or not cluster_id:
+        raise fail('cluster_id must be a non-empty string, e.g. cluster_id = "prod-kv"')
+    secret = _secret(data, file)
+    token = data.get("token")
+    if token is not None and (not isinstance(token, str) or not token):
+        raise fail("token must be a non-empty string (or left out: no client authentication)")
+    data_dir = data.get("data_dir", "data")
+    if not isinstance(data_dir, str):
+        raise fail('data_dir must be a string, e.g. data_dir = "/var/lib/trio-raft"')
+    raw_nodes = data.get("nodes")
+    if not isinstance(raw_nodes, dict) or not raw_nodes:
+        raise fail('no [nodes.<id>] tables: add one per member, with peer = "ws://host:port/raft" '
+                   'and client = "ws://host:port/kv"')  # fmt: skip
+    nodes: dict[NodeId, NodeAddress] = {}
+    for node_id, table in raw_nodes.items():
+        if not isinstance(table, dict):
+            raise fail(f"nodes.{node_id} must be a table with peer and client URLs")
+        unknown = sorted(set(table) - _NODE_KEYS)
+        if unknown:
+            raise fail(
+                f"unknown key(s) {unknown} in [nodes.{node_id}]; expected {sorted(_NODE_KEYS)}"
+            )
+        urls = {}
+        for key, path_part, scheme_hint in (
+            ("peer", "/raft", "peers"),
+            ("client", "/kv", "clients"),
+        ):
+            url = table.get(key)
+            if not isinstance(url, str) or _listen_address(url) is None:
+                raise fail(
+                    f'nodes.{node_id}.{key} must be a URL like "ws://127.0.0.1:7001{path_part}" '
+                    f"(where {scheme_hint} reach {node_id}), got {url!r}"
+                )
+            urls[key] = url
+        listen = table.get("listen")
+        address = None
+        if listen is not None:
+            address = _listen_address(f"ws://{listen}/") if isinstance(listen, str) else None
+            if address is None:
+                raise fail(
+                    f'nodes.{node_id}.listen must look like "127.0.0.1:7501", got {listen!r}'
+                )
+        dial = table.get("dial", {})
+        if not isinstance(dial, dict) or not all(
+            isinstance(v, str) and _listen_address(v) is not None for v in dial.values()
+        ):
+            raise fail(f"nodes.{node_id}.dial must map peer ids to ws:// URLs, got {dial!r}")
+        nodes[str(node_id)] = NodeAddress(urls["peer"], urls["client"], address, dict(dial))
+    for node_id, entry in nodes.items():
+        strangers = sorted(set(entry.dial) - set(nodes))
+        if strangers:
+            raise fail(f"nodes.{node_id}.dial names unknown nodes {strangers}")
+    raft = data.get("raft", {})
+    if not isinstance(raft, dict):
+        raise fail("[raft] must be a table of trio_raft.Config fields")
+    try:
+        config = Config(**raft)
+    except TypeError as exc:
+        fields = sorted(a.name for a in attrs.fields(Config))
+        raise fail(f"[raft]: {exc}; the fields are {fields}") from exc
+    except ValueError as exc:
+        raise fail(f"[raft]: {exc}") from exc
+    return ClusterFile(
+        file, cluster_id, secret, token, (file.parent / data_dir).resolve(), nodes, config
+    )
+
+
+def _secret(data: Mapping[str, object], file: Path) -> bytes:
+    def fail(message: str) -> ConfigError:
+        return ConfigError(f"{file}: {message}")
+
+    if ("secret" in data) == ("secret_file" in data):
+        raise fail('give exactly one of secret = "..." and secret_file = "path"')
+    if "secret" in data:
+        value = data["secret"]
+        if not isinstance(value, str):
+            raise fail("secret must be a string")
+        secret = value.encode()
+    else:
+        name = data["secret_file"]
+        if not isinstance(name, str):
+            raise fail("secret_file must be a path string")
+        try:
+            secret = (file.parent / name).read_bytes().strip()
+        except OSError as exc:
+            raise fail(f"cannot read secret_file {name!r}: {exc.strerror}") from exc
+    if len(secret) < MIN_SECRET_BYTES:
+        raise fail(
+            f"the secret must be at least {MIN_SECRET_BYTES} bytes; generate one with "
+            "python -c 'import secrets; print(secrets.token_hex(32))'"
+        )
+    return secret
+
+
+def _listen_address(url: str) -> tuple[str, int] | None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname or parts.port is None:
+        return None
+    return parts.hostname, parts.port
+
+
+def listen_address(url: str) -> tuple[str, int]:
+    """The ``(host, port)`` of a node URL from a validated cluster file."""
+    address = _listen_address(url)
+    assert address is not None
+    return address
+
+
+async def serve(
+    cluster: ClusterFile,
+    node_id: NodeId,
+    *,
+    out: TextIO = sys.stdout,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run ``node_id`` of ``cluster`` until cancelled, SIGINT or SIGTERM: its file storage,
+    its WebSocket transport, the Raft node with a :class:`~trio_raft.kv.KVStateMachine`, and
+    the KV endpoint for clients.
+
+    Raises:
+        ConfigError: ``node_id`` is not in the cluster file.
+        StorageError: the data directory is locked by another process or damaged.
+        OSError: an address could not be bound.
+    """
+    if node_id not in cluster.nodes:
+        raise ConfigError(
+            f"{cluster.path}: no [nodes.{node_id}] table; the members are {sorted(cluster.nodes)}"
+        )
+    me = cluster.nodes[node_id]
+    peer_host, peer_port = me.listen or listen_address(me.peer)
+    client_host, client_port = listen_address(me.client)
+    peers = {nid: me.dial.get(nid, a.peer) for nid, a in cluster.nodes.items() if nid != node_id}
+    leader_urls = {nid: a.client for nid, a in cluster.nodes.items()}
+    data_dir = cluster.data_dir / node_id
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with (
+            open_file_storage(data_dir) as storage,
+            open_websocket_transport(
+                node_id, peers, cluster_id=cluster.cluster_id, secret=cluster.secret,
+                host=peer_host, port=peer_port,
+            ) as transport,
+            open_node(
+                node_id, sorted(cluster.nodes), state_machine=KVStateMachine(),
+                transport=transport, storage=storage, config=cluster.raft,
+            ) as node,
+            trio.open_nursery() as nursery,
+        ):  # fmt: skip
+            await nursery.start(
+                _serve_clients, node, client_host, client_port, leader_urls, cluster.token
+            )
+            print(
+                f"{node_id}: serving peers on {me.peer}, clients on {me.client}, "
+                f"data in {data_dir}",
+                file=out,
+                flush=True,
+            )
+            task_status.started()
+            async for signum in signals:
+                print(f"{node_id}: {signal.Signals(signum).name}, shutting down", file=out)
+                nursery.cancel_scope.cancel()
+                break
+
+
+async def _serve_clients(
+    node: object,
+    host: str,
+    port: int,
+    leader_urls: Mapping[NodeId, str],
+    token: str | None,
+    *,
+    task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    await serve_kv(
+        node,  # type: ignore[arg-type]
+        host=host,
+        port=port,
+        leader_urls=leader_urls,
+        token=token,
+        task_status=task_status,
+    )
+
+
+def explain(exc: BaseException, cluster: ClusterFile | None, node_id: str) -> str | None:
+    """A message a person can act on for an error of ``serve``, or ``None`` if unexpected."""
+    if isinstance(exc, ConfigError | StorageError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        where = f" (change nodes.{node_id} in {cluster.path})" if cluster else ""
+        return (
+            f"{node_id}: an address is already in use: {exc.strerror}. Is this node already "
+            f"running, or another program on that port?{where}"
+        )
+    if isinstance(exc, OSError):
+        return f"{node_id}: {exc}"
+    return None
