@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import random
 import socket
+import ssl
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import trio
+import trustme
 
 from trio_raft._cli import main
-from trio_raft._serve import ConfigError, load_cluster_file
+from trio_raft._serve import ConfigError, load_cluster_file, serve
+from trio_raft.kv import open_client
 
 GOOD = """
 cluster_id = "t"
@@ -85,3 +89,45 @@ def test_cluster_demo_over_real_processes(tmp_path: Path) -> None:
     assert "kill -9" in result.stdout
     assert "every acknowledged write is there" in result.stdout
     assert "all nodes stopped" in result.stdout
+
+
+async def test_a_cluster_file_with_tls_serves_wss(tmp_path: Path) -> None:
+    """Three nodes from one cluster file with a [tls] table: peers and clients over wss://."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "node.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    ports = _free_ports(6)
+    lines = ['cluster_id = "tls"', 'secret = "0123456789abcdef0123"', 'data_dir = "data"',
+             '[tls]', 'cert = "node.pem"', 'ca = "ca.pem"']  # fmt: skip
+    for i in range(3):
+        lines += [f"[nodes.n{i}]", f'peer = "wss://127.0.0.1:{ports[i]}/raft"',
+                  f'client = "wss://127.0.0.1:{ports[3 + i]}/kv"']  # fmt: skip
+    cluster = load_cluster_file(_write(tmp_path, "\n".join(lines)))
+    client_tls = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    with trio.fail_after(15):
+        async with trio.open_nursery() as nursery:
+            for i in range(3):
+                await nursery.start(serve, cluster, f"n{i}")
+            urls = [a.client for a in cluster.nodes.values()]
+            async with open_client(urls, ssl_context=client_tls) as kv:
+                await kv.put("secure", "yes")
+                assert await kv.get("secure") == b"yes"
+            nursery.cancel_scope.cancel()
+
+
+def test_tls_urls_must_match_the_tls_table(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="must use wss://"):
+        (tmp_path / "c.pem").write_text("x")
+        load_cluster_file(_write(tmp_path, GOOD + '[tls]\ncert = "c.pem"\nca = "c.pem"\n'))
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()

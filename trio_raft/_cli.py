@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import ssl
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -160,6 +161,13 @@ def _add_real_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         )
         p.add_argument("--token", default=None, help="the cluster's client token, if any")
         p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS")
+        p.add_argument(
+            "--ca",
+            type=Path,
+            default=None,
+            metavar="PEM",
+            help="trust this CA for wss:// URLs (default: the system's CAs)",
+        )
 
     kv = commands.add_parser("kv", help="read and write keys of a running cluster")
     client_options(kv)
@@ -181,8 +189,14 @@ def _add_real_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     client_options(status)
 
 
+def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    return ssl.create_default_context(cafile=str(args.ca)) if args.ca else None
+
+
 async def _kv_command(args: argparse.Namespace) -> int:
-    async with open_client(args.url, token=args.token, timeout_s=args.timeout) as kv:
+    async with open_client(
+        args.url, token=args.token, timeout_s=args.timeout, ssl_context=_tls(args)
+    ) as kv:
         if args.op == "get":
             value = await kv.get(args.key)
             if value is None:
@@ -208,7 +222,9 @@ async def _status_command(args: argparse.Namespace) -> int:
     statuses: dict[str, dict[str, object] | None] = {}
     for url in args.url:
         try:
-            async with open_client([url], token=args.token, timeout_s=args.timeout) as kv:
+            async with open_client(
+                [url], token=args.token, timeout_s=args.timeout, ssl_context=_tls(args)
+            ) as kv:
                 status = await kv.status()
             statuses[str(status["node"])] = status
         except (KVError, OSError) as exc:

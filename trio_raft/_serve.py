@@ -7,6 +7,11 @@ A cluster is described by one TOML file that every node reads::
     token = "what clients must present"  # optional
     data_dir = "data"  # a node uses data_dir/<id>
 
+    [tls]  # optional: serve wss:// to peers and clients (then every URL is wss://)
+    cert = "node.pem"  # this node's certificate chain (PEM); may hold the key too
+    key = "node.key"  # optional: its private key, if not in cert
+    ca = "ca.pem"  # the CA that signed every node's certificate (to verify peers)
+
     [raft]  # optional: any field of trio_raft.Config
     snapshot_entries = 10000
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import ssl
 import sys
 import tomllib
 from collections.abc import Mapping
@@ -76,9 +82,30 @@ class ClusterFile:
     data_dir: Path
     nodes: Mapping[NodeId, NodeAddress]
     raft: Config
+    tls: TlsFiles | None = None
 
 
-_TOP_KEYS = {"cluster_id", "secret", "secret_file", "token", "data_dir", "raft", "nodes"}
+@attrs.frozen
+class TlsFiles:
+    """The ``[tls]`` table: where this node's certificate, key and the cluster's CA are."""
+
+    cert: Path
+    key: Path | None
+    ca: Path
+
+    def server_context(self) -> ssl.SSLContext:
+        """The context both endpoints serve ``wss://`` with."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert, self.key)
+        return context
+
+    def client_context(self) -> ssl.SSLContext:
+        """The context to dial peers with: trusts the cluster's CA only."""
+        return ssl.create_default_context(cafile=str(self.ca))
+
+
+_TOP_KEYS = {"cluster_id", "secret", "secret_file", "token", "data_dir", "raft", "nodes", "tls"}
+_TLS_KEYS = {"cert", "key", "ca"}
 _NODE_KEYS = {"peer", "client", "listen", "dial"}
 
 
@@ -165,9 +192,39 @@ def load_cluster_file(path: str | os.PathLike[str]) -> ClusterFile:
         raise fail(f"[raft]: {exc}; the fields are {fields}") from exc
     except ValueError as exc:
         raise fail(f"[raft]: {exc}") from exc
+    tls = _tls(data.get("tls"), file)
+    secure = tls is not None
+    for node_id, entry in nodes.items():
+        for url in (entry.peer, entry.client, *entry.dial.values()):
+            if url.startswith("wss://") != secure:
+                raise fail(
+                    f"nodes.{node_id}: {url} must use {'wss' if secure else 'ws'}:// "
+                    f"({'a [tls] table is' if secure else 'no [tls] table is'} configured)"
+                )
     return ClusterFile(
-        file, cluster_id, secret, token, (file.parent / data_dir).resolve(), nodes, config
+        file, cluster_id, secret, token, (file.parent / data_dir).resolve(), nodes, config, tls
     )
+
+
+def _tls(table: object, file: Path) -> TlsFiles | None:
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise ConfigError(f"{file}: [tls] must be a table with cert, key and ca")
+    unknown = sorted(set(table) - _TLS_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{file}: unknown key(s) {unknown} in [tls]; expected {sorted(_TLS_KEYS)}"
+        )
+    paths: dict[str, Path] = {}
+    for name in ("cert", "key", "ca"):
+        value = table.get(name)
+        if value is None and name == "key":
+            continue
+        if not isinstance(value, str) or not (file.parent / value).is_file():
+            raise ConfigError(f"{file}: tls.{name} must name a readable PEM file, got {value!r}")
+        paths[name] = (file.parent / value).resolve()
+    return TlsFiles(paths["cert"], paths.get("key"), paths["ca"])
 
 
 def _secret(data: Mapping[str, object], file: Path) -> bytes:
@@ -199,9 +256,13 @@ def _secret(data: Mapping[str, object], file: Path) -> bytes:
 
 def _listen_address(url: str) -> tuple[str, int] | None:
     parts = urlsplit(url)
-    if parts.scheme not in ("ws", "wss") or not parts.hostname or parts.port is None:
+    try:
+        port = parts.port
+    except ValueError:
         return None
-    return parts.hostname, parts.port
+    if parts.scheme not in ("ws", "wss") or not parts.hostname or port is None:
+        return None
+    return parts.hostname, port
 
 
 def listen_address(url: str) -> tuple[str, int]:
@@ -237,12 +298,15 @@ async def serve(
     peers = {nid: me.dial.get(nid, a.peer) for nid, a in cluster.nodes.items() if nid != node_id}
     leader_urls = {nid: a.client for nid, a in cluster.nodes.items()}
     data_dir = cluster.data_dir / node_id
+    server_tls = cluster.tls.server_context() if cluster.tls else None
+    client_tls = cluster.tls.client_context() if cluster.tls else None
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with (
             open_file_storage(data_dir) as storage,
             open_websocket_transport(
                 node_id, peers, cluster_id=cluster.cluster_id, secret=cluster.secret,
-                host=peer_host, port=peer_port,
+                host=peer_host, port=peer_port, ssl_context=server_tls,
+                peer_ssl_context=client_tls,
             ) as transport,
             open_node(
                 node_id, sorted(cluster.nodes), state_machine=KVStateMachine(),
@@ -251,7 +315,13 @@ async def serve(
             trio.open_nursery() as nursery,
         ):  # fmt: skip
             await nursery.start(
-                _serve_clients, node, client_host, client_port, leader_urls, cluster.token
+                _serve_clients,
+                node,
+                client_host,
+                client_port,
+                leader_urls,
+                cluster.token,
+                server_tls,
             )
             print(
                 f"{node_id}: serving peers on {me.peer}, clients on {me.client}, "
@@ -272,6 +342,7 @@ async def _serve_clients(
     port: int,
     leader_urls: Mapping[NodeId, str],
     token: str | None,
+    ssl_context: ssl.SSLContext | None,
     *,
     task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -281,6 +352,7 @@ async def _serve_clients(
         port=port,
         leader_urls=leader_urls,
         token=token,
+        ssl_context=ssl_context,
         task_status=task_status,
     )
 
