@@ -15,17 +15,10 @@ from tests.sim.test_scenarios import (
     deadline,
     kv,
     leaders,
-    scenario_seed,
     wait_all,
 )
 from trio_raft import AppendRequest, Role, VoteRequest
 from trio_raft.testing import open_simulated_cluster
-
-
-@pytest.fixture
-def seed(request: pytest.FixtureRequest) -> int:
-    """The scenario's seed (see :func:`tests.sim.test_scenarios.scenario_seed`)."""
-    return scenario_seed(request.config)
 
 
 @pytest.mark.parametrize("size", [3, 5])

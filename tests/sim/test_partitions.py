@@ -22,7 +22,6 @@ from tests.sim.test_scenarios import (
     deadline,
     kv,
     log,
-    scenario_seed,
     wait_all,
 )
 from trio_raft import (
@@ -38,12 +37,6 @@ from trio_raft import (
     VoteRequest,
 )
 from trio_raft.testing import SimulatedCluster, Verdict, open_simulated_cluster
-
-
-@pytest.fixture
-def seed(request: pytest.FixtureRequest) -> int:
-    """The scenario's seed (see :func:`tests.sim.test_scenarios.scenario_seed`)."""
-    return scenario_seed(request.config)
 
 
 @pytest.mark.parametrize("check_quorum", [False, True])

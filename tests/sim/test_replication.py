@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import trio
 import trio.testing
 
@@ -15,17 +14,10 @@ from tests.sim.test_scenarios import (
     deadline,
     kv,
     log,
-    scenario_seed,
     wait_all,
 )
 from trio_raft import AppendRequest, AppendResponse, Entry, HardState, StoredState
 from trio_raft.testing import open_simulated_cluster
-
-
-@pytest.fixture
-def seed(request: pytest.FixtureRequest) -> int:
-    """The scenario's seed (see :func:`tests.sim.test_scenarios.scenario_seed`)."""
-    return scenario_seed(request.config)
 
 
 async def test_agreement_on_sequential_proposals(

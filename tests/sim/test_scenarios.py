@@ -56,12 +56,6 @@ def scenario_seed(config: pytest.Config) -> int:
     return SEED if option is None else int(option)
 
 
-@pytest.fixture
-def seed(request: pytest.FixtureRequest) -> int:
-    """The scenario's seed (see :func:`tests.sim.test_scenarios.scenario_seed`)."""
-    return scenario_seed(request.config)
-
-
 @contextmanager
 def deadline(virtual_s: float, seed: int) -> Iterator[None]:
     """:func:`trio.fail_after` on virtual time, failing with the seed that replays the run."""
