@@ -22,6 +22,7 @@ error (argparse prints what is wrong), 130 when interrupted with Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import ssl
 import sys
@@ -235,6 +236,9 @@ async def _status_command(args: argparse.Namespace) -> int:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s {args.id} %(name)s %(levelname)s: %(message)s"
+    )
     cluster = None
     try:
         cluster = load_cluster_file(args.config)

@@ -157,6 +157,7 @@ class Node:
             node_id=self._id, role=st.role, term=st.term, leader_id=st.leader_id,
             commit_index=st.commit, last_applied=self._last_applied,
             last_log_index=st.log.last_index, last_log_term=st.log.last_term, followers=followers,
+            log_start_index=st.log.start_index, snapshot_index=self._snapshot_index,
         )  # fmt: skip
 
     async def propose(self, command: object) -> object:

@@ -142,6 +142,8 @@ async def send(node: Node, peer: NodeId, term: int) -> None:
             and pr is not None
             and pr.state is ProgressState.SNAPSHOT
             and pr.pending_snapshot == meta.index
+            # A newer snapshot supersedes one the follower has not started receiving.
+            and not (pr.snapshot_offset == 0 and node._snapshot_index > meta.index)
         )
 
     st.progress[peer].pending_snapshot = meta.index

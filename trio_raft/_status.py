@@ -43,3 +43,7 @@ class Status:
     """Term of its last log entry (0 if the log is empty)."""
     followers: Mapping[NodeId, FollowerStatus] = attrs.field(factory=dict)
     """Empty unless ``role`` is :attr:`Role.LEADER`."""
+    log_start_index: int = 0
+    """The last index compacted into a snapshot (0 if the log was never compacted)."""
+    snapshot_index: int = 0
+    """The last index covered by this node's durable snapshot (0 if it has none)."""

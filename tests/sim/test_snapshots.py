@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from trio_raft import Config
+from trio_raft import Config, Message, SnapshotRequest
 from trio_raft.testing import KVStateMachine, open_simulated_cluster
 
 SMALL = Config(snapshot_entries=20, snapshot_keep_entries=5, snapshot_chunk_bytes=64)
@@ -78,3 +78,33 @@ async def test_restart_recovers_from_snapshot_plus_log(
             await cluster.wait_converged()
             for nid in cluster.node_ids:
                 assert _state(cluster, nid) == expected
+
+
+async def test_returning_follower_is_sent_only_the_newest_snapshot(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """While a follower is down the leader snapshots again and again; when it returns it must
+    get the newest snapshot, not first the one that was current when it went down."""
+    with trio.fail_after(60):
+        async with open_simulated_cluster(3, seed=1, config=SMALL) as cluster:
+            leader = await cluster.wait_leader()
+            lagging = next(n for n in cluster.node_ids if n != leader.id)
+            await cluster.crash(lagging)
+            for i in range(60):
+                await leader.propose(("put", "k", str(i)))
+            await trio.sleep(2)  # the replicator keeps probing the dead follower meanwhile
+            for i in range(200):
+                await leader.propose(("put", "k", str(i)))
+            await trio.testing.wait_all_tasks_blocked()
+            sent: list[int] = []
+
+            def record(_now: float, kind: str, m: Message) -> None:
+                if kind == "deliver" and isinstance(m, SnapshotRequest) and m.dst == lagging:
+                    sent.append(m.index)
+
+            cluster.network.on_event = record
+            await cluster.start(lagging)
+            await cluster.wait_converged()
+            newest = leader._snapshot_index
+            assert sent, "the follower was not caught up by InstallSnapshot"
+            assert set(sent) == {newest}, (sent, newest)

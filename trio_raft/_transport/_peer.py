@@ -20,11 +20,11 @@ from trio_websocket import (
     ConnectionRejected,
     HandshakeError,
     WebSocketConnection,
-    wrap_client_stream,
 )
 
 from .._types import NodeId
 from .._util import unwrap_single_exception_group
+from .._ws import wrap_client_stream_fast
 from ._auth import (
     HANDSHAKE_MAX_BYTES,
     SUBPROTOCOL,
@@ -154,9 +154,9 @@ class PeerLink:
                     ws = None
                     with trio.move_on_at(deadline):
                         if stream is not None:
-                            ws = await wrap_client_stream(
+                            ws = await wrap_client_stream_fast(
                                 nursery,
-                                stream,  # type: ignore[arg-type]  # any Stream works
+                                stream,
                                 _host_header(url),
                                 _resource(url),
                                 subprotocols=[SUBPROTOCOL],

@@ -28,10 +28,11 @@ from typing import Final, Literal, TypeVar, final
 
 import attrs
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, wrap_client_stream
+from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection
 
 from .._sync import Waiter
 from .._util import unwrap_single_exception_group
+from .._ws import wrap_client_stream_fast
 from . import _protocol as p
 
 DEFAULT_TIMEOUT_S: Final = 5.0
@@ -310,7 +311,8 @@ class KVClient:
 
         Returns:
             A dict with keys ``node``, ``role``, ``term``, ``leader``, ``commit``,
-            ``applied``, ``last_index``, ``last_term`` and ``followers`` (peer -> ``match``,
+            ``applied``, ``last_index``, ``last_term``, ``log_start`` (last compacted index),
+            ``snapshot`` (index of its durable snapshot) and ``followers`` (peer -> ``match``,
             ``next``, ``probing``).
         """
         result = await self._read(p.NodeStatus(), "status", timeout_s)
@@ -450,7 +452,7 @@ class KVClient:
                     stream = await trio.open_tcp_stream(host, port)
                 async with stream, trio.open_nursery() as nursery:
                     address = host if port in (80, 443) else f"{host}:{port}"
-                    ws = await wrap_client_stream(
+                    ws = await wrap_client_stream_fast(
                         nursery, stream, address, resource, max_message_size=p.MAX_RESPONSE_BYTES
                     )
                     link = _Link(ws, url)

@@ -79,6 +79,8 @@ def status_to_wire(status: Status) -> dict[str, object]:
         "applied": status.last_applied,
         "last_index": status.last_log_index,
         "last_term": status.last_log_term,
+        "log_start": status.log_start_index,
+        "snapshot": status.snapshot_index,
         "followers": {
             peer: {"match": f.match_index, "next": f.next_index, "probing": f.probing}
             for peer, f in sorted(status.followers.items())

@@ -1,0 +1,77 @@
+"""A client WebSocket handshake that fails at once when the server hangs up first.
+
+trio-websocket's ``wrap_client_stream`` waits for the HTTP upgrade answer and is never woken if
+the server closes the TCP connection before answering (a proxy whose backend is down, a server
+refusing over its connection limit): the caller would wait out its whole connect timeout.
+:func:`wrap_client_stream_fast` watches the stream for end-of-stream during the handshake and
+raises :class:`ClosedBeforeUpgrade` then.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+from trio_websocket import HandshakeError, WebSocketConnection, wrap_client_stream
+
+
+class ClosedBeforeUpgrade(HandshakeError):
+    """The server closed the connection before answering the WebSocket upgrade."""
+
+
+class _WatchedStream(trio.abc.Stream):
+    """Passes everything through; sets :attr:`ended` when the peer ends the stream."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self._stream = stream
+        self.ended = trio.Event()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        try:
+            data = await self._stream.receive_some(max_bytes)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.ended.set()
+            raise
+        if not data:
+            self.ended.set()
+        return data
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+async def wrap_client_stream_fast(
+    nursery: trio.Nursery, stream: trio.abc.Stream, host: str, resource: str, **options: Any
+) -> WebSocketConnection:
+    """``trio_websocket.wrap_client_stream``, but raising :class:`ClosedBeforeUpgrade` as soon
+    as the server ends the stream before the upgrade completes."""
+    watched = _WatchedStream(stream)
+    connection: WebSocketConnection | None = None
+    async with trio.open_nursery() as race:
+
+        async def handshake() -> None:
+            nonlocal connection
+            connection = await wrap_client_stream(
+                nursery,
+                watched,  # type: ignore[arg-type]  # any trio Stream works
+                host,
+                resource,
+                **options,
+            )
+            race.cancel_scope.cancel()
+
+        async def hang_up() -> None:
+            await watched.ended.wait()
+            race.cancel_scope.cancel()
+
+        race.start_soon(handshake)
+        race.start_soon(hang_up)
+    if connection is None:
+        raise ClosedBeforeUpgrade("the server closed the connection before the WebSocket upgrade")
+    return connection
