@@ -513,8 +513,7 @@ class RaftState:
         if pr.next <= self.log.last_index and pr.can_send_entries(
             cfg.max_inflight_appends, cfg.max_inflight_bytes
         ):
-            entries = self._batch(pr.next)
-            size = sum(len(repr(e.command)) for e in entries)
+            entries, size = self._batch(pr.next)
             prev = pr.next - 1
             pr.sent_entries(entries[-1].index, size, now)
             pr.sent_seq = self.seq
@@ -531,12 +530,14 @@ class RaftState:
             )  # fmt: skip
         return None
 
-    def _batch(self, start: int) -> list[Entry]:
+    def _batch(self, start: int) -> tuple[list[Entry], int]:
+        """Entries from ``start`` within the per-message limits, and their estimated size."""
         cfg = self.config
         entries = self.log.slice(start, start + cfg.max_entries_per_append)
         size = 0
         for i, e in enumerate(entries):
-            size += len(repr(e.command))
-            if size > cfg.max_bytes_per_append and i > 0:
-                return entries[:i]
-        return entries
+            entry_size = len(repr(e.command))
+            if size + entry_size > cfg.max_bytes_per_append and i > 0:
+                return entries[:i], size
+            size += entry_size
+        return entries, size

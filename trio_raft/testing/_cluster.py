@@ -165,7 +165,8 @@ class SimulatedCluster:
         self.network.heal()
 
     def _on_network_event(self, now: float, kind: str, message: Message) -> None:
-        self.checker.trace.append((now, "net", kind, _describe(message)))
+        # Kept as the message itself: formatting happens only if a trace is ever printed.
+        self.checker.trace.append((now, "net", kind, message))
 
     # -- observation ---------------------------------------------------------------------------
 
@@ -236,15 +237,6 @@ class SimulatedCluster:
         finally:
             self.network.hook = previous_hook
         return replies
-
-
-def _describe(m: Message) -> str:
-    name = type(m).__name__
-    extra = ""
-    entries = getattr(m, "entries", None)
-    if entries:
-        extra = f" [{entries[0].index}..{entries[-1].index}]"
-    return f"{name} {m.src}->{m.dst} t{m.term}{extra}"
 
 
 def _node_ids(nodes: int | Sequence[NodeId]) -> tuple[NodeId, ...]:

@@ -22,11 +22,21 @@ from typing import TYPE_CHECKING, cast
 import trio
 
 from .._errors import RaftError
+from .._messages import MESSAGE_TYPES
 from .._types import Entry, NodeId, Role, SnapshotMeta
 
 if TYPE_CHECKING:
     from .._core._state import Ready
     from .._node import Node
+
+
+def _describe(data: object) -> str:
+    """A message in one line (type, link, term, entry range); anything else as its repr."""
+    if isinstance(data, MESSAGE_TYPES):
+        entries = getattr(data, "entries", None)
+        extra = f" [{entries[0].index}..{entries[-1].index}]" if entries else ""
+        return f"'{type(data).__name__} {data.src}->{data.dst} t{data.term}{extra}'"
+    return repr(data)
 
 
 class InvariantViolation(RaftError):
@@ -74,7 +84,8 @@ class InvariantChecker:
     def format_trace(self) -> str:
         """The last events, one per line, oldest first."""
         return "\n".join(
-            f"{t:10.4f}  {who:<8} {event:<10} {data!r}" for t, who, event, data in self.trace
+            f"{t:10.4f}  {who:<8} {event:<10} {_describe(data)}"
+            for t, who, event, data in self.trace
         )
 
     def fail(self, prop: str, detail: str) -> InvariantViolation:
