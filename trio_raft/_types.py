@@ -9,9 +9,17 @@ Invariants (checked by the types' validators, i.e. at construction):
 from __future__ import annotations
 
 import enum
-from typing import TypeAlias
+from typing import Final, TypeAlias
 
 import attrs
+
+MAX_TERM: Final = 2**62
+"""The largest term a node accepts, from the wire or from disk.
+
+Terms only grow, so a term near the top of the 64-bit range the wire format carries would leave
+the cluster no room for another election. Messages and stored state with a term above this are
+refused; at one election per millisecond it would take 146 million years to get here honestly.
+"""
 
 NodeId: TypeAlias = str
 """A node's identity: a short, stable, non-empty string such as ``"n1"``."""
