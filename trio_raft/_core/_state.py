@@ -258,8 +258,9 @@ class RaftState:
                 self._become_follower(m.term, leader)
         elif m.term < self.term:
             if isinstance(m, (AppendRequest, SnapshotRequest)):
-                # Tell the stale leader our term so it steps down.
-                self._send(AppendResponse(self.id, m.src, self.term, False, rejected_index=-1))
+                # Tell the stale leader our term so it steps down. rejected_index=0 means "not
+                # a log mismatch" (prev_index 0 always matches), so no progress moves on it.
+                self._send(AppendResponse(self.id, m.src, self.term, False, rejected_index=0))
             elif isinstance(m, VoteRequest):
                 self._send(VoteResponse(self.id, m.src, self.term, False, pre_vote=m.pre_vote))
             return
@@ -372,7 +373,7 @@ class RaftState:
         if m.success:
             if pr.on_success(m.match_index):
                 self._maybe_commit()
-        elif m.rejected_index >= 0:
+        elif m.rejected_index > 0:  # 0: refused for its term, not for a mismatch
             hint = m.conflict_index
             if m.conflict_term > 0:
                 last_of_term = self.log.last_index_of_term(m.conflict_term)
