@@ -32,8 +32,8 @@ back as the base type. Compare commands after a round trip, not before.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterable
-from typing import Final, TypeAlias
+from collections.abc import Iterable
+from typing import Final
 
 import cbor2
 
@@ -46,12 +46,14 @@ from ._messages import (
     SnapshotResponse,
     VoteRequest,
     VoteResponse,
+    validate,
 )
-from ._types import Entry, EntryKind, NodeId
+from ._types import MAX_ID_CHARS, Entry, EntryKind, FieldError, short
 
 __all__ = [
     "BODY_FIELDS",
     "MAX_COMMAND_DEPTH",
+    "MAX_ID_CHARS",
     "PROTOCOL_VERSION",
     "TYPE_CODES",
     "FrameError",
@@ -67,11 +69,7 @@ PROTOCOL_VERSION: Final = 1
 MAX_COMMAND_DEPTH: Final = 32
 """Commands may nest lists and maps at most this deep."""
 
-MAX_ID_CHARS: Final = 128
-"""Node ids and cluster ids on the wire are 1 to this many characters long."""
-
 _ENVELOPE_DEPTH: Final = 4  # map > body array > entries array > entry array > command
-_UINT_MAX: Final = 2**63 - 1  # terms, indexes, offsets: int64-compatible
 _COMMAND_INT_MIN: Final = -(2**64)  # the integers CBOR encodes without a bignum tag
 _COMMAND_INT_MAX: Final = 2**64 - 1
 _ENVELOPE_KEYS: Final = frozenset("vcsdtb")
@@ -129,12 +127,18 @@ def encode(message: Message, *, cluster_id: str) -> bytes:
     large enough ``max_bytes``.
 
     Raises:
-        FrameError: a command is not wire-encodable (see :func:`check_command`), or the message
-            type has no code in this protocol version.
+        FrameError: a field breaks the schema :func:`decode` enforces (only possible for a
+            message whose construction checks were bypassed), a command is not wire-encodable
+            (see :func:`check_command`), or the message type has no code in this protocol
+            version.
     """
     cls = type(message)
     if cls not in TYPE_CODES:
         raise FrameError(f"{cls.__name__} has no wire encoding (protocol version 1)")
+    try:
+        validate(message)  # the checks decode runs, for messages that skipped construction's
+    except FieldError as exc:
+        raise FrameError(str(exc)) from None
     body: list[object] = [getattr(message, name) for name in BODY_FIELDS[cls]]
     if isinstance(message, AppendRequest):
         entries = []
@@ -274,6 +278,10 @@ def load_plain(data: object, *, max_bytes: int, max_depth: int) -> object:
 def decode(data: bytes, *, cluster_id: str, max_bytes: int) -> Message:
     """Validate one frame of ``cluster_id`` and return the message it carries.
 
+    The frame's layout (envelope, body array, entry arrays, commands) is checked here; the
+    fields themselves are checked by the message types' constructors (the one schema of
+    :mod:`trio_raft._messages`), exactly as :func:`encode` checks them.
+
     Args:
         data: The frame, as received.
         cluster_id: This node's cluster; frames of other clusters are rejected.
@@ -293,7 +301,7 @@ def decode(data: bytes, *, cluster_id: str, max_bytes: int) -> Message:
     version = envelope.get("v")  # first: another version may have other keys
     if type(version) is not int or version != PROTOCOL_VERSION:
         raise FrameError(
-            f"envelope: unsupported protocol version {_short(version)} (this node speaks "
+            f"envelope: unsupported protocol version {short(version)} (this node speaks "
             f"{PROTOCOL_VERSION})"
         )
     keys = set(envelope)
@@ -301,20 +309,16 @@ def decode(data: bytes, *, cluster_id: str, max_bytes: int) -> Message:
         problems = []
         if missing := sorted(map(str, _ENVELOPE_KEYS - keys)):
             problems.append(f"missing key {', '.join(missing)}")
-        if extra := sorted(_short(k) for k in keys - _ENVELOPE_KEYS):
+        if extra := sorted(short(k) for k in keys - _ENVELOPE_KEYS):
             problems.append(f"unexpected key {', '.join(extra)}")
         raise FrameError(f"envelope: {'; '.join(problems)} (the keys are v, c, s, d, t, b)")
     cluster = envelope["c"]
     if type(cluster) is not str or cluster != cluster_id:
-        raise FrameError(f"envelope: frame for cluster {_short(cluster)}, not {cluster_id!r}")
-    src = _node_id(envelope["s"], "envelope.s (sender)")
-    dst = _node_id(envelope["d"], "envelope.d (receiver)")
-    if src == dst:
-        raise FrameError(f"envelope: sender and receiver are both {src!r}")
+        raise FrameError(f"envelope: frame for cluster {short(cluster)}, not {cluster_id!r}")
     code = envelope["t"]
     cls = _CLASS_BY_CODE.get(code) if type(code) is int else None
     if cls is None:
-        raise FrameError(f"envelope: unknown message type {_short(code)}")
+        raise FrameError(f"envelope: unknown message type {short(code)}")
     body = envelope["b"]
     name = cls.__name__
     fields = BODY_FIELDS[cls]
@@ -324,47 +328,23 @@ def decode(data: bytes, *, cluster_id: str, max_bytes: int) -> Message:
         raise FrameError(
             f"{name}: body has {len(body)} fields, expected {len(fields)} ({', '.join(fields)})"
         )
-    budget = [len(data)]
-    values = {
-        field: _FIELD_CHECKS[field](raw, f"{name}.{field}", budget)
-        for field, raw in zip(fields, body, strict=True)
-    }
-    message: Message = cls(src=src, dst=dst, **values)  # type: ignore[arg-type]
-    _CROSS_CHECKS.get(cls, _no_cross_check)(message)
-    return message
+    values = dict(zip(fields, body, strict=True))
+    if cls is AppendRequest:
+        values["entries"] = _entries(values["entries"], f"{name}.entries", [len(data)])
+    try:
+        # src and dst are the envelope's s and d; every field is checked by the constructor.
+        return cls(src=envelope["s"], dst=envelope["d"], **values)
+    except FieldError as exc:
+        raise FrameError(str(exc)) from None
 
 
 _CLASS_BY_CODE: Final = {code: cls for cls, code in TYPE_CODES.items()}
-
-_Check: TypeAlias = Callable[[object, str, list[int]], object]
-
-
-def _uint(value: object, where: str, _budget: list[int]) -> int:
-    if type(value) is not int or not 0 <= value <= _UINT_MAX:
-        raise FrameError(f"{where}: expected an integer in [0, 2**63), got {_short(value)}")
-    return value
-
-
-def _positive(value: object, where: str, budget: list[int]) -> int:
-    number = _uint(value, where, budget)
-    if number < 1:
-        raise FrameError(f"{where}: expected an integer >= 1, got 0")
-    return number
-
-
-def _bool(value: object, where: str, _budget: list[int]) -> bool:
-    if type(value) is not bool:
-        raise FrameError(f"{where}: expected a bool, got {_short(value)}")
-    return value
-
-
-def _bytes(value: object, where: str, _budget: list[int]) -> bytes:
-    if type(value) is not bytes:
-        raise FrameError(f"{where}: expected a byte string, got {_kind(value)}")
-    return value
+_ENTRY_KINDS: Final = {int(k): k for k in EntryKind}
 
 
 def _entries(value: object, where: str, budget: list[int]) -> tuple[Entry, ...]:
+    """The entry arrays of an AppendRequest body as :class:`Entry` values (each checked by
+    its constructor); ``budget`` counts the command values the frame's size allows."""
     if type(value) is not list:
         raise FrameError(f"{where}: expected an array, got {_kind(value)}")
     entries = []
@@ -372,112 +352,20 @@ def _entries(value: object, where: str, budget: list[int]) -> tuple[Entry, ...]:
         if type(raw) is not list or len(raw) != 4:
             raise FrameError(f"{where}[{i}]: expected an array [term, index, kind, command]")
         term, index, kind_code, command = raw
-        if type(term) is not int or not 1 <= term <= _UINT_MAX:
-            _positive(term, f"{where}[{i}].term", budget)
-        if type(index) is not int or not 1 <= index <= _UINT_MAX:
-            _positive(index, f"{where}[{i}].index", budget)
         kind = _ENTRY_KINDS.get(kind_code) if type(kind_code) is int else None
         if kind is None:
-            raise FrameError(f"{where}[{i}].kind: unknown entry kind {_short(kind_code)}")
-        if kind is EntryKind.NOOP and command is not None:
-            raise FrameError(f"{where}[{i}].command: a no-op entry carries no command")
+            raise FrameError(f"{where}[{i}].kind: unknown entry kind {short(kind_code)}")
+        try:
+            entries.append(Entry(term, index, command, kind))
+        except FieldError as exc:
+            raise FrameError(f"{where}[{i}].{exc.path}: {exc.reason}") from None
         try:
             _walk(command, 0, budget)
         except _Invalid as exc:
             path = "".join(reversed(exc.path))
             raise FrameError(f"{where}[{i}].command{path}: {exc.reason}") from None
-        entries.append(Entry(term=term, index=index, command=command, kind=kind))
     return tuple(entries)
-
-
-_ENTRY_KINDS: Final = {int(k): k for k in EntryKind}
-
-_FIELD_CHECKS: Final[dict[str, _Check]] = {
-    "term": _uint,
-    "last_log_index": _uint,
-    "last_log_term": _uint,
-    "pre_vote": _bool,
-    "granted": _bool,
-    "prev_index": _uint,
-    "prev_term": _uint,
-    "commit": _uint,
-    "seq": _uint,
-    "entries": _entries,
-    "success": _bool,
-    "match_index": _uint,
-    "rejected_index": _uint,
-    "conflict_term": _uint,
-    "conflict_index": _uint,
-    "last_index": _uint,
-    "index": _positive,
-    "snapshot_term": _positive,
-    "offset": _uint,
-    "data": _bytes,
-    "done": _bool,
-}
-
-
-def _check_append(m: Message) -> None:
-    """Invariants of any AppendEntries a leader builds from its log (Log Matching relies on
-    entries being contiguous; log terms never decrease and never exceed the leader's term)."""
-    assert isinstance(m, AppendRequest)
-    if m.prev_term > m.term:
-        raise FrameError(f"AppendRequest.prev_term: {m.prev_term} exceeds the term {m.term}")
-    previous_term = m.prev_term
-    for i, e in enumerate(m.entries):
-        expected = m.prev_index + 1 + i
-        if e.index != expected:
-            raise FrameError(
-                f"AppendRequest.entries[{i}].index: expected {expected} (contiguous after "
-                f"prev_index {m.prev_index}), got {e.index}"
-            )
-        if not previous_term <= e.term <= m.term:
-            raise FrameError(
-                f"AppendRequest.entries[{i}].term: {e.term} is outside [{previous_term}, "
-                f"{m.term}] (log terms never decrease nor exceed the leader's term)"
-            )
-        previous_term = e.term
-    if m.prev_index + len(m.entries) > _UINT_MAX:
-        raise FrameError("AppendRequest.entries: indexes overflow 2**63 - 1")
-
-
-def _check_snapshot(m: Message) -> None:
-    assert isinstance(m, SnapshotRequest)
-    if m.snapshot_term > m.term:
-        raise FrameError(
-            f"SnapshotRequest.snapshot_term: {m.snapshot_term} exceeds the term {m.term}"
-        )
-
-
-def _no_cross_check(_m: Message) -> None:
-    return None
-
-
-_CROSS_CHECKS: Final[dict[type[Message], Callable[[Message], None]]] = {
-    AppendRequest: _check_append,
-    SnapshotRequest: _check_snapshot,
-}
-
-
-def _node_id(value: object, where: str) -> NodeId:
-    if type(value) is not str or not 1 <= len(value) <= MAX_ID_CHARS:
-        raise FrameError(f"{where}: expected a str of 1 to {MAX_ID_CHARS} characters")
-    return value
 
 
 def _kind(value: object) -> str:
     return "null" if value is None else type(value).__name__
-
-
-def _short(value: object) -> str:
-    """A bounded description of an untrusted value, for error messages."""
-    if value is None or type(value) in (bool, float):
-        return repr(value)
-    if type(value) is int:
-        assert isinstance(value, int)
-        return repr(value) if abs(value) < 10**30 else "a huge int"
-    if type(value) in (str, bytes):
-        assert isinstance(value, (str, bytes))
-        text = repr(value[:40])
-        return text + "..." if len(value) > 40 else text
-    return f"a {_kind(value)}"

@@ -253,7 +253,7 @@ def _in_role(start: Role) -> RaftState:
 
 HIGHER_TERM_MESSAGES: dict[str, Message] = {
     "append-request": AppendRequest("n3", "n1", 5, 0, 0, (), 0),
-    "append-response": AppendResponse("n3", "n1", 5, False, rejected_index=-1),
+    "append-response": AppendResponse("n3", "n1", 5, False, rejected_index=0),
     "vote-request": VoteRequest("n3", "n1", 5, 0, 0),
     "vote-response": VoteResponse("n3", "n1", 5, False),
 }

@@ -31,12 +31,13 @@ from trio_raft._messages import (
     VoteRequest,
     VoteResponse,
 )
-from trio_raft._types import Entry, EntryKind
+from trio_raft._types import MAX_INDEX, MAX_TERM, Entry, EntryKind, FieldError
 from trio_raft.testing import KVStateMachine, Verdict, open_simulated_cluster
 
 CLUSTER = "test-cluster"
 MAX = 1 << 20
-UINT = st.integers(0, 2**63 - 1)
+UINT = st.integers(0, MAX_INDEX)
+TERM = st.integers(0, MAX_TERM)
 
 
 def canonical(value: object) -> object:
@@ -79,6 +80,7 @@ commands = st.recursive(
     max_leaves=16,
 )
 node_ids = st.text(min_size=1, max_size=8)
+SRC, DST = "a", "b"
 
 
 @st.composite
@@ -90,7 +92,7 @@ def endpoints(draw: st.DrawFn) -> dict[str, str]:
 
 @st.composite
 def append_requests(draw: st.DrawFn) -> AppendRequest:
-    term = draw(st.integers(1, 2**63 - 1))
+    term = draw(st.integers(1, MAX_TERM))
     prev_term = draw(st.integers(0, term))
     prev_index = draw(st.integers(0, 2**62))
     entries = []
@@ -108,7 +110,7 @@ def append_requests(draw: st.DrawFn) -> AppendRequest:
 
 @st.composite
 def snapshot_requests(draw: st.DrawFn) -> SnapshotRequest:
-    term = draw(st.integers(1, 2**63 - 1))
+    term = draw(st.integers(1, MAX_TERM))
     return SnapshotRequest(
         **draw(endpoints()), term=term, index=draw(st.integers(1, 2**63 - 1)),
         snapshot_term=draw(st.integers(1, term)), offset=draw(UINT),
@@ -119,29 +121,29 @@ def snapshot_requests(draw: st.DrawFn) -> SnapshotRequest:
 messages = st.one_of(
     st.builds(
         VoteRequest,
-        **{"term": UINT, "last_log_index": UINT, "last_log_term": UINT},
+        **{"term": TERM, "last_log_index": UINT, "last_log_term": TERM},
         pre_vote=st.booleans(),
-        src=node_ids,
-        dst=node_ids,
+        src=st.just(SRC),
+        dst=node_ids.filter(lambda d: d != SRC),
     ),
     st.builds(
         VoteResponse,
-        src=node_ids,
-        dst=node_ids,
-        term=UINT,
+        src=node_ids.filter(lambda d: d != DST),
+        dst=st.just(DST),
+        term=TERM,
         granted=st.booleans(),
         pre_vote=st.booleans(),
     ),
     append_requests(),
     st.builds(
         AppendResponse,
-        src=node_ids,
-        dst=node_ids,
-        term=UINT,
+        src=st.just(SRC),
+        dst=node_ids.filter(lambda d: d != SRC),
+        term=TERM,
         success=st.booleans(),
         match_index=UINT,
         rejected_index=UINT,
-        conflict_term=UINT,
+        conflict_term=TERM,
         conflict_index=UINT,
         last_index=UINT,
         seq=UINT,
@@ -149,14 +151,14 @@ messages = st.one_of(
     snapshot_requests(),
     st.builds(
         SnapshotResponse,
-        src=node_ids,
-        dst=node_ids,
-        term=UINT,
+        src=node_ids.filter(lambda d: d != DST),
+        dst=st.just(DST),
+        term=TERM,
         index=st.integers(1, 2**63 - 1),
         offset=UINT,
         done=st.booleans(),
     ),
-).filter(lambda m: m.src != m.dst)
+)
 
 
 # -- round trips ------------------------------------------------------------------------------
@@ -292,10 +294,10 @@ def test_size_cap_is_checked_before_decoding(monkeypatch: pytest.MonkeyPatch) ->
          r"^envelope: missing key b \(the keys"),
         (cbor2.dumps(envelope(c="other")), r"^envelope: frame for cluster 'other', not 'test-"),
         (cbor2.dumps(envelope(c=b"test-cluster")), r"^envelope: frame for cluster b'test-"),
-        (cbor2.dumps(envelope(s="")), r"^envelope.s \(sender\): expected a str of 1 to 128 "),
-        (cbor2.dumps(envelope(d=7)), r"^envelope.d \(receiver\): expected a str"),
-        (cbor2.dumps(envelope(s="x" * 129)), r"^envelope.s \(sender\): expected a str"),
-        (cbor2.dumps(envelope(d="n1")), r"^envelope: sender and receiver are both 'n1'$"),
+        (cbor2.dumps(envelope(s="")), r"^VoteRequest.src: expected a str of 1 to 128 "),
+        (cbor2.dumps(envelope(d=7)), r"^VoteRequest.dst: expected a str of 1 to 128 .*got 7$"),
+        (cbor2.dumps(envelope(s="x" * 129)), r"^VoteRequest.src: expected a str"),
+        (cbor2.dumps(envelope(d="n1")), r"^VoteRequest.dst: sender and receiver are both 'n1'$"),
         (cbor2.dumps(envelope(t=9)), r"^envelope: unknown message type 9$"),
         (cbor2.dumps(envelope(t=True)), r"^envelope: unknown message type True$"),
         (cbor2.dumps(envelope(t="VoteRequest")), r"^envelope: unknown message type 'VoteReq"),
@@ -305,7 +307,13 @@ def test_size_cap_is_checked_before_decoding(monkeypatch: pytest.MonkeyPatch) ->
          r"pre_vote\)$"),
         (cbor2.dumps(envelope(b=[5, 7, 4, False, 0])), r"^VoteRequest: body has 5 fields"),
         (cbor2.dumps(envelope(b=[True, 7, 4, False])),
-         r"^VoteRequest.term: expected an integer in \[0, 2\*\*63\), got True$"),
+         r"^VoteRequest.term: expected an integer in \[0, 2\*\*62 \(MAX_TERM\)\], got True$"),
+        (cbor2.dumps(envelope(b=[2**62 + 1, 7, 4, False])), r"^VoteRequest.term: .*, got 4611"),
+        (cbor2.dumps(envelope(b=[2**63 - 1, 7, 4, False])), r"^VoteRequest.term: .*, got 9223"),
+        (cbor2.dumps(envelope(b=[5, 2**63, 4, False])),
+         r"^VoteRequest.last_log_index: expected an integer in \[0, 2\*\*63 - 1\], got 9223"),
+        (cbor2.dumps(envelope(t=4, b=[5, False, 0, -1, 0, 0, 0, 0])),
+         r"^AppendResponse.rejected_index: .*, got -1$"),
         (cbor2.dumps(envelope(b=[-1, 7, 4, False])), r"^VoteRequest.term: .*, got -1$"),
         (cbor2.dumps(envelope(b=[2**63, 7, 4, False])), r"^VoteRequest.term: .*, got 922337"),
         (cbor2.dumps(envelope(b=[2**64, 7, 4, False])), r"^VoteRequest.term: .*, got 18446"),
@@ -315,7 +323,7 @@ def test_size_cap_is_checked_before_decoding(monkeypatch: pytest.MonkeyPatch) ->
         (cbor2.dumps(envelope(b=[5, 7, 4, 1])), r"^VoteRequest.pre_vote: expected a bool, got 1$"),
         (cbor2.dumps(envelope(t=2, b=[5, "yes", False])), r"^VoteResponse.granted: expected a b"),
         (cbor2.dumps(envelope(t=6, b=[5, 0, 0, True])),
-         r"^SnapshotResponse.index: expected an integer >= 1, got 0$"),
+         r"^SnapshotResponse.index: expected an integer in \[1, 2\*\*63 - 1\], got 0$"),
         (cbor2.dumps(envelope(t=5, b=[5, 3, 2, 0, "data", False])),
          r"^SnapshotRequest.data: expected a byte string, got str$"),
         (cbor2.dumps(envelope(t=5, b=[5, 3, 6, 0, b"", False])),
@@ -333,8 +341,14 @@ def test_invalid_frames_are_rejected(data: bytes, match: str) -> None:
          r"^AppendRequest.entries\[1\].index: expected 5 \(contiguous after prev_index 3\), "
          r"got 6$"),
         (append_body([2, 5, 0, "x"]), r"^AppendRequest.entries\[0\].index: expected 4 "),
-        (append_body([2, 0, 0, "x"]), r"^AppendRequest.entries\[0\].index: .*>= 1, got 0$"),
-        (append_body([0, 4, 0, "x"]), r"^AppendRequest.entries\[0\].term: .*>= 1, got 0$"),
+        (append_body([2, 0, 0, "x"]),
+         r"^AppendRequest.entries\[0\].index: .*\[1, 2\*\*63 - 1\], got 0$"),
+        (append_body([0, 4, 0, "x"]),
+         r"^AppendRequest.entries\[0\].term: .*\[1, 2\*\*62 .*, got 0$"),
+        (append_body([2**62 + 1, 4, 0, "x"], term=2**62 + 1),
+         r"^AppendRequest.entries\[0\].term: .*got 4611"),
+        (append_body(term=2**63 - 1),
+         r"^AppendRequest.term: .*\(MAX_TERM\)\], got 9223372036854775807$"),
         (append_body([3, 4, 0, "x"], [2, 5, 0, "y"]),
          r"^AppendRequest.entries\[1\].term: 2 is outside \[3, 5\] \(log terms never decrease"),
         (append_body([6, 4, 0, "x"]), r"^AppendRequest.entries\[0\].term: 6 is outside \[2, 5\]"),
@@ -484,3 +498,114 @@ def test_encoded_kv_commands_are_applied_the_same() -> None:
     assert isinstance(decoded, AppendRequest)
     sm.apply(decoded.entries[0].command)
     assert sm.as_dict() == {"k": "v"}
+
+
+# -- one schema: construction, decode and encode agree ----------------------------------------
+
+wild_values = st.one_of(
+    st.integers(-2, 3),
+    st.sampled_from([MAX_TERM, MAX_TERM + 1, MAX_INDEX, MAX_INDEX + 1, 2**64, -(2**63)]),
+    st.booleans(),
+    st.none(),
+    st.sampled_from(["", "n1", "n2", "x" * 129]),
+    st.binary(max_size=2),
+)
+raw_entries = st.lists(
+    st.tuples(wild_values, wild_values, st.sampled_from([0, 1]), st.none() | st.just("c")).map(
+        list
+    ),
+    max_size=3,
+)
+
+
+def _raw_body(draw: st.DrawFn, cls: type[Message]) -> dict[str, object]:
+    return {
+        name: draw(raw_entries if name == "entries" else wild_values)
+        for name in codec.BODY_FIELDS[cls]
+    }
+
+
+def _bypassed(cls: type[Any], **values: object) -> Any:
+    """An instance built without running its validators (as object.__setattr__ allows)."""
+    instance = object.__new__(cls)
+    for name, value in values.items():
+        object.__setattr__(instance, name, value)
+    return instance
+
+
+@given(st.sampled_from(list(codec.TYPE_CODES)), st.data())
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+def test_construction_decode_and_encode_check_the_same_rules(
+    cls: type[Message], data: st.DataObject
+) -> None:
+    """For arbitrary field values: the constructor accepts them iff a frame carrying them
+    decodes, iff a message holding them (validators bypassed) encodes; and the errors name the
+    same rule. This is what keeps the core from emitting anything the wire refuses."""
+    src, dst = data.draw(wild_values), data.draw(wild_values)
+    body = _raw_body(data.draw, cls)
+    frame = cbor2.dumps(envelope(s=src, d=dst, t=codec.TYPE_CODES[cls], b=list(body.values())))
+    decoded: Message | None
+    try:
+        decoded = decode(frame, cluster_id=CLUSTER, max_bytes=MAX)
+        decode_error = None
+    except FrameError as exc:
+        decoded, decode_error = None, str(exc)
+
+    values = dict(body)
+    if cls is AppendRequest:
+        raw = values["entries"]
+        assert isinstance(raw, list)
+        try:
+            values["entries"] = tuple(Entry(t, i, c, EntryKind(k)) for t, i, k, c in raw)
+        except FieldError:
+            assert decode_error is not None and ".entries[" in decode_error
+            return
+    try:
+        built = cls(src=src, dst=dst, **values)  # type: ignore[arg-type]
+        build_error = None
+    except FieldError as exc:
+        built, build_error = None, str(exc)
+    assert build_error == decode_error
+    assert built == decoded
+
+    bypassed_entries = values.get("entries", ())
+    if cls is AppendRequest:
+        assert isinstance(raw, list)
+        bypassed_entries = tuple(
+            _bypassed(Entry, term=t, index=i, command=c, kind=EntryKind(k)) for t, i, k, c in raw
+        )
+        values["entries"] = bypassed_entries
+    forged = _bypassed(cls, src=src, dst=dst, **values)
+    try:
+        frame = encode(forged, cluster_id=CLUSTER)
+    except FrameError as exc:
+        assert decode_error is not None, f"encode refused a valid message: {exc}"
+        assert str(exc) == build_error
+        return
+    assert decode_error is None, f"encode accepted what decode refuses: {decode_error}"
+    assert decode(frame, cluster_id=CLUSTER, max_bytes=MAX) == decoded
+
+
+@pytest.mark.parametrize("term", [MAX_TERM + 1, 2**63 - 1])
+def test_terms_above_max_term_cannot_be_built_nor_decoded(term: int) -> None:
+    """An insider's AppendEntries with term 2**63 - 1 once pinned the cluster at a term with no
+    room for another election. Such a term is now refused everywhere."""
+    with pytest.raises(ValueError, match=r"^AppendRequest.term: .*\(MAX_TERM\)\]"):
+        AppendRequest("n1", "n2", term, 0, 0, (), 0)
+    with pytest.raises(ValueError, match=r"^Entry.term: "):
+        Entry(term, 1)
+    frame = cbor2.dumps(envelope(t=3, b=append_body(term=term)))
+    rejects(frame, r"^AppendRequest.term: expected an integer in \[0, 2\*\*62 \(MAX_TERM\)\]")
+
+
+def test_max_term_itself_round_trips() -> None:
+    message = AppendRequest("n1", "n2", MAX_TERM, 4, MAX_TERM, (Entry(MAX_TERM, 5, "x"),), 4)
+    assert round_trip(message) == message
+
+
+def test_stale_term_rejection_is_a_valid_message() -> None:
+    """The regression: the answer to a stale-term AppendEntries used rejected_index=-1."""
+    with pytest.raises(ValueError, match=r"rejected_index: .*got -1"):
+        AppendResponse("n2", "n1", 7, False, rejected_index=-1)
+    reply = AppendResponse("n2", "n1", 7, False, rejected_index=0)
+    assert round_trip(reply) == reply
