@@ -264,6 +264,7 @@ async def open_simulated_cluster(
     sync_s_max: float = 0.001,
     delay_s_min: float = 0.001,
     delay_s_max: float = 0.005,
+    wire_codec: bool = False,
 ) -> AsyncIterator[SimulatedCluster]:
     """Run a simulated cluster for the duration of the ``async with`` block.
 
@@ -283,6 +284,7 @@ async def open_simulated_cluster(
         sync_s_max: Upper bound of the virtual time one storage sync takes.
         delay_s_min: Lower bound of a message's network delay.
         delay_s_max: Upper bound of a message's network delay (before reordering faults).
+        wire_codec: Put every message through the real codec (see :class:`MemoryNetwork`).
     """
     ids = _node_ids(nodes)
     cfg = config or DEFAULT_SIM_CONFIG
@@ -294,8 +296,9 @@ async def open_simulated_cluster(
     cfg = attrs.evolve(cfg, **overrides)
     seed_scheduler(seed)
     network = MemoryNetwork(
-        random.Random(f"{seed}/network"), delay_s_min=delay_s_min, delay_s_max=delay_s_max
-    )
+        random.Random(f"{seed}/network"), delay_s_min=delay_s_min, delay_s_max=delay_s_max,
+        wire_codec=wire_codec,
+    )  # fmt: skip
     with unwrap_single_exception_group():
         async with trio.open_nursery() as nursery:
             nursery.start_soon(network.run, name="trio_raft.testing network")

@@ -26,6 +26,13 @@ A message's fate, decided when it is sent, in this order:
 At delivery time a message is dropped if its destination is gone or its receive channel is full
 or closed. A partition started while a message is in flight does not affect it (it is past the
 cut), but detaching its destination does.
+
+With ``wire_codec=True`` every message sent through a transport is first framed by the real
+codec (:func:`trio_raft._codec.encode`) and the frame decoded again, as a real transport does.
+A message that fails to encode or decode, or comes back different (commands compared in the
+codec's canonical form, tuples as lists), raises :class:`WireCodecError` in the sender: the
+simulation stops loudly instead of a real cluster dropping connections. The message delivered
+is the original one.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from typing import Literal, NoReturn, TypedDict, Unpack, final
 import attrs
 import trio
 
+from .._codec import FrameError, decode, encode
 from .._messages import AppendRequest, Message
 from .._types import NodeId
 
@@ -53,6 +61,7 @@ __all__ = [
     "MessageStatistics",
     "NetworkStatistics",
     "Verdict",
+    "WireCodecError",
 ]
 
 EventKind = Literal["send", "drop", "deliver", "dup"]
@@ -68,6 +77,47 @@ def _estimate_size(message: Message) -> int:
         for entry in message.entries:
             size += _ENTRY_BYTES + len(repr(entry.command))
     return size
+
+
+_WIRE_CLUSTER_ID = "simulated"
+_WIRE_MAX_BYTES = 1 << 30  # the simulator checks the format, not the transport's size limit
+
+
+class WireCodecError(AssertionError):
+    """A message sent in a simulation with ``wire_codec=True`` does not survive the real codec.
+
+    Whatever produced it would make a real transport drop the connection it travels on: a bug
+    in the sender or in the codec, never a fault of the simulated world.
+    """
+
+
+def _canonical(value: object) -> object:
+    """A command as it comes back from the codec: tuples as lists, at any depth."""
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    return value
+
+
+def _wire_round_trip(message: Message) -> None:
+    """Raise :class:`WireCodecError` unless ``message`` survives encode and decode."""
+    try:
+        decoded = decode(
+            encode(message, cluster_id=_WIRE_CLUSTER_ID),
+            cluster_id=_WIRE_CLUSTER_ID,
+            max_bytes=_WIRE_MAX_BYTES,
+        )
+    except FrameError as exc:
+        raise WireCodecError(f"{message!r} does not survive the wire codec: {exc}") from exc
+    expected: Message = message
+    if isinstance(message, AppendRequest) and isinstance(decoded, AppendRequest):
+        expected = attrs.evolve(
+            message,
+            entries=tuple(attrs.evolve(e, command=_canonical(e.command)) for e in message.entries),
+        )
+    if decoded != expected:
+        raise WireCodecError(f"{message!r} comes back from the wire codec as {decoded!r}")
 
 
 def _probability(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -207,6 +257,8 @@ class MemoryTransport:
 
         Raises:
             ValueError: ``message.src`` is not this transport's node (a transport never forges).
+            WireCodecError: the network runs with ``wire_codec=True`` and ``message`` does not
+                survive the real codec.
         """
         if message.src != self._node_id:
             raise ValueError(
@@ -235,6 +287,8 @@ class MemoryNetwork:
         max_in_flight: Capacity of the delivery heap, and separately of :attr:`held`; messages
             beyond it are dropped.
         reorder_delay_s_max: Default bound of the extra delay of reordered messages.
+        wire_codec: Put every message sent through a transport through the real codec first
+            (see the module docstring); :class:`WireCodecError` if one does not survive it.
 
     Raises:
         ValueError: Invalid delays, ``queue_size < 0`` or ``max_in_flight < 1``.
@@ -249,12 +303,15 @@ class MemoryNetwork:
         queue_size: int = 1024,
         max_in_flight: int = 100_000,
         reorder_delay_s_max: float = 0.01,
+        wire_codec: bool = False,
     ) -> None:
         if queue_size < 0 or max_in_flight < 1:
             raise ValueError(
                 f"need queue_size >= 0 and max_in_flight >= 1, got {queue_size}, {max_in_flight}"
             )
         self._rng = rng
+        self.wire_codec = wire_codec
+        """Whether messages go through the real codec (see the module docstring)."""
         self._queue_size = queue_size
         self._max_in_flight = max_in_flight
         self._initial_link = LinkFaults(
@@ -479,6 +536,8 @@ class MemoryNetwork:
     # -- internals -------------------------------------------------------------------------------
 
     def _send(self, transport: MemoryTransport, message: Message) -> None:
+        if self.wire_codec:
+            _wire_round_trip(message)
         counts = self._count(message)
         counts.sent += 1
         counts.bytes_sent += _estimate_size(message)

@@ -213,8 +213,11 @@ async def run_chaos(
     schedule: Sequence[Fault] | None = None,
     converge_s: float = 30.0,
     config: Config | None = None,
+    wire_codec: bool = False,
 ) -> ChaosReport:
     """Run one randomized chaos simulation and check it. Call under a MockClock (autojump).
+
+    With ``wire_codec`` every message goes through the real codec (see :class:`MemoryNetwork`).
 
     Raises:
         InvariantViolation: a safety property broke (the message has the seed and a trace).
@@ -222,7 +225,9 @@ async def run_chaos(
             history is not linearizable (the message has the seed and the offending history).
     """
     master = random.Random(seed)
-    async with open_simulated_cluster(nodes, seed=seed, config=config or CHAOS_CONFIG) as cluster:
+    async with open_simulated_cluster(
+        nodes, seed=seed, config=config or CHAOS_CONFIG, wire_codec=wire_codec
+    ) as cluster:
         cluster.network.set_default_link(drop=loss, duplicate=duplicate, reorder=reorder)
         faults = (
             list(schedule)
