@@ -19,8 +19,9 @@ An :class:`~trio_raft.AppendRequest`'s entries are an array of compact arrays
 
 Decoding is strict, because frames come from the network: the size cap is checked before a byte
 is decoded; the CBOR is decoded plainly (no tag or object hooks), definite lengths only, without
-duplicate map keys, with only text or byte string map keys and no trailing bytes; the result is
-then validated field by field into the frozen :mod:`trio_raft._messages` types. Anything wrong
+duplicate map keys, with only text or byte string map keys and no trailing bytes; the layout is
+checked here and every field by the constructors of the frozen :mod:`trio_raft._messages` types,
+the one schema that :func:`encode` checks too (so the two cannot drift apart). Anything wrong
 raises :class:`FrameError` naming the field and the problem; nothing else is ever raised and no
 partly built message escapes.
 

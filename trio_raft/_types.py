@@ -104,8 +104,8 @@ class Entry:
     logs holding an entry with the same index and term are identical up to that index.
 
     Raises:
-        FieldError: (a :class:`ValueError`) on construction, if a field breaks the invariants in
-            the module docstring. The command is not checked here: the codec and the WAL check
+        ValueError: on construction, if a field breaks the invariants in the module docstring
+            (the message names the field and the rule). The command is not checked here: the codec and the WAL check
             it against the wire's data model when they encode it.
     """
 

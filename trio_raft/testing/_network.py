@@ -30,8 +30,9 @@ cut), but detaching its destination does.
 With ``wire_codec=True`` every message sent through a transport is first framed by the real
 codec (:func:`trio_raft._codec.encode`) and the frame decoded again, as a real transport does.
 A message that fails to encode or decode, or comes back different (commands compared in the
-codec's canonical form, tuples as lists), raises :class:`WireCodecError` in the sender: the
-simulation stops loudly instead of a real cluster dropping connections. The message delivered
+codec's canonical form, tuples as lists), raises ``WireCodecError`` (an
+:exc:`AssertionError`) in the sender: the simulation stops loudly instead of a real cluster
+dropping connections. The message delivered
 is the original one.
 """
 
@@ -257,8 +258,8 @@ class MemoryTransport:
 
         Raises:
             ValueError: ``message.src`` is not this transport's node (a transport never forges).
-            WireCodecError: the network runs with ``wire_codec=True`` and ``message`` does not
-                survive the real codec.
+            AssertionError: a ``WireCodecError``: the network runs with ``wire_codec=True``
+                and ``message`` does not survive the real codec.
         """
         if message.src != self._node_id:
             raise ValueError(
@@ -288,7 +289,8 @@ class MemoryNetwork:
             beyond it are dropped.
         reorder_delay_s_max: Default bound of the extra delay of reordered messages.
         wire_codec: Put every message sent through a transport through the real codec first
-            (see the module docstring); :class:`WireCodecError` if one does not survive it.
+            (see the module docstring); ``WireCodecError`` (an :exc:`AssertionError`) if one
+            does not survive it.
 
     Raises:
         ValueError: Invalid delays, ``queue_size < 0`` or ``max_in_flight < 1``.
