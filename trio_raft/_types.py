@@ -105,8 +105,8 @@ class Entry:
 
     Raises:
         ValueError: on construction, if a field breaks the invariants in the module docstring
-            (the message names the field and the rule). The command is not checked here: the codec and the WAL check
-            it against the wire's data model when they encode it.
+            (the message names the field and the rule). The command is not checked here: the
+            codec and the WAL check it against the wire's data model when they encode it.
     """
 
     term: int = attrs.field(validator=_entry_term)
