@@ -44,7 +44,7 @@ from ._errors import (
     ProposalDroppedError,
     RaftError,
 )
-from ._messages import MESSAGE_TYPES, Message, SnapshotRequest
+from ._messages import MESSAGE_TYPES, AppendRequest, Message, SnapshotRequest
 from ._status import FollowerStatus, Status
 from ._sync import Broadcast, Signal, Waiter
 from ._types import Entry, EntryKind, NodeId, Role, SnapshotMeta, StoredState
@@ -297,6 +297,8 @@ class Node:
             st.step(event, now)
             if isinstance(event, SnapshotRequest):
                 _snapshot.on_chunk(self, event)
+            elif isinstance(event, AppendRequest):
+                _snapshot.drop_stale_download(self)
         elif isinstance(event, _Propose):
             try:
                 (entry,) = st.propose([event.command])
@@ -377,8 +379,9 @@ class Node:
         st = self._state
         if self._role_scope is not None:
             self._role_scope.cancel()
-        if self._receiver is not None:  # a download from a former leader
-            self._receiver.scope.cancel()
+        rx = self._receiver
+        if rx is not None and (st.role is not Role.FOLLOWER or rx.key[2] != st.term):
+            rx.scope.cancel()  # a download from a former leader (not one that just started)
             self._receiver = None
         self._notify("role", (st.role, st.term))
         if st.role is not Role.LEADER:

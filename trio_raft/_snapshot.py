@@ -13,6 +13,9 @@ snapshot slot (so an older snapshot never replaces a newer one):
 * **receive** (a follower's dispatcher): chunks for the current leader's snapshot are fed, in
   order, to a task writing them to storage; once the last one is durable the dispatcher
   restores the state machine, adopts the snapshot in the Raft log and acknowledges.
+  A download holds the snapshot lock, so one the leader abandons half-way must not live on:
+  it is dropped when a newer stream starts, when the follower's log moves past the snapshot
+  (:func:`drop_stale_download`), and when no chunk has come for `abandon_after_s`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,16 @@ if TYPE_CHECKING:
 
 RECEIVE_QUEUE = 4
 """Chunks a follower buffers between the dispatcher and its snapshot writer task."""
+
+ABANDON_ELECTION_TIMEOUTS = 4
+"""A follower drops a snapshot download after this many (maximum) election timeouts without a
+chunk: a live leader resends an unacknowledged chunk every two heartbeats, so that long a
+silence means the leader gave the stream up (or lost leadership without our noticing)."""
+
+
+def abandon_after_s(node: Node) -> float:
+    """How long a follower's snapshot download may go without a chunk before it is dropped."""
+    return ABANDON_ELECTION_TIMEOUTS * node._state.config.election_timeout_s_max
 
 
 @attrs.frozen
@@ -235,20 +248,48 @@ async def _write_received(
     node: Node, meta: SnapshotMeta, chunks: trio.MemoryReceiveChannel[bytes], rx: Receiver
 ) -> None:
     data: list[bytes] = []
+    patience_s = abandon_after_s(node)
 
     async def tee() -> AsyncIterator[bytes]:
-        async for chunk in chunks:
-            data.append(chunk)
-            yield chunk
+        while True:
+            chunk: bytes | None = None
+            with trio.move_on_after(patience_s):
+                try:
+                    chunk = await chunks.receive()
+                except trio.EndOfChannel:
+                    return
+            if chunk is None:
+                # The leader went quiet: drop the download (and the snapshot lock with it).
+                node._notify("snapshot-abandoned", meta)
+                rx.scope.cancel()
+                await trio.lowlevel.checkpoint()  # raises Cancelled
+            else:
+                data.append(chunk)
+                yield chunk
 
-    with rx.scope:
-        async with node._snapshot_lock:
-            if meta.index <= node._snapshot_index:
-                return
-            await node._storage.save_snapshot(meta, tee())
-            node._snapshot_index = meta.index
-        await node._inbox_send.send(SnapshotReceived(meta, data))
-    if node._receiver is rx:
+    try:
+        with rx.scope:
+            async with node._snapshot_lock:
+                if meta.index <= node._snapshot_index:
+                    return
+                await node._storage.save_snapshot(meta, tee())
+                node._snapshot_index = meta.index
+            await node._inbox_send.send(SnapshotReceived(meta, data))
+    finally:
+        chunks.close()
+        if node._receiver is rx:
+            node._receiver = None
+
+
+def drop_stale_download(node: Node) -> None:
+    """Dispatcher: drop a download the follower no longer needs because its log already
+    reaches the snapshot's index (the leader abandoned the stream and caught it up from the
+    log instead). Without this, the download would hold the snapshot lock, and the follower
+    would never snapshot or compact again."""
+    rx = node._receiver
+    if rx is not None and node._state.commit >= rx.key[0]:
+        node._notify("snapshot-abandoned", SnapshotMeta(rx.key[0], rx.key[1]))
+        rx.scope.cancel()
         node._receiver = None
 
 
