@@ -198,7 +198,12 @@ def test_late_success_below_the_log_start_keeps_the_snapshot_stream() -> None:
     pr.become_snapshot()
     pr.pending_snapshot = 50
     assert pr.on_success(20, 40)
-    assert (pr.state, pr.match, pr.pending_snapshot) == (ProgressState.SNAPSHOT, 20, 50)
+    assert (pr.state, pr.match, pr.next, pr.pending_snapshot) == (
+        ProgressState.SNAPSHOT,
+        20,
+        21,
+        50,
+    )
 
 
 def test_late_success_within_the_log_ends_the_snapshot_stream() -> None:

@@ -129,6 +129,8 @@ class Progress:
         if self.state is ProgressState.SNAPSHOT:
             if self.match >= log_start:
                 self.become_replicate()  # its download is abandoned; it drops it itself
+            else:
+                self.next = max(self.next, self.match + 1)
         elif self.state is ProgressState.PROBE:
             self.become_replicate()
         else:
