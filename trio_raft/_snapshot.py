@@ -109,7 +109,9 @@ def maybe_take(node: Node) -> None:
         return
     node._snapshotting = True
     chunks: Iterable[bytes] = take()
-    node._nursery.start_soon(_save_taken, node, SnapshotMeta(index, term), chunks)
+    node._spawn(
+        node._nursery, "snapshot taker", _save_taken, node, SnapshotMeta(index, term), chunks
+    )
 
 
 async def _save_taken(node: Node, meta: SnapshotMeta, chunks: Iterable[bytes]) -> None:
@@ -225,9 +227,10 @@ def on_chunk(node: Node, m: SnapshotRequest) -> None:
         send_channel, receive_channel = trio.open_memory_channel[bytes](RECEIVE_QUEUE)
         rx = node._receiver = Receiver(key, send_channel, trio.CancelScope())
         assert node._nursery is not None
-        node._nursery.start_soon(
-            _write_received, node, SnapshotMeta(m.index, m.snapshot_term), receive_channel, rx
-        )
+        node._spawn(
+            node._nursery, "snapshot receiver", _write_received, node,
+            SnapshotMeta(m.index, m.snapshot_term), receive_channel, rx,
+        )  # fmt: skip
     if m.offset != rx.received:
         reply(rx.received)
         return

@@ -19,7 +19,7 @@ import trio
 
 from .._abc import StateMachine
 from .._config import Config
-from .._errors import NotLeaderError
+from .._errors import NodeCrashedError, NotLeaderError
 from .._messages import Message
 from .._node import Node, _open_node
 from .._types import NodeId, Role, StoredState
@@ -96,7 +96,12 @@ class SimulatedCluster:
         return self._nodes[node_id]
 
     async def start(self, node_id: NodeId) -> Node:
-        """Start (or restart) ``node_id`` from whatever its storage has synced."""
+        """Start (or restart) ``node_id`` from whatever its storage has synced.
+
+        A node that later stops on an internal error (:class:`~trio_raft.NodeCrashedError`)
+        ends the whole simulation with an :class:`InvariantViolation` ("Fail-stop") that names
+        the seed, with the original exception as its cause.
+        """
         if node_id in self._nodes:
             raise RuntimeError(f"{node_id} is already running; crash it first")
         node: Node = await self._nursery.start(self._run_node, node_id)
@@ -122,6 +127,11 @@ class SimulatedCluster:
                     self.state_machines[node_id] = state_machine
                     task_status.started(node)
                     await trio.sleep_forever()
+        except NodeCrashedError as exc:
+            # Fail loudly, with the seed and the trace: a real node would have stopped here.
+            raise self.checker.fail(
+                "Fail-stop", f"{node_id} crashed on an internal error: {exc}"
+            ) from exc
         finally:
             self._nodes.pop(node_id, None)
             self.state_machines.pop(node_id, None)
