@@ -41,7 +41,7 @@ from . import _snapshot
 from ._abc import StateMachine, Storage, Transport
 from ._codec import FrameError, check_command
 from ._config import Config
-from ._core._log import RaftLog
+from ._core._log import RaftLog, entry_size
 from ._core._progress import ProgressState
 from ._core._state import RaftState, Ready
 from ._errors import (
@@ -134,6 +134,8 @@ class Node:
         self._snapshot_lock = trio.Lock()
         self._snapshot_index = state.log.start_index
         self._snapshotting = False
+        self._applied_bytes = 0
+        """Estimated bytes of commands applied since the last snapshot was started."""
         self._receiver: _snapshot.Receiver | None = None
         self._disk_busy_since = math.inf
         self._disk_watch = Signal()
@@ -566,6 +568,7 @@ class Node:
                 # it goes back to the proposer; the node and the cluster carry on.
                 failure = exc
         self._last_applied = entry.index
+        self._applied_bytes += entry_size(entry)
         self._notify("apply", (entry, _describe_failure(failure) if failure else result))
         proposal = self._proposals.pop(entry.index, None)
         if proposal is None:

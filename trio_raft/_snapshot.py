@@ -3,8 +3,9 @@
 Three flows, all in the node's nursery and all serialized by one lock on the storage's
 snapshot slot (so an older snapshot never replaces a newer one):
 
-* **take** (applier → background task): after ``Config.snapshot_entries`` applied entries the
-  applier captures ``state_machine.snapshot()`` between two applies; a task streams it into
+* **take** (applier → background task): after ``Config.snapshot_entries`` applied entries (or
+  ``Config.snapshot_bytes`` of applied commands) the applier captures
+  ``state_machine.snapshot()`` between two applies; a task streams it into
   ``storage.save_snapshot``; then the dispatcher compacts the log (memory and storage).
 * **send** (a leader's replicator): when a follower needs compacted entries, the replicator
   streams the stored snapshot in chunks of ``Config.snapshot_chunk_bytes``, one chunk in flight
@@ -102,12 +103,17 @@ def maybe_take(node: Node) -> None:
     if take is None or node._snapshotting or node._nursery is None:
         return
     index = node._last_applied
-    if index - node._snapshot_index < node._state.config.snapshot_entries:
+    cfg = node._state.config
+    if (
+        index - node._snapshot_index < cfg.snapshot_entries
+        and node._applied_bytes < cfg.snapshot_bytes
+    ):
         return
     term = node._state.log.term(index)
     if term is None:
         return
     node._snapshotting = True
+    node._applied_bytes = 0
     chunks: Iterable[bytes] = take()
     node._spawn(
         node._nursery, "snapshot taker", _save_taken, node, SnapshotMeta(index, term), chunks
@@ -130,7 +136,9 @@ async def _save_taken(node: Node, meta: SnapshotMeta, chunks: Iterable[bytes]) -
 async def compact_after(node: Node, meta: SnapshotMeta) -> None:
     """Dispatcher: a local snapshot is durable; drop the log before it, keeping a tail."""
     st = node._state
-    index = min(meta.index, st.commit) - st.config.snapshot_keep_entries
+    cfg = st.config
+    end = min(meta.index, st.commit)
+    index = st.log.tail_start(end, cfg.snapshot_keep_entries, cfg.snapshot_bytes)
     term = st.compact(index) if index > 0 else None
     if term is not None:
         await node._storage.compact(index, term)
@@ -304,6 +312,7 @@ async def install(node: Node, event: SnapshotReceived) -> None:
         old_start = st.log.start_index
         node._sm.restore(event.data)  # type: ignore[attr-defined]
         node._last_applied = meta.index
+        node._applied_bytes = 0
         node._notify("restore", meta)
         if not st.install_snapshot(meta):
             await node._storage.save(truncate_from=old_start + 1)

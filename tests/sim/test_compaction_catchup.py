@@ -9,6 +9,7 @@ import trio
 import trio.testing
 
 from trio_raft import AppendResponse, Config, Message, SnapshotResponse
+from trio_raft._core._log import entry_size
 from trio_raft.testing import SimulatedCluster, Verdict, open_simulated_cluster
 
 
@@ -124,3 +125,26 @@ async def test_abandoned_snapshot_download_does_not_stop_compaction(
             await cluster.wait_converged()
             await cluster.wait_logs_bounded()
             assert cluster.node(f)._snapshot_index > base + 20
+
+
+async def test_large_values_trigger_snapshots_by_bytes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """400 overwrites of a 256 KiB value: far below ``snapshot_entries``, but the byte trigger
+    snapshots and compacts, so no node keeps the whole history (+100 MB each before)."""
+    config = Config(snapshot_bytes=1 << 20)
+    value = "v" * (256 << 10)
+    with trio.fail_after(300):
+        async with open_simulated_cluster(3, seed=5, config=config) as cluster:
+            leader = await cluster.wait_leader()
+            for i in range(400):
+                await leader.propose(("put", "k", f"{i}{value}"))
+            await cluster.wait_converged()
+            await cluster.wait_logs_bounded()
+            for nid, node in cluster.nodes.items():
+                log = node._state.log
+                size = sum(
+                    entry_size(log.entry(i)) for i in range(log.start_index + 1, log.last_index + 1)
+                )
+                assert size <= 2 * config.snapshot_bytes + len(value) + 100, (nid, size, len(log))
+                assert log.start_index > 300, (nid, log.start_index)

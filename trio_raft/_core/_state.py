@@ -24,7 +24,7 @@ from .._messages import (
     VoteResponse,
 )
 from .._types import Entry, EntryKind, HardState, NodeId, Role, SnapshotMeta, StoredState
-from ._log import RaftLog
+from ._log import RaftLog, entry_size
 from ._progress import Progress, ProgressState
 from ._quorum import VoteResult, committed_index, vote_result
 
@@ -554,8 +554,8 @@ class RaftState:
         entries = self.log.slice(start, start + cfg.max_entries_per_append)
         size = 0
         for i, e in enumerate(entries):
-            entry_size = len(repr(e.command))
-            if size + entry_size > cfg.max_bytes_per_append and i > 0:
+            e_size = entry_size(e)
+            if size + e_size > cfg.max_bytes_per_append and i > 0:
                 return entries[:i], size
-            size += entry_size
+            size += e_size
         return entries, size
