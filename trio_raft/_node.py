@@ -713,7 +713,7 @@ async def _open_node(
                 finally:
                     nursery.cancel_scope.cancel()
     except BaseException as exc:
-        if node._crash is None or isinstance(exc, NodeCrashedError):
+        if node._crash is None or isinstance(exc, (NodeCrashedError, KeyboardInterrupt)):
             raise
         # Tasks stopped by the crash may add their own errors: the crash is the story.
         raise node._crash_error() from node._crash[1]
