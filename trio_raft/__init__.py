@@ -12,6 +12,7 @@ from ._codec import FrameError as FrameError
 from ._config import Config as Config
 from ._errors import LeadershipLostError as LeadershipLostError
 from ._errors import NodeClosedError as NodeClosedError
+from ._errors import NodeCrashedError as NodeCrashedError
 from ._errors import NotLeaderError as NotLeaderError
 from ._errors import ProposalDroppedError as ProposalDroppedError
 from ._errors import RaftError as RaftError

@@ -52,12 +52,19 @@ class Config:
     """A leader refuses proposals (:class:`TooManyUncommittedError`) beyond this many uncommitted
     entries, so a leader cut off from its followers cannot grow without bound."""
     snapshot_entries: int = attrs.field(default=10_000, validator=_positive_int)
-    """Take a snapshot once this many entries were applied since the last one, then compact the
-    log. Only for state machines that implement ``snapshot``/``restore``
+    """Take a snapshot once this many entries were applied since the last one (or
+    :attr:`snapshot_bytes` of commands, whichever comes first), then compact the log. Only
+    for state machines that implement ``snapshot``/``restore``
     (:class:`SnapshottingStateMachine`); other logs grow without bound."""
+    snapshot_bytes: int = attrs.field(default=64 << 20, validator=_positive_int)
+    """Also take a snapshot once the commands applied since the last one add up to this many
+    bytes, and keep at most this many bytes of entries before a snapshot's index when
+    compacting, so a log of large commands stays within about twice this much memory. Sizes are
+    estimated as for :attr:`max_bytes_per_append`."""
     snapshot_keep_entries: int = attrs.field(default=1_000, validator=_non_negative_int)
-    """How many entries before a snapshot's index compaction keeps, so that a follower that is
-    only a little behind catches up from the log rather than by a whole snapshot."""
+    """How many entries before a snapshot's index compaction keeps (at most
+    :attr:`snapshot_bytes` of them), so that a follower that is only a little behind catches up
+    from the log rather than by a whole snapshot. 0 keeps none."""
     snapshot_chunk_bytes: int = attrs.field(default=1 << 20, validator=_positive_int)
     """At most this many bytes of snapshot per InstallSnapshot message."""
     disk_stall_s: float = attrs.field(default=1.0, validator=_positive_float)

@@ -2,6 +2,7 @@
 
     RaftError
     ├── NodeClosedError          you used a node after it shut down (your fault)
+    ├── NodeCrashedError         a node task hit an internal error (a bug): the node stopped
     ├── NotLeaderError           not the leader: nothing was appended; retry on .leader_id
     ├── LeadershipLostError      leadership lost after appending: the outcome is UNKNOWN
     ├── ProposalDroppedError     definitely not committed (overwritten or refused)
@@ -66,3 +67,28 @@ class TooManyUncommittedError(ProposalDroppedError):
 
     This is back-pressure: followers are slow or unreachable. The proposal was not appended.
     """
+
+
+class NodeCrashedError(RaftError):
+    """A task of the node raised an unexpected exception (a bug, to be reported) and the node
+    stopped (fail-stop), as a whole, rather than run on with a dead task.
+
+    It leaves :func:`~trio_raft.open_node`, and fails the proposals and reads still waiting on
+    the node; the original exception is its ``__cause__``. A proposal failing with it has an
+    *unknown* outcome, as with :class:`LeadershipLostError`. The node's durable state is as
+    consistent as after a crash: open a new node on the same storage to carry on.
+
+    Attributes:
+        node_id: The node that stopped.
+        task: The task that raised (``"dispatcher"``, ``"applier"``, ``"replicator n1->n2"`` ...).
+    """
+
+    def __init__(self, node_id: NodeId, task: str, cause: BaseException) -> None:
+        self.node_id = node_id
+        self.task = task
+        super().__init__(
+            f"node {node_id!r} stopped: its {task} task raised {type(cause).__name__}: "
+            f"{cause}. This is a bug (in trio-raft, or in the state machine if the traceback "
+            "ends in it); please report it with the traceback. Reopen the node on the same "
+            "storage to carry on"
+        )

@@ -16,15 +16,22 @@ Only the dispatcher changes the Raft state. Replicators read the log and update 
 follower's send-side progress through synchronous calls, so no await ever splits a decision.
 A role or term change cancels the role's scope before the dispatcher awaits anything: no
 replicator of an old term runs another step.
+
+Every task runs under :meth:`Node._guard`: an unexpected exception (a bug) stops the whole node
+(fail-stop) with one CRITICAL line on the ``trio_raft`` logger naming the node and the task,
+fails every waiting proposal and read with :class:`NodeCrashedError`, and leaves
+:func:`open_node` as that error (the original is its ``__cause__``). A :class:`RaftError`
+(say, a :class:`StorageError`) is the world failing, not a bug: it leaves as it is.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import random
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Protocol, final
+from typing import Final, Protocol, final
 
 import attrs
 import cbor2
@@ -34,21 +41,24 @@ from . import _snapshot
 from ._abc import StateMachine, Storage, Transport
 from ._codec import FrameError, check_command
 from ._config import Config
-from ._core._log import RaftLog
+from ._core._log import RaftLog, entry_size
 from ._core._progress import ProgressState
 from ._core._state import RaftState, Ready
 from ._errors import (
     LeadershipLostError,
     NodeClosedError,
+    NodeCrashedError,
     NotLeaderError,
     ProposalDroppedError,
     RaftError,
 )
-from ._messages import MESSAGE_TYPES, Message, SnapshotRequest
+from ._messages import MESSAGE_TYPES, AppendRequest, Message, SnapshotRequest
 from ._status import FollowerStatus, Status
 from ._sync import Broadcast, Signal, Waiter
 from ._types import Entry, EntryKind, NodeId, Role, SnapshotMeta, StoredState
 from ._util import unwrap_single_exception_group
+
+logger: Final = logging.getLogger("trio_raft")
 
 INBOX_SIZE = 256
 """Bound of a node's inbox. Everything queued when the dispatcher wakes is handled as one batch
@@ -124,10 +134,14 @@ class Node:
         self._snapshot_lock = trio.Lock()
         self._snapshot_index = state.log.start_index
         self._snapshotting = False
+        self._applied_bytes = 0
+        """Estimated bytes of commands applied since the last snapshot was started."""
         self._receiver: _snapshot.Receiver | None = None
         self._disk_busy_since = math.inf
         self._disk_watch = Signal()
         self._disk_idle = trio.Event()
+        self._crash: tuple[str, Exception] | None = None
+        """``(task, exception)`` of the internal error that stopped the node, if one did."""
 
     # -- public API --------------------------------------------------------------------------
 
@@ -224,6 +238,8 @@ class Node:
     # -- plumbing ----------------------------------------------------------------------------
 
     async def _submit(self, event: _Event) -> None:
+        if self._crash is not None:
+            raise self._crash_error() from self._crash[1]
         if self._closed:
             raise NodeClosedError(f"node {self._id!r} has shut down; open a new node")
         try:
@@ -234,21 +250,70 @@ class Node:
     def _start(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
         self._reset_election_timer()
-        nursery.start_soon(self._pump, name=f"trio_raft pump {self._id}")
-        nursery.start_soon(self._dispatch, name=f"trio_raft dispatcher {self._id}")
-        nursery.start_soon(self._run_election_timer, name=f"trio_raft timer {self._id}")
-        nursery.start_soon(self._apply, name=f"trio_raft applier {self._id}")
-        nursery.start_soon(self._run_roles, name=f"trio_raft roles {self._id}")
-        nursery.start_soon(self._watch_disk, name=f"trio_raft disk watchdog {self._id}")
+        self._spawn(nursery, "pump", self._pump)
+        self._spawn(nursery, "dispatcher", self._dispatch)
+        self._spawn(nursery, "timer", self._run_election_timer)
+        self._spawn(nursery, "applier", self._apply)
+        self._spawn(nursery, "roles", self._run_roles)
+        self._spawn(nursery, "disk watchdog", self._watch_disk)
+
+    def _spawn(
+        self, nursery: trio.Nursery, task: str, fn: Callable[..., Awaitable[object]], *args: object
+    ) -> None:
+        """Start ``fn(*args)`` in ``nursery`` as task ``task`` of this node, under the guard."""
+        nursery.start_soon(self._guard, task, fn, *args, name=f"trio_raft {task} {self._id}")
+
+    async def _guard(self, task: str, fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        """Run one task of the node; turn an internal error into a fail-stop of the node."""
+        try:
+            await fn(*args)
+        except RaftError:
+            raise  # the world failed (e.g. storage): not a bug, keeps its type
+        except Exception as exc:
+            if self._crash is None:
+                self._crash = (task, exc)
+                logger.critical(
+                    "node %r stopped: internal error in its %s task (%s: %s); this is a bug, "
+                    "please report it with this traceback",
+                    self._id, task, type(exc).__name__, exc, exc_info=exc,
+                )  # fmt: skip
+                self._fail_waiters()
+            raise self._crash_error() from self._crash[1]
+
+    def _crash_error(self) -> NodeCrashedError:
+        assert self._crash is not None
+        task, exc = self._crash
+        error = NodeCrashedError(self._id, task, exc)
+        error.__cause__ = exc  # also for the waiters it fails (never raised here)
+        return error
+
+    def _fail_waiters(self) -> None:
+        """The node crashed: fail everything waiting on it (they would wait forever)."""
+        for event in self._drain_inbox():
+            if isinstance(event, (_Propose, _Read)):
+                event.waiter.fail(self._crash_error())
+        for _, waiter in self._proposals.values():
+            waiter.fail(self._crash_error())
+        self._proposals.clear()
+        for read in [*self._reads.values(), *(w for _, w in self._reads_to_apply)]:
+            read.fail(self._crash_error())
+        self._reads.clear()
+        self._reads_to_apply.clear()
+        self._changed.notify()
+
+    def _drain_inbox(self) -> list[_Event]:
+        events = []
+        while True:
+            try:
+                events.append(self._inbox.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return events
 
     def _close(self) -> None:
         self._closed = True
         self._inbox_send.close()
-        while True:  # requests that never reached the dispatcher were never appended
-            try:
-                event = self._inbox.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
+        # Requests that never reached the dispatcher were never appended.
+        for event in self._drain_inbox():
             if isinstance(event, (_Propose, _Read)):
                 event.waiter.fail(NodeClosedError(f"node {self._id!r} shut down; not appended"))
         for _, waiter in self._proposals.values():
@@ -297,6 +362,8 @@ class Node:
             st.step(event, now)
             if isinstance(event, SnapshotRequest):
                 _snapshot.on_chunk(self, event)
+            elif isinstance(event, AppendRequest):
+                _snapshot.drop_stale_download(self)
         elif isinstance(event, _Propose):
             try:
                 (entry,) = st.propose([event.command])
@@ -377,8 +444,9 @@ class Node:
         st = self._state
         if self._role_scope is not None:
             self._role_scope.cancel()
-        if self._receiver is not None:  # a download from a former leader
-            self._receiver.scope.cancel()
+        rx = self._receiver
+        if rx is not None and (st.role is not Role.FOLLOWER or rx.key[2] != st.term):
+            rx.scope.cancel()  # a download from a former leader (not one that just started)
             self._receiver = None
         self._notify("role", (st.role, st.term))
         if st.role is not Role.LEADER:
@@ -436,6 +504,8 @@ class Node:
         async with trio.open_nursery() as nursery:
             for peer in self._state.peers:
                 nursery.start_soon(
+                    self._guard,
+                    f"replicator {self._id}->{peer}",
                     self._replicate,
                     peer,
                     term,
@@ -498,6 +568,7 @@ class Node:
                 # it goes back to the proposer; the node and the cluster carry on.
                 failure = exc
         self._last_applied = entry.index
+        self._applied_bytes += entry_size(entry)
         self._notify("apply", (entry, _describe_failure(failure) if failure else result))
         proposal = self._proposals.pop(entry.index, None)
         if proposal is None:
@@ -641,5 +712,10 @@ async def _open_node(
                     yield node
                 finally:
                     nursery.cancel_scope.cancel()
+    except BaseException as exc:
+        if node._crash is None or isinstance(exc, (NodeCrashedError, KeyboardInterrupt)):
+            raise
+        # Tasks stopped by the crash may add their own errors: the crash is the story.
+        raise node._crash_error() from node._crash[1]
     finally:
         node._close()

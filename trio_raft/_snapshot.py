@@ -3,8 +3,9 @@
 Three flows, all in the node's nursery and all serialized by one lock on the storage's
 snapshot slot (so an older snapshot never replaces a newer one):
 
-* **take** (applier → background task): after ``Config.snapshot_entries`` applied entries the
-  applier captures ``state_machine.snapshot()`` between two applies; a task streams it into
+* **take** (applier → background task): after ``Config.snapshot_entries`` applied entries (or
+  ``Config.snapshot_bytes`` of applied commands) the applier captures
+  ``state_machine.snapshot()`` between two applies; a task streams it into
   ``storage.save_snapshot``; then the dispatcher compacts the log (memory and storage).
 * **send** (a leader's replicator): when a follower needs compacted entries, the replicator
   streams the stored snapshot in chunks of ``Config.snapshot_chunk_bytes``, one chunk in flight
@@ -13,6 +14,9 @@ snapshot slot (so an older snapshot never replaces a newer one):
 * **receive** (a follower's dispatcher): chunks for the current leader's snapshot are fed, in
   order, to a task writing them to storage; once the last one is durable the dispatcher
   restores the state machine, adopts the snapshot in the Raft log and acknowledges.
+  A download holds the snapshot lock, so one the leader abandons half-way must not live on:
+  it is dropped when a newer stream starts, when the follower's log moves past the snapshot
+  (:func:`drop_stale_download`), and when no chunk has come for `abandon_after_s`.
 """
 
 from __future__ import annotations
@@ -33,6 +37,16 @@ if TYPE_CHECKING:
 
 RECEIVE_QUEUE = 4
 """Chunks a follower buffers between the dispatcher and its snapshot writer task."""
+
+ABANDON_ELECTION_TIMEOUTS = 4
+"""A follower drops a snapshot download after this many (maximum) election timeouts without a
+chunk: a live leader resends an unacknowledged chunk every two heartbeats, so that long a
+silence means the leader gave the stream up (or lost leadership without our noticing)."""
+
+
+def abandon_after_s(node: Node) -> float:
+    """How long a follower's snapshot download may go without a chunk before it is dropped."""
+    return ABANDON_ELECTION_TIMEOUTS * node._state.config.election_timeout_s_max
 
 
 @attrs.frozen
@@ -89,14 +103,21 @@ def maybe_take(node: Node) -> None:
     if take is None or node._snapshotting or node._nursery is None:
         return
     index = node._last_applied
-    if index - node._snapshot_index < node._state.config.snapshot_entries:
+    cfg = node._state.config
+    if (
+        index - node._snapshot_index < cfg.snapshot_entries
+        and node._applied_bytes < cfg.snapshot_bytes
+    ):
         return
     term = node._state.log.term(index)
     if term is None:
         return
     node._snapshotting = True
+    node._applied_bytes = 0
     chunks: Iterable[bytes] = take()
-    node._nursery.start_soon(_save_taken, node, SnapshotMeta(index, term), chunks)
+    node._spawn(
+        node._nursery, "snapshot taker", _save_taken, node, SnapshotMeta(index, term), chunks
+    )
 
 
 async def _save_taken(node: Node, meta: SnapshotMeta, chunks: Iterable[bytes]) -> None:
@@ -115,7 +136,9 @@ async def _save_taken(node: Node, meta: SnapshotMeta, chunks: Iterable[bytes]) -
 async def compact_after(node: Node, meta: SnapshotMeta) -> None:
     """Dispatcher: a local snapshot is durable; drop the log before it, keeping a tail."""
     st = node._state
-    index = min(meta.index, st.commit) - st.config.snapshot_keep_entries
+    cfg = st.config
+    end = min(meta.index, st.commit)
+    index = st.log.tail_start(end, cfg.snapshot_keep_entries, cfg.snapshot_bytes)
     term = st.compact(index) if index > 0 else None
     if term is not None:
         await node._storage.compact(index, term)
@@ -212,9 +235,10 @@ def on_chunk(node: Node, m: SnapshotRequest) -> None:
         send_channel, receive_channel = trio.open_memory_channel[bytes](RECEIVE_QUEUE)
         rx = node._receiver = Receiver(key, send_channel, trio.CancelScope())
         assert node._nursery is not None
-        node._nursery.start_soon(
-            _write_received, node, SnapshotMeta(m.index, m.snapshot_term), receive_channel, rx
-        )
+        node._spawn(
+            node._nursery, "snapshot receiver", _write_received, node,
+            SnapshotMeta(m.index, m.snapshot_term), receive_channel, rx,
+        )  # fmt: skip
     if m.offset != rx.received:
         reply(rx.received)
         return
@@ -235,20 +259,48 @@ async def _write_received(
     node: Node, meta: SnapshotMeta, chunks: trio.MemoryReceiveChannel[bytes], rx: Receiver
 ) -> None:
     data: list[bytes] = []
+    patience_s = abandon_after_s(node)
 
     async def tee() -> AsyncIterator[bytes]:
-        async for chunk in chunks:
-            data.append(chunk)
-            yield chunk
+        while True:
+            chunk: bytes | None = None
+            with trio.move_on_after(patience_s):
+                try:
+                    chunk = await chunks.receive()
+                except trio.EndOfChannel:
+                    return
+            if chunk is None:
+                # The leader went quiet: drop the download (and the snapshot lock with it).
+                node._notify("snapshot-abandoned", meta)
+                rx.scope.cancel()
+                await trio.lowlevel.checkpoint()  # raises Cancelled
+            else:
+                data.append(chunk)
+                yield chunk
 
-    with rx.scope:
-        async with node._snapshot_lock:
-            if meta.index <= node._snapshot_index:
-                return
-            await node._storage.save_snapshot(meta, tee())
-            node._snapshot_index = meta.index
-        await node._inbox_send.send(SnapshotReceived(meta, data))
-    if node._receiver is rx:
+    try:
+        with rx.scope:
+            async with node._snapshot_lock:
+                if meta.index <= node._snapshot_index:
+                    return
+                await node._storage.save_snapshot(meta, tee())
+                node._snapshot_index = meta.index
+            await node._inbox_send.send(SnapshotReceived(meta, data))
+    finally:
+        chunks.close()
+        if node._receiver is rx:
+            node._receiver = None
+
+
+def drop_stale_download(node: Node) -> None:
+    """Dispatcher: drop a download the follower no longer needs because its log already
+    reaches the snapshot's index (the leader abandoned the stream and caught it up from the
+    log instead). Without this, the download would hold the snapshot lock, and the follower
+    would never snapshot or compact again."""
+    rx = node._receiver
+    if rx is not None and node._state.commit >= rx.key[0]:
+        node._notify("snapshot-abandoned", SnapshotMeta(rx.key[0], rx.key[1]))
+        rx.scope.cancel()
         node._receiver = None
 
 
@@ -260,6 +312,7 @@ async def install(node: Node, event: SnapshotReceived) -> None:
         old_start = st.log.start_index
         node._sm.restore(event.data)  # type: ignore[attr-defined]
         node._last_applied = meta.index
+        node._applied_bytes = 0
         node._notify("restore", meta)
         if not st.install_snapshot(meta):
             await node._storage.save(truncate_from=old_start + 1)

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_raft._core._log import RaftLog
+from trio_raft._config import Config
+from trio_raft._core._log import RaftLog, entry_size
 from trio_raft._types import Entry
 
 
@@ -270,3 +271,21 @@ def test_find_conflict_is_zero_for_any_subset_of_the_log(
     log = RaftLog(entries(*terms))
     picked = data.draw(st.lists(st.sampled_from(entries(*terms)), max_size=10)) if terms else []
     assert log.find_conflict(picked) == 0
+
+
+def test_tail_start_keeps_at_most_so_many_entries_and_bytes() -> None:
+    log = RaftLog([Entry(1, i, "x" * 8) for i in range(1, 11)])  # each command: 10 bytes
+    assert entry_size(log.entry(1)) == 10
+    assert log.tail_start(10, max_entries=3, max_bytes=1000) == 7  # keeps 8..10
+    assert log.tail_start(10, max_entries=100, max_bytes=25) == 8  # 2 entries fit in 25 bytes
+    assert log.tail_start(10, max_entries=0, max_bytes=1000) == 10  # keeps none
+    assert log.tail_start(10, max_entries=100, max_bytes=5) == 10  # not even one fits
+    assert log.tail_start(6, max_entries=100, max_bytes=1000) == 0  # never below the start
+    log.compact(4)
+    assert log.tail_start(6, max_entries=100, max_bytes=1000) == 4
+
+
+def test_config_validates_snapshot_bytes() -> None:
+    assert Config().snapshot_bytes == 64 << 20
+    with pytest.raises(ValueError, match="snapshot_bytes must be >= 1"):
+        Config(snapshot_bytes=0)

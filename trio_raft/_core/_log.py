@@ -7,6 +7,12 @@ from collections.abc import Sequence
 from .._types import Entry
 
 
+def entry_size(entry: Entry) -> int:
+    """The estimated size of an entry's command in bytes: cheap, and the same estimate for
+    batching AppendEntries and for the byte-based snapshot trigger."""
+    return len(repr(entry.command))
+
+
 class RaftLog:
     """The log: a compacted prefix, summarised by ``(start_index, start_term)``, followed by a
     contiguous run of entries ``start_index + 1 .. last_index``.
@@ -68,6 +74,20 @@ class RaftLog:
         """Entries with ``lo <= index < hi``, clamped to the uncompacted log."""
         base = self.start_index + 1
         return self._entries[max(lo - base, 0) : max(hi - base, 0)]
+
+    def tail_start(self, end: int, max_entries: int, max_bytes: int) -> int:
+        """The index to compact up to so that at most ``max_entries`` entries ending at ``end``
+        remain before ``end + 1``, and at most ``max_bytes`` of them (by `entry_size`); never
+        below ``start_index``."""
+        index = end
+        size = 0
+        lowest = max(self.start_index, end - max_entries)
+        while index > lowest:
+            size += entry_size(self.entry(index))
+            if size > max_bytes:
+                break
+            index -= 1
+        return index
 
     def is_up_to_date(self, last_index: int, last_term: int) -> bool:
         """Whether a log ending at ``(last_index, last_term)`` is at least as up-to-date as this one

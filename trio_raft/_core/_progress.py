@@ -10,6 +10,11 @@ A follower is in one of two states (etcd's terminology):
   replicator streams its snapshot instead, and probes again once it is installed.
 
 Invariant: ``0 <= match < next``.
+
+Every transition lives here; :meth:`RaftState.next_append` applies the time-driven ones
+(:meth:`Progress.on_stall`) *before* deciding between entries and a snapshot, so that an
+AppendEntries is only ever built when ``next`` is past the leader's compacted prefix (see
+:doc:`design`, "Replication after compaction").
 """
 
 from __future__ import annotations
@@ -101,12 +106,32 @@ class Progress:
             self.inflight.append(_Inflight(last_index, size, now))
             self.inflight_bytes += size
 
-    def on_success(self, match_index: int) -> bool:
-        """A follower confirmed it matches up to ``match_index``. Returns whether ``match`` grew."""
+    def on_stall(self) -> None:
+        """Nothing came back for two heartbeat periods: resend the probe, or fall back to
+        probing from ``match + 1`` if a replicate window got lost (``next`` may then lie in the
+        compacted prefix: the caller checks that before building a message)."""
+        if self.state is ProgressState.PROBE:
+            self.probe_sent = False
+        elif self.state is ProgressState.REPLICATE:
+            self.become_probe()
+
+    def on_success(self, match_index: int, log_start: int) -> bool:
+        """A follower confirmed it matches up to ``match_index``. Returns whether ``match`` grew.
+
+        ``log_start`` is the leader's ``log.start_index``. A follower being sent a snapshot
+        leaves ``SNAPSHOT`` on a late AppendEntries success only if the log can serve it from
+        there (``match >= log_start``); otherwise the snapshot stream carries on, so the
+        follower is never left with a ``next`` inside the compacted prefix.
+        """
         if match_index <= self.match:
             return False  # a duplicate or stale answer
         self.match = match_index
-        if self.state is not ProgressState.REPLICATE:
+        if self.state is ProgressState.SNAPSHOT:
+            if self.match >= log_start:
+                self.become_replicate()  # its download is abandoned; it drops it itself
+            else:
+                self.next = max(self.next, self.match + 1)
+        elif self.state is ProgressState.PROBE:
             self.become_replicate()
         else:
             self.next = max(self.next, match_index + 1)

@@ -24,7 +24,7 @@ from .._messages import (
     VoteResponse,
 )
 from .._types import Entry, EntryKind, HardState, NodeId, Role, SnapshotMeta, StoredState
-from ._log import RaftLog
+from ._log import RaftLog, entry_size
 from ._progress import Progress, ProgressState
 from ._quorum import VoteResult, committed_index, vote_result
 
@@ -371,7 +371,7 @@ class RaftState:
             pr.acked_seq = m.seq
             self._confirm_reads()
         if m.success:
-            if pr.on_success(m.match_index):
+            if pr.on_success(m.match_index, self.log.start_index):
                 self._maybe_commit()
         elif m.rejected_index > 0:  # 0: refused for its term, not for a mismatch
             hint = m.conflict_index
@@ -497,20 +497,22 @@ class RaftState:
         """What the replicator for ``peer`` should send now, if anything; records it as sent.
 
         Entries go out while the flow-control window allows; otherwise a heartbeat goes out
-        when one is due or a read is waiting for confirmation.
+        when one is due or a read is waiting for confirmation. ``None`` also when the follower
+        needs the snapshot (its progress is then in ``SNAPSHOT``: the replicator streams it).
+
+        Every transition (stall handling included) happens before the entries-or-snapshot
+        decision, so a returned request always satisfies: ``prev_index >= log.start_index``,
+        ``prev_term`` is the term there, and its entries are non-empty only if they run
+        contiguously from ``prev_index + 1``.
         """
         pr = self.progress[peer]
         cfg = self.config
+        if heartbeat_due and pr.stalled(now, 2 * cfg.heartbeat_s):
+            pr.on_stall()  # the probe, or the in-flight window, got lost
+        if pr.state is not ProgressState.SNAPSHOT and pr.next <= self.log.start_index:
+            pr.become_snapshot()  # what it needs next is compacted away
         if pr.state is ProgressState.SNAPSHOT:
             return None  # the replicator is streaming a snapshot (its chunks keep the lease)
-        if pr.next <= self.log.start_index:
-            pr.become_snapshot()  # what it needs next is compacted away
-            return None
-        if heartbeat_due and pr.stalled(now, 2 * cfg.heartbeat_s):
-            if pr.state is ProgressState.PROBE:
-                pr.probe_sent = False  # the probe or its answer got lost: send it again
-            else:
-                pr.become_probe()  # the in-flight window got lost: fall back to probing
         if pr.next <= self.log.last_index and pr.can_send_entries(
             cfg.max_inflight_appends, cfg.max_inflight_bytes
         ):
@@ -519,26 +521,42 @@ class RaftState:
             pr.sent_entries(entries[-1].index, size, now)
             pr.sent_seq = self.seq
             return AppendRequest(
-                self.id, peer, self.term, prev, self.log.term(prev) or 0, tuple(entries),
+                self.id, peer, self.term, prev, self._known_term(prev), tuple(entries),
                 self.commit, self.seq,
             )  # fmt: skip
         if heartbeat_due or pr.sent_seq < self.seq:
             pr.sent_seq = self.seq
-            prev = pr.match
+            # Where the logs are known to match; if that is compacted, the compaction point
+            # (a follower without it rejects, and the rejection sends it a snapshot).
+            prev = max(pr.match, self.log.start_index)
             return AppendRequest(
-                self.id, peer, self.term, prev, self.log.term(prev) or 0, (),
-                min(self.commit, pr.match), self.seq,
+                self.id, peer, self.term, prev, self._known_term(prev), (),
+                min(self.commit, prev), self.seq,
             )  # fmt: skip
         return None
+
+    def _known_term(self, index: int) -> int:
+        term = self.log.term(index)
+        if term is None:
+            raise AssertionError(
+                f"{self.id}: no term for index {index} (log {self.log.start_index}.."
+                f"{self.log.last_index}): an AppendEntries must start in the log"
+            )
+        return term
 
     def _batch(self, start: int) -> tuple[list[Entry], int]:
         """Entries from ``start`` within the per-message limits, and their estimated size."""
         cfg = self.config
+        if not self.log.start_index < start <= self.log.last_index:
+            raise AssertionError(
+                f"{self.id}: batch from {start} outside the log "
+                f"({self.log.start_index + 1}..{self.log.last_index})"
+            )
         entries = self.log.slice(start, start + cfg.max_entries_per_append)
         size = 0
         for i, e in enumerate(entries):
-            entry_size = len(repr(e.command))
-            if size + entry_size > cfg.max_bytes_per_append and i > 0:
+            e_size = entry_size(e)
+            if size + e_size > cfg.max_bytes_per_append and i > 0:
                 return entries[:i], size
-            size += entry_size
+            size += e_size
         return entries, size

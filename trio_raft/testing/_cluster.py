@@ -19,13 +19,13 @@ import trio
 
 from .._abc import StateMachine
 from .._config import Config
-from .._errors import NotLeaderError
+from .._errors import NodeCrashedError, NotLeaderError
 from .._messages import Message
 from .._node import Node, _open_node
 from .._types import NodeId, Role, StoredState
 from .._util import unwrap_single_exception_group
 from ._determinism import seed_scheduler
-from ._invariants import InvariantChecker
+from ._invariants import InvariantChecker, unbounded_logs
 from ._kv import KVStateMachine
 from ._network import MemoryNetwork, Verdict
 from ._storage import SimulatedStorage
@@ -96,7 +96,12 @@ class SimulatedCluster:
         return self._nodes[node_id]
 
     async def start(self, node_id: NodeId) -> Node:
-        """Start (or restart) ``node_id`` from whatever its storage has synced."""
+        """Start (or restart) ``node_id`` from whatever its storage has synced.
+
+        A node that later stops on an internal error (:class:`~trio_raft.NodeCrashedError`)
+        ends the whole simulation with an :class:`InvariantViolation` ("Fail-stop") that names
+        the seed, with the original exception as its cause.
+        """
         if node_id in self._nodes:
             raise RuntimeError(f"{node_id} is already running; crash it first")
         node: Node = await self._nursery.start(self._run_node, node_id)
@@ -122,6 +127,11 @@ class SimulatedCluster:
                     self.state_machines[node_id] = state_machine
                     task_status.started(node)
                     await trio.sleep_forever()
+        except NodeCrashedError as exc:
+            # Fail loudly, with the seed and the trace: a real node would have stopped here.
+            raise self.checker.fail(
+                "Fail-stop", f"{node_id} crashed on an internal error: {exc}"
+            ) from exc
         finally:
             self._nodes.pop(node_id, None)
             self.state_machines.pop(node_id, None)
@@ -209,6 +219,33 @@ class SimulatedCluster:
                 statuses = [n.status for n in self._nodes.values()]
                 if all(s.last_applied == top and s.commit_index == top for s in statuses):
                     return
+            await trio.sleep(poll_s)
+
+    async def wait_logs_bounded(
+        self, *, timeout_s: float | None = None, poll_s: float = 0.05
+    ) -> None:
+        """Liveness check for a healed, settled cluster: wait until every running node's
+        un-compacted log is within ``snapshot_entries + snapshot_keep_entries`` (plus the
+        entries it has not applied yet).
+
+        Args:
+            timeout_s: How long (virtual time) the nodes get to take and install their
+                snapshots; by default ten maximum election timeouts (an abandoned snapshot
+                download is dropped after four).
+            poll_s: How often to look.
+
+        Raises:
+            InvariantViolation: some node's log stayed over the bound (names the seed).
+        """
+        if timeout_s is None:
+            timeout_s = 10 * self.config.election_timeout_s_max
+        deadline = trio.current_time() + timeout_s
+        while True:
+            problems = unbounded_logs(self._nodes.values())
+            if not problems:
+                return
+            if trio.current_time() >= deadline:
+                raise self.checker.fail("Bounded log", "; ".join(problems))
             await trio.sleep(poll_s)
 
     async def deliver(self, message: Message, *, settle_s: float = 0.01) -> list[Message]:

@@ -11,12 +11,22 @@ node) and raises :class:`InvariantViolation` at the first event that breaks:
 * **Leader Completeness**: a new leader's log holds every entry committed before its term.
 * **State Machine Safety**: every node applies the same entry, with the same result, at each
   index; each node applies indexes in order, each once.
+
+One liveness property is checked on demand, once a cluster is healed and settled
+(:meth:`SimulatedCluster.wait_logs_bounded`, part of every chaos run), with
+:func:`unbounded_logs`:
+
+* **Bounded log**: a node whose state machine takes snapshots keeps at most
+  ``snapshot_entries + snapshot_keep_entries`` entries beyond those it has not applied yet (a
+  node that stops snapshotting, say because an abandoned download holds its snapshot slot,
+  grows without bound and breaks no safety property).
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, cast
 
 import trio
@@ -37,6 +47,36 @@ def _describe(data: object) -> str:
         extra = f" [{entries[0].index}..{entries[-1].index}]" if entries else ""
         return f"'{type(data).__name__} {data.src}->{data.dst} t{data.term}{extra}'"
     return repr(data)
+
+
+def log_bound(node: Node) -> int | None:
+    """The most entries ``node``'s un-compacted log may hold once settled, or ``None`` if its
+    state machine takes no snapshots (its log grows by design).
+
+    ``snapshot_entries + snapshot_keep_entries``, plus the entries it has not applied yet (a
+    snapshot covers only applied entries).
+    """
+    if getattr(node.state_machine, "snapshot", None) is None:
+        return None
+    cfg = node._state.config
+    unapplied = node._state.log.last_index - node.status.last_applied
+    return cfg.snapshot_entries + cfg.snapshot_keep_entries + unapplied
+
+
+def unbounded_logs(nodes: Iterable[Node]) -> list[str]:
+    """Describe every node whose un-compacted log exceeds :func:`log_bound` (empty if none)."""
+    problems = []
+    for node in nodes:
+        bound = log_bound(node)
+        log = node._state.log
+        if bound is not None and len(log) > bound:
+            problems.append(
+                f"{node.id} holds {len(log)} entries ({log.start_index + 1}..{log.last_index}), "
+                f"over the bound {bound}; its snapshot is at {node._snapshot_index}, applied "
+                f"{node.status.last_applied}, a download in progress: "
+                f"{node._receiver is not None}, taking a snapshot: {node._snapshotting}"
+            )
+    return problems
 
 
 class InvariantViolation(RaftError):
@@ -126,9 +166,9 @@ class InvariantChecker:
             meta = cast("SnapshotMeta", data)
             self.record(nid, "restore", (meta.index, meta.term))
             self._on_restore(nid, meta)
-        elif event == "snapshot":
+        elif event in ("snapshot", "snapshot-abandoned"):
             meta = cast("SnapshotMeta", data)
-            self.record(nid, "snapshot", (meta.index, meta.term))
+            self.record(nid, event, (meta.index, meta.term))
         elif event == "apply":
             entry, result = cast("tuple[Entry, object]", data)
             self.record(nid, "apply", (entry.index, entry.term, entry.command, result))

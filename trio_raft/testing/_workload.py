@@ -258,6 +258,7 @@ async def run_chaos(
                 + "\n"
                 + cluster.checker.format_trace()
             )
+        await cluster.wait_logs_bounded()  # no node may have stopped compacting
         states = {nid: _state_of(sm) for nid, sm in cluster.state_machines.items()}
         if any(s != next(iter(states.values())) for s in states.values()):
             raise AssertionError(f"seed={seed}: replicas differ after converging: {states}")
