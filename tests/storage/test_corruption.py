@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import struct
+from collections.abc import AsyncIterator
 
 import attrs
 import pytest
@@ -20,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trio_raft import Entry, HardState, StoredState
+from trio_raft._types import SnapshotMeta
 from trio_raft._wal._errors import StorageCorruptError
 from trio_raft._wal._file_storage import open_file_storage
 from trio_raft._wal._segments import FRAME
@@ -52,6 +54,7 @@ async def _build() -> Truth:
         # A truncation reaching into an older segment starts a new one.
         await s.save(truncate_from=52, entries=[Entry(2, i, {"i": i}) for i in range(52, 62)])
         await s.sync()
+        await s.save_snapshot(SnapshotMeta(5, 1), _one(b"state at 5"))
         await s.compact(5, 1)
         state = await s.load()
         last = s._wal.segments[-1]
@@ -60,6 +63,10 @@ async def _build() -> Truth:
         header_bytes = last.header_bytes
     assert len(segments) >= 4
     return Truth(fs.files(), state, segments, first_live, header_bytes)
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 @functools.cache
