@@ -324,3 +324,28 @@ def test_deleting_the_lock_file_does_not_let_another_process_in(tmp_path: Path) 
             holder.stdin.close()
     assert holder.returncode == 0
     trio.run(_open_and_close, path)  # free again once the holder exited
+
+
+# -- disk full ----------------------------------------------------------------------------------
+
+
+async def test_appends_below_the_reserve_are_refused_and_the_storage_stays_usable() -> None:
+    from trio_raft import StorageFullError
+
+    fs = SimulatedFileSystem(capacity=20_000)
+    async with open_file_storage("/d", fs=fs, reserve_bytes=5_000) as st:
+        while True:
+            try:
+                await st.save(entries=entries(st.last_index() + 1, 10))
+            except StorageFullError as exc:
+                assert exc.free_bytes - exc.needed_bytes < exc.reserve_bytes == 5_000
+                break
+            await st.sync()
+        last = st.last_index()
+        await st.save(hard_state=HardState(4, "n1"))  # votes still work
+        await st.save_snapshot(SnapshotMeta(last, 1), _chunks(b"snap"))  # and compaction
+        await st.compact(last, 1)
+        await st.save(entries=entries(last + 1, 10))  # space freed: appends work again
+        await st.sync()
+    async with open_file_storage("/d", fs=fs, reserve_bytes=5_000) as st:
+        assert st.last_index() == last + 10 and st.hard_state == HardState(4, "n1")
