@@ -44,6 +44,8 @@ from ._util import fixup_module_metadata as _fixup_module_metadata
 from ._version import __version__ as __version__
 from ._wal._errors import StorageCorruptError as StorageCorruptError
 from ._wal._errors import StorageError as StorageError
+from ._wal._errors import StorageFullError as StorageFullError
+from ._wal._errors import StorageIdentityError as StorageIdentityError
 from ._wal._errors import StorageLockedError as StorageLockedError
 from ._wal._file_storage import FileStorage as FileStorage
 from ._wal._file_storage import FileStorageStatistics as FileStorageStatistics

@@ -10,7 +10,9 @@
     ├── FrameError               a peer sent bytes that are not a valid frame (connection dropped)
     ├── StorageError             the data directory failed (see trio_raft.FileStorage)
     │   ├── StorageCorruptError      damaged beyond a torn tail: names the file and offset
-    │   └── StorageLockedError       another process has the directory open
+    │   ├── StorageIdentityError     the directory belongs to another node or cluster
+    │   ├── StorageLockedError       another process has the directory open
+    │   └── StorageFullError         disk space below the reserve: appends refused, still usable
     ├── ConfigError              (trio-raft serve) the cluster file is wrong
     ├── InvariantViolation       (trio_raft.testing) a safety property broke in the simulator
     └── KVError                  (trio_raft.kv) the KV service's client errors

@@ -302,7 +302,7 @@ async def serve(
     client_tls = cluster.tls.client_context() if cluster.tls else None
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with (
-            open_file_storage(data_dir) as storage,
+            open_file_storage(data_dir, cluster_id=cluster.cluster_id, node_id=node_id) as storage,
             open_websocket_transport(
                 node_id, peers, cluster_id=cluster.cluster_id, secret=cluster.secret,
                 host=peer_host, port=peer_port, ssl_context=server_tls,

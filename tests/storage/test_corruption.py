@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import struct
+from collections.abc import AsyncIterator
 
 import attrs
 import pytest
@@ -20,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trio_raft import Entry, HardState, StoredState
-from trio_raft._wal._errors import StorageCorruptError
+from trio_raft._types import SnapshotMeta
+from trio_raft._wal._errors import StorageCorruptError, StorageIdentityError
 from trio_raft._wal._file_storage import open_file_storage
 from trio_raft._wal._segments import FRAME
 from trio_raft._wal._simfs import SimulatedFileSystem
@@ -28,6 +30,8 @@ from trio_raft._wal._simfs import SimulatedFileSystem
 DIR = "/node"
 SEGMENT_BYTES = 400
 STATE = f"{DIR}/state"
+IDENTITY = f"{DIR}/IDENTITY"
+ID = {"cluster_id": "c", "node_id": "n1"}
 
 
 @attrs.frozen
@@ -41,7 +45,7 @@ class Truth:
 
 async def _build() -> Truth:
     fs = SimulatedFileSystem()
-    async with open_file_storage(DIR, segment_bytes=SEGMENT_BYTES, fs=fs) as s:
+    async with open_file_storage(DIR, segment_bytes=SEGMENT_BYTES, fs=fs, **ID) as s:
         await s.save(hard_state=HardState(4, "n2"))
         for batch in range(12):
             first = s.last_index() + 1
@@ -52,6 +56,7 @@ async def _build() -> Truth:
         # A truncation reaching into an older segment starts a new one.
         await s.save(truncate_from=52, entries=[Entry(2, i, {"i": i}) for i in range(52, 62)])
         await s.sync()
+        await s.save_snapshot(SnapshotMeta(5, 1), _one(b"state at 5"))
         await s.compact(5, 1)
         state = await s.load()
         last = s._wal.segments[-1]
@@ -60,6 +65,10 @@ async def _build() -> Truth:
         header_bytes = last.header_bytes
     assert len(segments) >= 4
     return Truth(fs.files(), state, segments, first_live, header_bytes)
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 @functools.cache
@@ -76,7 +85,7 @@ def filesystem(files: dict[str, bytes]) -> SimulatedFileSystem:
 
 
 async def _open_and_load(files: dict[str, bytes]) -> StoredState:
-    async with open_file_storage(DIR, segment_bytes=SEGMENT_BYTES, fs=filesystem(files)) as s:
+    async with open_file_storage(DIR, segment_bytes=SEGMENT_BYTES, fs=filesystem(files), **ID) as s:
         return await s.load()
 
 
@@ -89,13 +98,13 @@ def damages(draw: st.DrawFn) -> tuple[dict[str, bytes], dict[str, set[str]]]:
     t = truth()
     files = dict(t.files)
     kinds: dict[str, set[str]] = {}
-    targets = [*t.segments, STATE]
+    targets = [*t.segments, STATE, IDENTITY]
     for _ in range(draw(st.integers(1, 3))):
         path = draw(st.sampled_from(targets))
         data = files[path]
         if not data:
             continue
-        if path != STATE and draw(st.booleans()):
+        if path not in (STATE, IDENTITY) and draw(st.booleans()):
             files[path] = data[: draw(st.integers(0, len(data) - 1))]
             kinds.setdefault(path, set()).add("truncate")
         else:
@@ -121,11 +130,13 @@ def test_damage_gives_a_true_prefix_or_an_error(
     )
     try:
         state = open_and_load(files)
-    except StorageCorruptError as exc:
+    except (StorageCorruptError, StorageIdentityError) as exc:
         assert not torn_only, f"a crash-like cut of the last segment was refused: {exc}"
+        assert isinstance(exc, StorageCorruptError), f"bit damage read as an identity: {exc}"
         assert exc.path.startswith(DIR) and exc.reason in str(exc)
         return
     assert STATE not in damaged, "a damaged state file went unnoticed"
+    assert IDENTITY not in damaged, "a damaged identity file went unnoticed"
     assert state.hard_state == t.state.hard_state
     assert (state.log_start_index, state.log_start_term) == (5, 1)
     k = len(state.entries)

@@ -242,6 +242,9 @@ async def test_compact_drops_prefix_and_deletes_segments(tmp_path: Path) -> None
             await st.save(entries=entries(st.last_index() + 1, 10, term=2))
             await st.sync()
         segments_before = st.statistics().segments
+        with pytest.raises(ValueError, match="no snapshot covers index 150"):
+            await st.compact(150, 2)
+        await st.save_snapshot(SnapshotMeta(160, 2), _chunks(b"state at 160"))
         await st.compact(150, 2)
         assert st.log_start_index == 150 and st.log_start_term == 2
         assert st.statistics().segments < segments_before
@@ -251,6 +254,8 @@ async def test_compact_drops_prefix_and_deletes_segments(tmp_path: Path) -> None
             await st.save(truncate_from=150)
         with pytest.raises(ValueError, match="term"):
             await st.compact(160, 7)
+        with pytest.raises(ValueError, match="no snapshot covers index 161"):
+            await st.compact(161, 2)
         await st.compact(100, 2)  # already compacted further: nothing to do
         state = await st.load()
         assert (state.log_start_index, state.log_start_term) == (150, 2)
@@ -268,6 +273,7 @@ async def test_compact_past_the_end_discards_the_whole_log() -> None:
     async with open_file_storage("/d", fs=fs, segment_bytes=256) as st:
         await st.save(hard_state=HardState(1, None), entries=entries(1, 30))
         await st.sync()
+        await st.save_snapshot(SnapshotMeta(1000, 9), _chunks(b"from the leader"))
         await st.compact(1000, 9)  # a snapshot from the leader, beyond our log
         assert st.last_index() == 1000 and st.entries(1001, 2000) == []
         assert st.statistics().segments == 1
@@ -396,6 +402,9 @@ class _FailingFs:
 
     def lock(self, path: str) -> FileLock:
         return self.inner.lock(path)
+
+    def free_bytes(self, path: str) -> int | None:
+        return self.inner.free_bytes(path)
 
 
 async def test_disk_failure_breaks_the_storage_until_reopened() -> None:

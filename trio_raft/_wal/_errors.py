@@ -3,7 +3,9 @@
 RaftError
 └── StorageError              the disk failed under us, or a storage is used after that
     ├── StorageCorruptError   the data directory is damaged; the node must not start from it
-    └── StorageLockedError    another FileStorage has this data directory open
+    ├── StorageIdentityError  the data directory belongs to another node or another cluster
+    ├── StorageLockedError    another FileStorage has this data directory open
+    └── StorageFullError      free disk space fell below the reserve: appends are refused
 """
 
 from __future__ import annotations
@@ -66,4 +68,81 @@ class StorageLockedError(StorageError):
         super().__init__(
             f"data directory {path} is locked by another FileStorage (in this or another "
             "process): stop the other node first, or give this one its own directory"
+        )
+
+
+class StorageIdentityError(StorageError):
+    """The data directory belongs to another node or to another cluster.
+
+    The directory's ``IDENTITY`` file names the cluster and the node that created it; opening
+    it as a different one is refused before anything in it is read or changed, because another
+    node's directory holds that node's vote and log (two nodes with swapped directories can
+    elect two leaders in one term), and another cluster's directory holds another cluster's
+    data.
+
+    Attributes:
+        path: The data directory.
+        expected_cluster_id: The cluster id the caller opened it as.
+        expected_node_id: The node id the caller opened it as.
+        found_cluster_id: The cluster id stored in the directory.
+        found_node_id: The node id stored in the directory.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        expected_cluster_id: str,
+        expected_node_id: str,
+        found_cluster_id: str,
+        found_node_id: str,
+    ) -> None:
+        self.path = path
+        self.expected_cluster_id = expected_cluster_id
+        self.expected_node_id = expected_node_id
+        self.found_cluster_id = found_cluster_id
+        self.found_node_id = found_node_id
+        if found_cluster_id != expected_cluster_id:
+            hint = (
+                "it is a directory from another cluster. Is this the right cluster file (its "
+                "cluster_id and data_dir)? Never start a node from another cluster's directory; "
+                "give this node its own, empty directory"
+            )
+        else:
+            hint = (
+                f"it is node {found_node_id!r}'s directory. Is --id right? Are data_dir "
+                "or the directories under it mixed up (each node has its own, data_dir/<id>)? "
+                f"Start {found_node_id!r} from it, and {expected_node_id!r} from its own "
+                "directory"
+            )
+        super().__init__(
+            f"data directory {path} belongs to node {found_node_id!r} of cluster "
+            f"{found_cluster_id!r}, but was opened as node {expected_node_id!r} of cluster "
+            f"{expected_cluster_id!r}: {hint}. Nothing in it was changed."
+        )
+
+
+class StorageFullError(StorageError):
+    r"""Free space on the data directory's file system is below the storage's reserve, so an
+    append was refused. Nothing was written and, unlike other storage errors, the
+    storage stays usable: hard-state changes, truncations, snapshots and compaction still
+    work (they may use the reserve), and appends work again once space is freed.
+
+    Attributes:
+        path: The data directory.
+        free_bytes: Free space available to this process when the append was refused.
+        reserve_bytes: The reserve the storage keeps free.
+        needed_bytes: What the refused append would have written.
+    """
+
+    def __init__(self, path: str, *, free_bytes: int, reserve_bytes: int, needed_bytes: int):
+        self.path = path
+        self.free_bytes = free_bytes
+        self.reserve_bytes = reserve_bytes
+        self.needed_bytes = needed_bytes
+        super().__init__(
+            f"data directory {path}: only {free_bytes} bytes free, and appending {needed_bytes} "
+            f"bytes would leave less than the reserve of {reserve_bytes} bytes; the append was "
+            "refused and nothing was written. Free disk space (or take a snapshot so the log "
+            "can be compacted), then retry"
         )

@@ -10,10 +10,11 @@ from typing import TypeVar, final
 import attrs
 import trio
 
-from .._types import Entry, HardState, SnapshotMeta, StoredState
-from ._errors import StorageError
+from .._types import MAX_TERM, Entry, HardState, SnapshotMeta, StoredState
+from ._errors import StorageError, StorageFullError
 from ._fs import FileLock, FileSystem, OsFileSystem
-from ._recovery import open_wal
+from ._identity import validate_identity
+from ._recovery import Opened, open_wal
 from ._segments import FRAME, encode_append
 from ._snapshot_file import (
     SNAPSHOT_FILE,
@@ -22,12 +23,14 @@ from ._snapshot_file import (
     SnapshotWriter,
     verify_snapshot,
 )
-from ._wal import Wal, join_path
+from ._wal import join_path
 
 DEFAULT_SEGMENT_BYTES = 64 << 20
 """A new segment is started rather than grow one past this size."""
 DEFAULT_MAX_RECORD_BYTES = 16 << 20
 """Largest encoded entry accepted; on open, a length field above it is corruption."""
+DEFAULT_RESERVE_BYTES = 64 << 20
+"""Free space appends leave on the file system, for votes, snapshots and compaction."""
 _MIN_SEGMENT_BYTES = 256
 _MAX_RECORD_BYTES_LIMIT = (1 << 31) - 1
 _SNAPSHOT_WRITE_BYTES = 1 << 20  # hand snapshot chunks to a worker thread in batches this big
@@ -78,13 +81,13 @@ class FileStorage:
     disagree.
     """
 
-    def __init__(
-        self, wal: Wal, lock: FileLock, entries: list[Entry], *, path: str, max_record_bytes: int
-    ) -> None:
+    def __init__(self, opened: Opened, *, path: str, max_record_bytes: int) -> None:
+        wal = opened.wal
         self._wal = wal
         self._state = wal.state  # trio's copy: the worker's changes while a call runs
-        self._file_lock = lock
-        self._entries = entries
+        self._file_lock: FileLock = opened.lock
+        self._entries = opened.entries
+        self._snapshot_meta = opened.snapshot  # the current (durable) snapshot
         self._path = path
         self._max_record_bytes = max_record_bytes
         self._lock = trio.StrictFIFOLock()  # serializes save, sync and compact
@@ -157,14 +160,18 @@ class FileStorage:
         ``truncate_from``; appending ``entries``.
 
         Everything is validated before anything is written: a call that raises
-        :exc:`ValueError` or :exc:`TypeError` changed nothing. A changed ``hard_state`` is
-        durable when this returns; the truncation and the appends only after :meth:`sync`.
+        :exc:`ValueError`, :exc:`TypeError` or :exc:`StorageFullError` changed nothing. A
+        changed ``hard_state`` is durable when this returns; the truncation and the appends only
+        after :meth:`sync`.
 
         Raises:
             ValueError: ``entries`` do not follow on contiguously from the last kept entry;
                 ``truncate_from`` is below 1 or reaches into the compacted prefix; an entry
-                encodes to more than ``max_record_bytes``.
+                encodes to more than ``max_record_bytes``; a term is above ``MAX_TERM``.
             TypeError: a command is not CBOR-encodable.
+            StorageFullError: ``entries`` were given and writing them would leave less free
+                disk space than the reserve. Nothing was written (not even ``hard_state``);
+                the storage stays usable. Saves without entries are never refused for space.
             StorageError: the disk failed (now or earlier); close and reopen.
             trio.ClosedResourceError: the storage was closed.
         """
@@ -187,6 +194,11 @@ class FileStorage:
         for offset, entry in enumerate(entries):
             if not isinstance(entry, Entry):
                 raise TypeError(f"FileStorage.save: entries must be Entry objects, got {entry!r}")
+            if entry.term > MAX_TERM:
+                raise ValueError(
+                    f"FileStorage.save: entry {entry.index} has term {entry.term}, above the "
+                    f"largest term {MAX_TERM}"
+                )
             if entry.index != expected + offset:
                 raise ValueError(
                     f"FileStorage.save: entry {entry.index} does not follow the last saved "
@@ -202,15 +214,18 @@ class FileStorage:
             payloads.append(payload)
         if hard_state is not None and not isinstance(hard_state, HardState):
             raise TypeError(f"FileStorage.save: hard_state must be a HardState, got {hard_state!r}")
-        state = None
-        if hard_state is not None and hard_state != self.hard_state:
-            state = attrs.evolve(self._state, hard_state=hard_state)
+        if hard_state is not None and hard_state.term > MAX_TERM:
+            raise ValueError(
+                f"FileStorage.save: term {hard_state.term} is above the largest term {MAX_TERM}"
+            )
+        if hard_state == self.hard_state:
+            hard_state = None
         async with self._lock:
-            if state is None and truncate_from is None and not payloads:
+            if hard_state is None and truncate_from is None and not payloads:
                 self._check_usable()
                 await trio.lowlevel.checkpoint()
                 return
-            await self._run(self._wal.save, state, truncate_from, payloads)
+            await self._run(self._wal.save, hard_state, truncate_from, payloads)
             self._state = self._wal.state
             if truncate_from is not None:
                 del self._entries[truncate_from - start - 1 :]
@@ -244,7 +259,9 @@ class FileStorage:
 
         Raises:
             ValueError: ``index`` is in the log but its entry's term is not ``term``, or
-                ``index``/``term`` are negative.
+                ``index``/``term`` are negative, or no snapshot saved with
+                :meth:`save_snapshot` covers ``index`` (the directory would then hold a log
+                that starts after state nothing holds, and opening it would be refused).
             StorageError: the disk failed; close and reopen.
             trio.ClosedResourceError: the storage was closed.
         """
@@ -256,6 +273,17 @@ class FileStorage:
                 self._check_usable()
                 await trio.lowlevel.checkpoint()
                 return
+            snapshot = self._snapshot_meta
+            if (
+                snapshot is None
+                or snapshot.index < index
+                or (snapshot.index == index and snapshot.term != term)
+            ):
+                raise ValueError(
+                    f"FileStorage.compact: no snapshot covers index {index} in term {term} "
+                    f"(the current one is {snapshot}); save a snapshot of the state machine "
+                    "at or after that index first"
+                )
             if index <= self.last_index() and self._entries[index - start - 1].term != term:
                 raise ValueError(
                     f"FileStorage.compact: entry {index} has term "
@@ -297,6 +325,7 @@ class FileStorage:
                         batch, size = [], 0
                 await self._run(writer.write, batch)
                 await self._run(writer.commit)
+                self._snapshot_meta = meta
             except BaseException:
                 with trio.CancelScope(shield=True):
                     async with self._io_lock:
@@ -349,6 +378,8 @@ class FileStorage:
             with trio.CancelScope(shield=True):
                 try:
                     result = await trio.to_thread.run_sync(fn, *args)
+                except StorageFullError:
+                    raise  # refused before anything was written: the storage stays usable
                 except OSError as exc:
                     self._failure = exc
                     raise StorageError(
@@ -384,52 +415,72 @@ def _validate_sizes(segment_bytes: int, max_record_bytes: int) -> None:
 async def open_file_storage(
     path: str | os.PathLike[str],
     *,
+    cluster_id: str | None = None,
+    node_id: str | None = None,
     segment_bytes: int = DEFAULT_SEGMENT_BYTES,
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    reserve_bytes: int = DEFAULT_RESERVE_BYTES,
     fs: FileSystem | None = None,
 ) -> AsyncIterator[FileStorage]:
     """Open the data directory ``path`` (created if missing) for the ``async with`` block.
 
-    Opening locks the directory, verifies every record's length and checksum, and replays
-    the log. A torn record at the end of the newest segment (a crash in the middle of an
-    append) is cut off; nothing that a :meth:`FileStorage.sync` covered is in it. Leaving the
-    block releases the lock and closes the files; it does not sync.
+    Opening locks the directory, checks its identity, verifies every record's length and
+    checksum, and replays the log. A torn record at the end of the newest segment (a crash in
+    the middle of an append) is cut off; nothing that a :meth:`FileStorage.sync` covered is in
+    it. Leaving the block releases the lock and closes the files; it does not sync.
 
     Args:
         path: The data directory, one per node. Put nothing else in it.
+        cluster_id: The cluster this node belongs to; pass it together with ``node_id``.
+            A directory created or opened with an identity records it (in its ``IDENTITY``
+            file) and from then on refuses to open as any other one. A directory without an
+            identity (opened without one so far, or written by an older release) adopts the
+            one given. Without an identity nothing is checked.
+        node_id: This node's id; pass it together with ``cluster_id``.
         segment_bytes: Start a new segment file rather than grow one past this many bytes.
         max_record_bytes: Largest encoded entry :meth:`FileStorage.save` accepts. Reopen a
             directory with a value at least as large as it was written with: a longer record
             on disk is reported as corruption.
+        reserve_bytes: Free space to keep on the file system: a :meth:`FileStorage.save`
+            with entries that would leave less raises :exc:`StorageFullError` (and writes
+            nothing), so that votes, snapshots and compaction still have room. 0 disables the
+            check.
         fs: The file system, for tests (``trio_raft._wal._simfs.SimulatedFileSystem`` crashes
             on demand); the real one if ``None``.
 
     Raises:
         StorageLockedError: another FileStorage, in this or another process, has ``path``
             open: stop it first.
+        StorageIdentityError: the directory belongs to another node or another cluster; the
+            message says which, and what to check. Nothing in it was changed.
         StorageCorruptError: the directory is damaged beyond a torn tail; the message names
-            the file and byte offset and what to do.
+            the file (and byte offset) and what to do.
         StorageError: the operating system failed (``__cause__`` says how).
-        ValueError: a size argument is out of range.
+        ValueError: a size argument is out of range, or only one of ``cluster_id`` and
+            ``node_id`` was given.
     """
     _validate_sizes(segment_bytes, max_record_bytes)
+    if type(reserve_bytes) is not int or reserve_bytes < 0:
+        raise ValueError(f"reserve_bytes must be an int >= 0, got {reserve_bytes!r}")
+    identity = validate_identity(cluster_id, node_id)
     directory = os.fspath(path)
     real = fs is None
     fs_: FileSystem = OsFileSystem() if fs is None else fs
 
-    def open_sync() -> tuple[Wal, FileLock, list[Entry], str]:
+    def open_sync() -> tuple[Opened, str]:
         absolute = os.path.abspath(directory) if real else directory
-        wal, lock, entries = open_wal(
-            fs_, absolute, segment_bytes=segment_bytes, max_record_bytes=max_record_bytes
-        )
-        return wal, lock, entries, absolute
+        opened = open_wal(
+            fs_, absolute, segment_bytes=segment_bytes, max_record_bytes=max_record_bytes,
+            identity=identity, reserve_bytes=reserve_bytes,
+        )  # fmt: skip
+        return opened, absolute
 
     try:
         with trio.CancelScope(shield=True):  # the lock must not leak with an abandoned open
-            wal, lock, entries, directory = await trio.to_thread.run_sync(open_sync)
+            opened, directory = await trio.to_thread.run_sync(open_sync)
     except OSError as exc:
         raise StorageError(f"cannot open data directory {directory}: {exc}") from exc
-    storage = FileStorage(wal, lock, entries, path=directory, max_record_bytes=max_record_bytes)
+    storage = FileStorage(opened, path=directory, max_record_bytes=max_record_bytes)
     try:
         await trio.lowlevel.checkpoint()
         yield storage

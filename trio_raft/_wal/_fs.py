@@ -91,11 +91,17 @@ class FileSystem(Protocol):
         ...
 
     def lock(self, path: str) -> FileLock:
-        """Take an exclusive, non-blocking lock on ``path`` (created if missing).
+        """Take an exclusive, non-blocking lock on ``path``: a directory, or a file (created
+        if missing).
 
         Raises:
             BlockingIOError: someone else holds it.
         """
+        ...
+
+    def free_bytes(self, path: str) -> int | None:
+        """Bytes this process may still write on the file system holding ``path``, or
+        ``None`` if that cannot be known."""
         ...
 
 
@@ -181,7 +187,15 @@ class OsFileSystem:
             os.close(fd)
 
     def lock(self, path: str) -> FileLock:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        # A directory is locked through a read-only descriptor of the directory itself:
+        # unlike a lock file, it cannot be unlinked (and recreated) under a running node.
+        if os.path.isdir(path):
+            if sys.platform == "win32":  # pragma: no cover  (no flock on directories there)
+                return _OsLock(os.open(os.devnull, os.O_RDONLY))
+            flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+        else:
+            flags = os.O_RDWR | os.O_CREAT
+        fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o644)
         try:
             if sys.platform == "win32":  # pragma: no cover
                 import msvcrt
@@ -195,3 +209,9 @@ class OsFileSystem:
             os.close(fd)
             raise
         return _OsLock(fd)
+
+    def free_bytes(self, path: str) -> int | None:
+        if not hasattr(os, "statvfs"):  # pragma: no cover  (Windows)
+            return None
+        st = os.statvfs(path)
+        return st.f_bavail * st.f_frsize

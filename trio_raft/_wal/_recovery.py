@@ -16,9 +16,19 @@ from __future__ import annotations
 
 import posixpath
 
-from .._types import Entry
+import attrs
+
+from .._types import Entry, SnapshotMeta
 from ._errors import StorageCorruptError, StorageLockedError
 from ._fs import FileLock, FileSystem
+from ._identity import (
+    IDENTITY_FILE,
+    IDENTITY_TMP,
+    Identity,
+    check_identity,
+    encode_identity,
+    read_identity,
+)
 from ._segments import (
     LOCK_FILE,
     SEGMENT_TMP,
@@ -33,8 +43,16 @@ from ._segments import (
     parse_segment_name,
     scan_segment,
 )
-from ._snapshot_file import SNAPSHOT_TMP
-from ._wal import Counters, Segment, Wal, create_segment, join_path, write_state_file
+from ._snapshot_file import SNAPSHOT_FILE, SNAPSHOT_TMP, read_snapshot_meta
+from ._wal import (
+    Counters,
+    Segment,
+    Wal,
+    create_segment,
+    join_path,
+    write_atomic,
+    write_state_file,
+)
 
 
 def _read_all(fs: FileSystem, path: str, limit: int) -> bytes:
@@ -142,38 +160,118 @@ def _list_segments(fs: FileSystem, directory: str) -> list[tuple[int, int, str]]
     return [found[seq] for seq in sorted(found)]
 
 
+@attrs.frozen
+class Opened:
+    """What :func:`open_wal` hands to the storage."""
+
+    wal: Wal
+    lock: FileLock
+    """The held locks (the caller releases them)."""
+    entries: list[Entry]
+    """The live entries."""
+    snapshot: SnapshotMeta | None
+    """The current snapshot's metadata (its header only was read), if there is one."""
+
+
+class _Locks:
+    def __init__(self, *locks: FileLock) -> None:
+        self._locks = locks
+
+    def release(self) -> None:
+        for lock in reversed(self._locks):
+            lock.release()
+
+
+def _lock(fs: FileSystem, directory: str) -> FileLock:
+    # The directory itself, which cannot be unlinked under us; and the LOCK file as well, which
+    # older releases lock (so they are kept out too).
+    try:
+        directory_lock = fs.lock(directory)
+    except BlockingIOError:
+        raise StorageLockedError(directory) from None
+    try:
+        file_lock = fs.lock(join_path(directory, LOCK_FILE))
+    except BlockingIOError:
+        directory_lock.release()
+        raise StorageLockedError(directory) from None
+    except BaseException:
+        directory_lock.release()
+        raise
+    return _Locks(directory_lock, file_lock)
+
+
 def open_wal(
-    fs: FileSystem, directory: str, *, segment_bytes: int, max_record_bytes: int
-) -> tuple[Wal, FileLock, list[Entry]]:
+    fs: FileSystem,
+    directory: str,
+    *,
+    segment_bytes: int,
+    max_record_bytes: int,
+    identity: Identity | None = None,
+    reserve_bytes: int = 0,
+) -> Opened:
     """Open (creating if needed), lock, verify and repair a data directory.
 
-    Returns:
-        The writer, the held lock (the caller releases it), and the live entries.
+    With an ``identity``, a directory that holds another one is refused before anything in it
+    is changed; a directory without one (new, or written by an older release) adopts it once
+    it was recovered.
 
     Raises:
         StorageLockedError: another storage holds the directory.
+        StorageIdentityError: the directory belongs to another node or cluster.
         StorageCorruptError: damage a crash cannot explain.
         OSError: the file system failed.
     """
     if fs.makedirs(directory):
         fs.fsync_dir(posixpath.dirname(directory.rstrip("/")) or "/")
+    lock = _lock(fs, directory)
     try:
-        lock = fs.lock(join_path(directory, LOCK_FILE))
-    except BlockingIOError:
-        raise StorageLockedError(directory) from None
-    try:
-        wal, entries = _recover(fs, directory, segment_bytes, max_record_bytes)
+        identity_path = join_path(directory, IDENTITY_FILE)
+        found = read_identity(fs, identity_path)
+        if found is not None and identity is not None:
+            check_identity(found, identity, directory)
+        wal, entries, snapshot = _recover(
+            fs, directory, segment_bytes, max_record_bytes, reserve_bytes
+        )
+        if found is None and identity is not None:
+            write_atomic(
+                fs, directory, IDENTITY_FILE, IDENTITY_TMP, encode_identity(identity),
+                wal.counters,
+            )  # fmt: skip
     except BaseException:
         lock.release()
         raise
-    return wal, lock, entries
+    return Opened(wal, lock, entries, snapshot)
+
+
+def _check_snapshot(
+    fs: FileSystem, directory: str, state: State, max_record_bytes: int
+) -> SnapshotMeta | None:
+    """The snapshot's metadata; refuse a log start that no snapshot covers."""
+    path = join_path(directory, SNAPSHOT_FILE)
+    meta = read_snapshot_meta(fs, path, max_record_bytes)
+    start, start_term = state.log_start_index, state.log_start_term
+    if start == 0:
+        return meta
+    state_path = join_path(directory, STATE_FILE)
+    if meta is None:
+        raise StorageCorruptError(
+            path, None, f"the snapshot file is missing, but the state file ({state_path}) says "
+            f"the log was compacted up to index {start}, so a snapshot must hold that state",
+        )  # fmt: skip
+    if meta.index < start or (meta.index == start and meta.term != start_term):
+        raise StorageCorruptError(
+            state_path, None, f"the state file says the log starts after index {start} (term "
+            f"{start_term}), beyond the snapshot at index {meta.index} (term {meta.term}): the "
+            "entries in between are lost",
+        )  # fmt: skip
+    return meta
 
 
 def _recover(
-    fs: FileSystem, directory: str, segment_bytes: int, max_record_bytes: int
-) -> tuple[Wal, list[Entry]]:
+    fs: FileSystem, directory: str, segment_bytes: int, max_record_bytes: int, reserve_bytes: int
+) -> tuple[Wal, list[Entry], SnapshotMeta | None]:
     counters = Counters()
-    for tmp in (STATE_TMP, SEGMENT_TMP, SNAPSHOT_TMP):  # interrupted before their rename
+    for tmp in (STATE_TMP, SEGMENT_TMP, SNAPSHOT_TMP, IDENTITY_TMP):  # cut short before rename
         if fs.exists(join_path(directory, tmp)):
             fs.unlink(join_path(directory, tmp))
     state_path = join_path(directory, STATE_FILE)
@@ -181,22 +279,46 @@ def _recover(
     if fs.exists(state_path):
         state = decode_state(_read_all(fs, state_path, 1 << 16), state_path)
     listed = _list_segments(fs, directory)
+    if state is None:
+        fresh = [(1, 1)]  # a first start cut short after the segment, before the state
+        if [(seq, first) for seq, first, _ in listed] not in ([], fresh):
+            raise StorageCorruptError(
+                state_path, None, "the state file (term and vote) is missing, but the log is not"
+            )
+        scanned = [
+            scan_segment(fs, path, seq, first, max_record_bytes=max_record_bytes, last=True)
+            for seq, first, path in listed
+        ]
+        if [len(s.records) for s in scanned] not in ([], [1]):
+            raise StorageCorruptError(
+                state_path, None, "the state file (term and vote) is missing, but the log is not"
+            )
+        if fs.exists(join_path(directory, SNAPSHOT_FILE)):
+            raise StorageCorruptError(
+                state_path, None, "the state file (term and vote) is missing, but a snapshot "
+                "is there",
+            )  # fmt: skip
+        for seg in scanned:
+            fs.unlink(seg.path)
+        wal = _create(fs, directory, segment_bytes, counters)
+        wal.reserve_bytes = reserve_bytes
+        return wal, [], None
+    snapshot = _check_snapshot(fs, directory, state, max_record_bytes)
+    if not listed:
+        raise StorageCorruptError(directory, None, "the state file exists but no WAL segment")
+    newest = listed[-1][0]
+    if newest < state.newest_segment:
+        missing = f"{state.newest_segment:010d}"
+        raise StorageCorruptError(
+            directory, None, f"the newest WAL segment is missing: the state file ({state_path}) "
+            f"records that segment {state.newest_segment} (wal-{missing}-*.log) was created, but "
+            f"the newest segment here is {newest}; the entries at the end of the log are lost",
+        )  # fmt: skip
     scanned = [
         scan_segment(fs, path, seq, first, max_record_bytes=max_record_bytes, last=i == n - 1)
         for n in [len(listed)]
         for i, (seq, first, path) in enumerate(listed)
     ]
-    if state is None:
-        fresh = [(1, 1, 1)]  # a first start cut short after the segment, before the state
-        if [(s.seq, s.first_index, len(s.records)) for s in scanned] not in ([], fresh):
-            raise StorageCorruptError(
-                state_path, None, "the state file (term and vote) is missing, but the log is not"
-            )
-        for seg in scanned:
-            fs.unlink(seg.path)
-        return _create(fs, directory, segment_bytes, counters), []
-    if not scanned:
-        raise StorageCorruptError(directory, None, "the state file exists but no WAL segment")
     entries, segments, next_index = _replay(scanned, state)
     last = scanned[-1]
     file = fs.open_append(last.path, create=False)
@@ -205,18 +327,20 @@ def _recover(
         file.fsync()
     wal = Wal(
         fs, directory, segment_bytes=segment_bytes, state=state, segments=segments,
-        active=file, next_index=next_index, counters=counters,
+        active=file, next_index=next_index, counters=counters, reserve_bytes=reserve_bytes,
     )  # fmt: skip
+    if state.newest_segment != newest:  # a directory of an older release, or a crash in rotation
+        wal.record_newest_segment()
     if next_index <= state.log_start_index:
         wal.compact(state.log_start_index, state.log_start_term)  # continue after log start
     wal.drop_dead_prefix()  # left over by a crash in the middle of a compaction
-    return wal, entries
+    return wal, entries, snapshot
 
 
 def _create(fs: FileSystem, directory: str, segment_bytes: int, counters: Counters) -> Wal:
     segment, file = create_segment(fs, directory, 1, 1, truncate=False)
     fs.fsync_dir(directory)
-    state = State()
+    state = State(newest_segment=1)
     write_state_file(fs, directory, state, counters)
     return Wal(
         fs, directory, segment_bytes=segment_bytes, state=state, segments=[segment],

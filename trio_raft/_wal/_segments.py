@@ -13,7 +13,8 @@ three markers, which :func:`scan_segment` uses to recognise frame starts):
 * ``[1, index]``: truncate: drop every entry at ``index`` or later.
 
 The state file holds one frame whose payload is the CBOR map
-``{"v": 1, "term": int, "vote": str | None, "start_index": int, "start_term": int}``.
+``{"v": 2, "term": int, "vote": str | None, "start_index": int, "start_term": int,
+"newest_segment": int}`` (version 1, written by older releases, lacks ``newest_segment``).
 """
 
 from __future__ import annotations
@@ -26,14 +27,16 @@ import zlib
 import attrs
 import cbor2
 
-from .._types import Entry, EntryKind, HardState
+from .._types import MAX_TERM, Entry, EntryKind, HardState
 from ._errors import StorageCorruptError
 from ._fs import FileSystem, ReadFile
 
 FRAME = struct.Struct("<II")
 """A frame header: payload length, then the payload's crc32."""
 FORMAT_VERSION = 1
-"""Version of the segment and state-file format written by this code."""
+"""Version of the segment format written by this code (and of the snapshot file)."""
+STATE_VERSION = 2
+"""Version of the state-file format written by this code (version 1 is read too)."""
 STATE_FILE = "state"
 STATE_TMP = "state.tmp"
 SEGMENT_TMP = "segment.tmp"
@@ -152,6 +155,8 @@ def decode_record(payload: bytes) -> Record:
     try:
         if kind == _APPEND and len(rest) == 4:
             index, term, entry_kind = _ints(rest, 3)
+            if term > MAX_TERM:
+                raise Malformed(f"entry {index} has term {term}, above the largest {MAX_TERM}")
             return Append(Entry(term, index, rest[3], EntryKind(entry_kind)))
         if kind == _TRUNCATE and len(rest) == 1:
             (index,) = _ints(rest, 1)
@@ -175,11 +180,20 @@ def decode_record(payload: bytes) -> Record:
 
 @attrs.frozen
 class State:
-    """Content of the state file: the hard state and where the log starts."""
+    """Content of the state file: the hard state, where the log starts, and the newest
+    segment ever created (on open the directory must hold it or a later one)."""
 
     hard_state: HardState = attrs.field(factory=HardState)
     log_start_index: int = 0
     log_start_term: int = 0
+    newest_segment: int = 0
+    """Sequence number of the newest segment when the file was written (0: not recorded,
+    a version 1 file). Segments are only ever deleted below a newer one, so a directory whose
+    newest segment is older than this has lost the tail of its log."""
+
+
+_STATE_KEYS_V1 = {"v", "term", "vote", "start_index", "start_term"}
+_STATE_KEYS_V2 = _STATE_KEYS_V1 | {"newest_segment"}
 
 
 def encode_state(state: State) -> bytes:
@@ -188,49 +202,73 @@ def encode_state(state: State) -> bytes:
     return frame(
         cbor2.dumps(
             {
-                "v": FORMAT_VERSION,
+                "v": STATE_VERSION,
                 "term": hs.term,
                 "vote": hs.voted_for,
                 "start_index": state.log_start_index,
                 "start_term": state.log_start_term,
+                "newest_segment": state.newest_segment,
             }
         )
     )
 
 
-def decode_state(data: bytes, path: str) -> State:
-    """Parse a state file.
+def unframe_single(data: bytes, path: str, what: str) -> bytes:
+    """The payload of a file that holds exactly one frame (the state and identity files).
 
     Raises:
-        StorageCorruptError: it is truncated, fails its checksum or does not parse.
+        StorageCorruptError: the file is truncated, longer, or fails its checksum.
     """
     if len(data) < FRAME.size:
-        raise StorageCorruptError(path, 0, f"state file is {len(data)} bytes, shorter than a frame")
+        raise StorageCorruptError(path, 0, f"{what} is {len(data)} bytes, shorter than a frame")
     length, crc = FRAME.unpack_from(data)
     payload = data[FRAME.size :]
     if length != len(payload):
         raise StorageCorruptError(
-            path, 0, f"state file frame says {length} bytes but {len(payload)} follow"
+            path, 0, f"{what} frame says {length} bytes but {len(payload)} follow"
         )
     if zlib.crc32(payload) != crc:
-        raise StorageCorruptError(path, 0, "state file checksum mismatch")
+        raise StorageCorruptError(path, 0, f"{what} checksum mismatch")
+    return payload
+
+
+def decode_state(data: bytes, path: str) -> State:
+    """Parse and validate a state file.
+
+    Raises:
+        StorageCorruptError: it is truncated, fails its checksum, does not parse, or holds
+            values no storage writes (a term above ``MAX_TERM``, a vote that is not a node id,
+            a log start index without a term or the other way round).
+    """
+    payload = unframe_single(data, path, "state file")
     try:
         value = decode_cbor(payload)
-        if not isinstance(value, dict) or set(value) != {
-            "v", "term", "vote", "start_index", "start_term",
-        }:  # fmt: skip
-            raise Malformed(f"unexpected fields {value!r}")
-        if value["v"] != FORMAT_VERSION:
-            raise Malformed(f"format version {value['v']!r}; this trio-raft reads 1")
-        term, start_index, start_term = _ints(
-            [value["term"], value["start_index"], value["start_term"]], 3
-        )
+        if not isinstance(value, dict):
+            raise Malformed(f"expected a map, got {type(value).__name__}")
+        version = value.get("v")
+        keys = {1: _STATE_KEYS_V1, 2: _STATE_KEYS_V2}.get(version) if type(version) is int else None
+        if keys is None:
+            raise Malformed(f"format version {version!r}; this trio-raft reads 1 and 2")
+        if set(value) != keys:
+            raise Malformed(f"fields {sorted(map(repr, value))}, expected {sorted(keys)}")
+        term, start_index, start_term, newest = _ints(
+            [value["term"], value["start_index"], value["start_term"],
+             value.get("newest_segment", 0)], 4,
+        )  # fmt: skip
+        for name, t in (("term", term), ("start_term", start_term)):
+            if t > MAX_TERM:
+                raise Malformed(f"{name} {t} is above the largest term {MAX_TERM}")
+        if (start_index == 0) != (start_term == 0):
+            raise Malformed(
+                f"the log starts after index {start_index} in term {start_term}: one is 0 and "
+                "the other is not"
+            )
         vote = value["vote"]
         if vote is not None and (type(vote) is not str or not vote):
             raise Malformed(f"vote {vote!r} is not a node id")
     except Malformed as exc:
         raise StorageCorruptError(path, FRAME.size, f"state file does not parse: {exc}") from exc
-    return State(HardState(term, vote), start_index, start_term)
+    return State(HardState(term, vote), start_index, start_term, newest)
 
 
 # -- scanning a segment --------------------------------------------------------------------------

@@ -17,6 +17,7 @@ The crash model of :class:`SimulatedFileSystem` (deliberately pessimistic, and s
 from __future__ import annotations
 
 import enum
+import errno
 import io
 import posixpath
 import random
@@ -90,6 +91,9 @@ class _SimAppendFile:
 
     def write(self, data: bytes) -> None:
         self._fs._point(f"write {len(data)} bytes to {self._path}")
+        free = self._fs.free_bytes("/")
+        if free is not None and len(data) > free:
+            raise OSError(errno.ENOSPC, "No space left on device (simulated)")
         self._inode.data += data
         self._fs.bytes_written += len(data)
 
@@ -123,6 +127,8 @@ class SimulatedFileSystem:
     Args:
         crash_at: Raise :class:`SimulatedCrash` instead of performing the ``crash_at``-th
             mutating operation (1-based), and on every call after it. ``None``: never.
+        capacity: Size of the disk in bytes (the sum of all files' sizes), or ``None`` for no
+            limit; a write past it raises ``OSError(ENOSPC)``. May be changed at any time.
 
     Attributes:
         points: Mutating operations performed (or attempted, at the crash) so far: each
@@ -131,8 +137,9 @@ class SimulatedFileSystem:
         fsyncs: File fsyncs performed; ``dir_fsyncs``: directory fsyncs; ``bytes_written``.
     """
 
-    def __init__(self, *, crash_at: int | None = None) -> None:
+    def __init__(self, *, crash_at: int | None = None, capacity: int | None = None) -> None:
         self.crash_at = crash_at
+        self.capacity = capacity
         self.crashed = False
         self.points = 0
         self.trace: list[str] = []
@@ -264,6 +271,20 @@ class SimulatedFileSystem:
             self._change(posixpath.dirname(path), None, path, _Inode())
         self._locks.add(path)
         return _SimLock(self, path)
+
+    def free_bytes(self, path: str) -> int | None:
+        self._check_alive()
+        if self.capacity is None:
+            return None
+        used = sum(len(n.data) for n in self._live_inodes())
+        return max(self.capacity - used, 0)
+
+    def _live_inodes(self) -> list[_Inode]:
+        seen: dict[int, _Inode] = {}
+        for node in self._names.values():
+            if isinstance(node, _Inode):
+                seen[id(node)] = node
+        return list(seen.values())
 
     # -- crashing and inspecting -----------------------------------------------------------
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import cbor2
 
-from .._types import SnapshotMeta
+from .._types import MAX_TERM, SnapshotMeta
 from ._errors import StorageCorruptError
 from ._fs import AppendFile, FileSystem, ReadFile
 from ._segments import FORMAT_VERSION, FRAME, Malformed, decode_cbor, frame
@@ -106,6 +106,8 @@ class SnapshotReader:
             header = decode_cbor(body)
             if not isinstance(header, dict) or header.get("v") != FORMAT_VERSION:
                 raise Malformed(f"unexpected header {header!r}")
+            if type(header["term"]) is not int or header["term"] > MAX_TERM:
+                raise Malformed(f"term {header['term']!r} is not a term")
             self.meta = SnapshotMeta(header["index"], header["term"])
         except (Malformed, KeyError, TypeError, ValueError) as exc:
             raise self._corrupt(0, f"bad snapshot header: {exc}") from exc
@@ -172,4 +174,18 @@ def verify_snapshot(fs: FileSystem, path: str, max_record_bytes: int) -> Snapsho
     reader = SnapshotReader(fs, path, max_record_bytes)
     while reader.next_chunk() is not None:
         pass
+    return reader.meta
+
+
+def read_snapshot_meta(fs: FileSystem, path: str, max_record_bytes: int) -> SnapshotMeta | None:
+    """The snapshot's metadata from its header alone (the rest is verified when it is
+    loaded), or ``None`` if there is no snapshot.
+
+    Raises:
+        StorageCorruptError: the header is damaged.
+    """
+    if not fs.exists(path):
+        return None
+    reader = SnapshotReader(fs, path, max_record_bytes)
+    reader.close()
     return reader.meta

@@ -14,6 +14,13 @@ Rules that keep recovery unambiguous (``docs/source/storage.rst`` explains them)
 3. A segment is deleted only when no live entry is in it, and only as a prefix (compaction) or
    as a suffix before a truncation segment that is already durable; each unlink is followed by
    a directory fsync, so every crash state is a valid directory.
+4. Each new segment's sequence number is recorded in the state file (``newest_segment``) as
+   soon as the segment's name is durable, before anything is appended to it. The newest
+   segment is never deleted, so on open a directory whose newest segment is older than the
+   recorded one has lost the tail of its log (a deleted file), which recovery refuses.
+5. Appends are refused with :class:`StorageFullError`, before anything is written, when they
+   would leave less than ``reserve_bytes`` free on the file system; everything else (state,
+   truncations, snapshots, compaction) may use the reserve.
 """
 
 from __future__ import annotations
@@ -23,8 +30,11 @@ from collections.abc import Sequence
 
 import attrs
 
+from .._types import HardState
+from ._errors import StorageFullError
 from ._fs import AppendFile, FileSystem
 from ._segments import (
+    FRAME,
     SEGMENT_TMP,
     STATE_FILE,
     STATE_TMP,
@@ -74,21 +84,27 @@ class Counters:
     bytes_written: int = 0
 
 
-def write_state_file(fs: FileSystem, directory: str, state: State, counters: Counters) -> None:
-    """Replace the state file atomically: temp file, fsync, rename, fsync the directory."""
-    tmp = join_path(directory, STATE_TMP)
-    data = encode_state(state)
+def write_atomic(
+    fs: FileSystem, directory: str, name: str, tmp_name: str, data: bytes, counters: Counters
+) -> None:
+    """Replace file ``name`` atomically: temp file, fsync, rename, fsync the directory."""
+    tmp = join_path(directory, tmp_name)
     file = fs.open_append(tmp, create=True)
     try:
         file.write(data)
         file.fsync()
     finally:
         file.close()
-    fs.rename(tmp, join_path(directory, STATE_FILE))
+    fs.rename(tmp, join_path(directory, name))
     fs.fsync_dir(directory)
     counters.fsyncs += 1
     counters.directory_fsyncs += 1
     counters.bytes_written += len(data)
+
+
+def write_state_file(fs: FileSystem, directory: str, state: State, counters: Counters) -> None:
+    """Replace the state file atomically."""
+    write_atomic(fs, directory, STATE_FILE, STATE_TMP, encode_state(state), counters)
 
 
 def create_segment(
@@ -127,6 +143,7 @@ class Wal:
         active: The active segment, open for appending.
         next_index: Index of the next append.
         counters: Where to count the work done.
+        reserve_bytes: Refuse appends that would leave less free space than this.
     """
 
     def __init__(
@@ -140,8 +157,10 @@ class Wal:
         active: AppendFile,
         next_index: int,
         counters: Counters,
+        reserve_bytes: int = 0,
     ) -> None:
         assert segments, "there is always an active segment"
+        self.reserve_bytes = reserve_bytes
         self.fs = fs
         self.directory = directory
         self.segment_bytes = segment_bytes
@@ -163,15 +182,23 @@ class Wal:
 
     def save(
         self,
-        state: State | None,
+        hard_state: HardState | None,
         truncate_from: int | None,
         payloads: Sequence[bytes],
     ) -> None:
-        """Write, in this order: a new state file (durably, after the WAL so far), a
-        truncation of every entry at ``truncate_from`` or later (``< next_index``), and one
-        append record per payload (their indexes follow on). Appends are not durable yet."""
-        if state is not None:
-            self._write_state(state)
+        """Write, in this order: a new hard state in the state file (durably, after the WAL
+        so far), a truncation of every entry at ``truncate_from`` or later (``< next_index``),
+        and one append record per payload (their indexes follow on). Appends are not durable
+        yet.
+
+        Raises:
+            StorageFullError: there are payloads, and writing them would leave less than
+                ``reserve_bytes`` free; nothing was written.
+        """
+        if payloads:
+            self.check_space(sum(FRAME.size + len(p) for p in payloads))
+        if hard_state is not None:
+            self._write_state(attrs.evolve(self.state, hard_state=hard_state))
         if truncate_from is not None:
             self._truncate(truncate_from)
         pending: list[bytes] = []
@@ -191,6 +218,18 @@ class Wal:
             self.next_index += 1
             active.live_hi = self.next_index
         self._write(pending)
+
+    def check_space(self, needed: int) -> None:
+        """Raise :class:`StorageFullError` if writing ``needed`` more bytes would leave less
+        than ``reserve_bytes`` free (and the free space can be known)."""
+        free = self.fs.free_bytes(self.directory)
+        if free is not None and free - needed < self.reserve_bytes:
+            raise StorageFullError(
+                self.directory,
+                free_bytes=free,
+                reserve_bytes=self.reserve_bytes,
+                needed_bytes=needed,
+            )
 
     def sync(self) -> None:
         """Make everything written so far durable, then delete segments a durable truncation
@@ -215,6 +254,10 @@ class Wal:
             self.next_index = index + 1
             self._flush()
         self.drop_dead_prefix()
+
+    def record_newest_segment(self) -> None:
+        """Rewrite the state file with the newest segment's sequence number (rule 4)."""
+        self._write_state(attrs.evolve(self.state, newest_segment=self.segments[-1].seq))
 
     def drop_dead_prefix(self) -> None:
         """Delete the oldest segments while they hold no live entry (never the active one)."""
@@ -283,6 +326,8 @@ class Wal:
         self._dir_unsynced = True
         self.counters.fsyncs += 1
         self.counters.bytes_written += segment.size
+        # Rule 4: the new name is made durable first (by _write_state's flush), then recorded.
+        self.record_newest_segment()
         return segment
 
     def _delete(self, segment: Segment) -> None:
