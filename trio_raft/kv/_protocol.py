@@ -59,7 +59,8 @@ MAX_RESPONSE_BYTES: Final = 2 * 1024 * 1024
 # WebSocket close codes (RFC 6455, section 7.4.1) the server uses.
 CLOSE_UNSUPPORTED_DATA: Final = 1003  # a text frame
 CLOSE_INVALID_PAYLOAD: Final = 1007  # a frame that cannot be answered
-CLOSE_POLICY_VIOLATION: Final = 1008  # missing or wrong token
+CLOSE_POLICY_VIOLATION: Final = 1008  # missing or wrong token, or replies not read
+CLOSE_INTERNAL_ERROR: Final = 1011  # the server failed unexpectedly on this connection
 
 _MAX_REQUEST_DEPTH: Final = 2
 """A request is a map of scalars; one more level lets a nested value get a ``bad_request``."""
