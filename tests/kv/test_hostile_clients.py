@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
 
 import cbor2
 import pytest
@@ -21,15 +20,9 @@ import trio_raft.kv._server
 from trio_raft.kv import KVServer, open_client
 from trio_raft.kv._protocol import MAX_VALUE_BYTES
 
-from .test_server_client import TEST_S, kv_cluster, raw_ws, request
+from .test_server_client import TEST_S, kv_cluster, raw_ws, request, wait_until
 
 HUGE = 10**5000
-
-
-async def wait_until(predicate: Callable[[], bool]) -> None:
-    """Poll a server-side counter (there is no event for it); bounded by the caller."""
-    while not predicate():  # noqa: ASYNC110  # a counter, not an event
-        await trio.sleep(0.01)
 
 
 def host_port(url: str) -> tuple[str, int]:
