@@ -454,12 +454,17 @@ async def serve_kv(
     node stopped answers ``unavailable``. Cancel it to stop: every connection is closed and
     requests in flight are abandoned (a write may still be applied; its client retries it).
 
-    Limits (each documented in its constant): at most ``max_connections`` connections (more are
-    refused with HTTP 503), ``max_concurrent_requests`` requests in flight per connection
-    (beyond that the server stops reading the connection), messages of at most
-    512 KiB (a bigger one closes the connection with 1009), a hello within 10 s when a token
-    is configured. Operations have
-    no server-side timeout: clients set theirs, as trio's timeout philosophy wants.
+    Limits (each documented in its constant): at most ``max_connections`` connections, counted
+    from the TCP accept; when they are all open, the oldest one still in its handshake (TLS and
+    HTTP upgrade within 5 s, then a hello within 10 s when a token is configured) is closed to
+    make room, and if none is, the new one is refused with HTTP 503. At most 64 connections
+    from one address may be in their handshake. ``max_concurrent_requests`` requests in flight
+    per connection (beyond that the server stops reading the connection); requests of at most
+    512 KiB (a bigger one closes the connection with 1009) and 64 CBOR items, without tags
+    (otherwise 1007); at most 1 MiB of replies waiting per connection, and a client that leaves
+    a reply unread for 10 s is closed (1008). An exception while serving one connection closes
+    it (1011) and is logged; it never ends the server. Operations have no server-side timeout:
+    clients set theirs, as trio's timeout philosophy wants.
 
     Args:
         node: A node running a :class:`KVStateMachine`.
