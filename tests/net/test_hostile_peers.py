@@ -81,3 +81,44 @@ async def test_an_unexpected_exception_ends_only_its_connection(
                 assert await b.receive_channel.receive() == vote("a", "b")
     reports = [r for r in caplog.records if "failed unexpectedly" in r.getMessage()]
     assert len(reports) == 1
+
+
+async def test_a_member_gets_in_while_a_stranger_floods_from_another_address() -> None:
+    """A stranger opening connections as fast as it can (from 127.0.0.2, another address on
+    Linux's loopback) only ever evicts its own: every handshake of the member succeeds."""
+    with trio.fail_after(10):
+        async with transport("b", {"a": None}, max_connections=4, handshake_timeout_s=30) as b:
+            try:
+                probe = await trio.open_tcp_stream("127.0.0.1", b.port, local_address="127.0.0.2")
+            except OSError as exc:  # pragma: no cover  # e.g. macOS: only 127.0.0.1
+                pytest.skip(f"cannot connect from 127.0.0.2: {exc}")
+            await probe.aclose()
+            opened = 0
+
+            async def flood() -> None:
+                nonlocal opened
+                streams: list[trio.SocketStream] = []
+                try:
+                    while True:
+                        streams.append(
+                            await trio.open_tcp_stream(
+                                "127.0.0.1", b.port, local_address="127.0.0.2"
+                            )
+                        )
+                        opened += 1
+                        if len(streams) > 100:
+                            await streams.pop(0).aclose()
+                finally:  # cancelled: close synchronously (an await would stop at the first)
+                    for stream in streams:
+                        stream.socket.close()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(flood)
+                await b.wait_statistics(lambda s: s.evicted_connections >= 20)
+                for _ in range(10):
+                    with trio.fail_after(2):
+                        async with raw_client(b.url) as member:
+                            await member.send_message(encode(vote("a", "b"), cluster_id=CLUSTER))
+                            assert await b.receive_channel.receive() == vote("a", "b")
+                nursery.cancel_scope.cancel()
+            print(f"FIGURE peer flood: {opened} stranger connections, 10/10 member handshakes")
