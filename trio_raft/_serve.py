@@ -27,6 +27,7 @@ file, the key and what to write instead.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -49,8 +50,14 @@ from ._types import NodeId
 from ._wal._errors import StorageError
 from ._wal._file_storage import open_file_storage
 from .kv import KVStateMachine, serve_kv
+from .kv._server import DEFAULT_MAX_CONNECTIONS, MAX_REFUSING
 
 MIN_SECRET_BYTES = 16
+RESERVED_FILES = 64
+"""File descriptors ``serve`` keeps free of connections: for storage (WAL segments, the state
+and snapshot files, the lock, directory handles) and the runtime."""
+MIN_CLIENT_CONNECTIONS = 16
+"""``serve`` refuses to start if the file limit leaves room for fewer client connections."""
 
 
 class ConfigError(RaftError):
@@ -292,6 +299,13 @@ async def serve(
         raise ConfigError(
             f"{cluster.path}: no [nodes.{node_id}] table; the members are {sorted(cluster.nodes)}"
         )
+    file_limit = raise_file_limit()
+    max_clients = client_connection_budget(file_limit, len(cluster.nodes) - 1, _open_files())
+    if max_clients < MIN_CLIENT_CONNECTIONS:
+        raise ConfigError(
+            f"{node_id}: the open-file limit ({file_limit}) leaves room for only {max_clients} "
+            f"client connections; raise it (e.g. ulimit -n 4096, or LimitNOFILE= in systemd)"
+        )
     me = cluster.nodes[node_id]
     peer_host, peer_port = me.listen or listen_address(me.peer)
     client_host, client_port = listen_address(me.client)
@@ -322,10 +336,11 @@ async def serve(
                 leader_urls,
                 cluster.token,
                 server_tls,
+                max_clients,
             )
             print(
-                f"{node_id}: serving peers on {me.peer}, clients on {me.client}, "
-                f"data in {data_dir}",
+                f"{node_id}: serving peers on {me.peer}, clients on {me.client} (at most "
+                f"{max_clients} connections, file limit {file_limit}), data in {data_dir}",
                 file=out,
                 flush=True,
             )
@@ -343,6 +358,7 @@ async def _serve_clients(
     leader_urls: Mapping[NodeId, str],
     token: str | None,
     ssl_context: ssl.SSLContext | None,
+    max_connections: int,
     *,
     task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -353,8 +369,57 @@ async def _serve_clients(
         leader_urls=leader_urls,
         token=token,
         ssl_context=ssl_context,
+        max_connections=max_connections,
         task_status=task_status,
     )
+
+
+def raise_file_limit() -> int:
+    """Raise this process's soft open-file limit (``RLIMIT_NOFILE``) to its hard limit, and
+    return the soft limit now in force (a large number where there is none).
+
+    The usual soft limit, 1,024, is far below what a node with 1,024 client connections needs;
+    the hard limit is what an administrator allows. Failing to raise it is not an error:
+    :func:`client_connection_budget` then fits the connections into what there is.
+    """
+    try:
+        import resource  # not on Windows
+    except ImportError:  # pragma: no cover
+        return 1 << 20
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    unlimited = resource.RLIM_INFINITY
+    if soft == unlimited:
+        return 1 << 20
+    target = hard if hard != unlimited else max(soft, 1 << 16)
+    if target > soft:
+        # It may fail: e.g. macOS caps the soft limit below an infinite hard one.
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 1 << 20 if soft == unlimited else int(soft)
+
+
+def client_connection_budget(file_limit: int, peers: int, open_files: int) -> int:
+    """How many client connections fit in ``file_limit`` descriptors, at most
+    :data:`~trio_raft.kv.DEFAULT_MAX_CONNECTIONS`.
+
+    What is kept: :data:`RESERVED_FILES` for storage and the runtime, the ``open_files``
+    already open, every peer connection the transport may hold (its default pending pool of
+    ``2 * peers + 8``, 2 authenticated inbound and 1 outbound per peer), the listeners and the
+    client connections being refused with 503.
+    """
+    peer_files = (2 * peers + 8) + 2 * peers + peers
+    listeners = 4
+    budget = file_limit - RESERVED_FILES - open_files - peer_files - listeners - MAX_REFUSING
+    return min(DEFAULT_MAX_CONNECTIONS, budget)
+
+
+def _open_files() -> int:
+    """Descriptors open in this process now (0 where that cannot be counted)."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 0
 
 
 def explain(exc: BaseException, cluster: ClusterFile | None, node_id: str) -> str | None:

@@ -1,10 +1,12 @@
-"""A client WebSocket handshake that fails at once when the server hangs up first.
+"""WebSocket handshakes that fail at once when the other side hangs up first.
 
 trio-websocket's ``wrap_client_stream`` waits for the HTTP upgrade answer and is never woken if
 the server closes the TCP connection before answering (a proxy whose backend is down, a server
 refusing over its connection limit): the caller would wait out its whole connect timeout.
 :func:`wrap_client_stream_fast` watches the stream for end-of-stream during the handshake and
-raises :class:`ClosedBeforeUpgrade` then.
+raises :class:`ClosedBeforeUpgrade` then. :func:`wrap_server_stream_fast` does the same on the
+server side: trio-websocket closes the stream on an HTTP protocol error but leaves the caller
+waiting for a request that will never come (holding a connection slot until its timeout).
 """
 
 from __future__ import annotations
@@ -12,11 +14,18 @@ from __future__ import annotations
 from typing import Any
 
 import trio
-from trio_websocket import HandshakeError, WebSocketConnection, wrap_client_stream
+from trio_websocket import (
+    HandshakeError,
+    WebSocketConnection,
+    WebSocketRequest,
+    wrap_client_stream,
+    wrap_server_stream,
+)
 
 
 class ClosedBeforeUpgrade(HandshakeError):
-    """The server closed the connection before answering the WebSocket upgrade."""
+    """The other side closed the connection (or sent something that is not an HTTP upgrade)
+    before the WebSocket upgrade completed."""
 
 
 class _WatchedStream(trio.abc.Stream):
@@ -43,6 +52,7 @@ class _WatchedStream(trio.abc.Stream):
         return data
 
     async def aclose(self) -> None:
+        self.ended.set()
         await self._stream.aclose()
 
 
@@ -75,3 +85,34 @@ async def wrap_client_stream_fast(
     if connection is None:
         raise ClosedBeforeUpgrade("the server closed the connection before the WebSocket upgrade")
     return connection
+
+
+async def wrap_server_stream_fast(
+    nursery: trio.Nursery, stream: trio.abc.Stream, **options: Any
+) -> WebSocketRequest:
+    """``trio_websocket.wrap_server_stream``, but raising :class:`ClosedBeforeUpgrade` as soon
+    as the client ends the stream, or trio-websocket closes it (an HTTP protocol error), before
+    a complete upgrade request arrived. Bound it with a timeout: a client that sends nothing
+    is waited for."""
+    watched = _WatchedStream(stream)
+    request: WebSocketRequest | None = None
+    async with trio.open_nursery() as race:
+
+        async def handshake() -> None:
+            nonlocal request
+            request = await wrap_server_stream(
+                nursery,
+                watched,
+                **options,
+            )
+            race.cancel_scope.cancel()
+
+        async def hang_up() -> None:
+            await watched.ended.wait()
+            race.cancel_scope.cancel()
+
+        race.start_soon(handshake)
+        race.start_soon(hang_up)
+    if request is None:
+        raise ClosedBeforeUpgrade("the client closed the connection before the WebSocket upgrade")
+    return request

@@ -244,6 +244,20 @@ async def test_client_port_refuses_junk_oversize_and_wrong_token(tmp_path: Path)
                 "junk after hello": 1007,
             }, codes
 
+            # The frames that ended a node, or froze it, before the client port decoded
+            # strictly: each closes its connection (1007) and nothing else.
+            huge = 10**5000
+            for frame in (
+                cbor2.dumps({"id": 1, "op": huge}),
+                cbor2.dumps({"id": 1, "op": "get", huge: 1}),
+                b"\xa3\x62id\x01\x62op\x63get\x63key" + b"\xd8\x1c\x82\x00\xd8\x1d\x00",
+                b"\xa3\x62id\x01\x62op\x63get\x63key" + b"\x81" * 10_000 + b"\x00",
+            ):
+                for _ in range(3):  # three such frames used to take down a 3-node cluster
+                    async with raw_websocket(client_port, "/kv") as ws:
+                        assert await close_code(ws, frame) == 1007
+                codes[f"hostile frame of {len(frame)} bytes"] = 1007
+
             for token in ("wrong token", None):
                 with pytest.raises(kv.KVAuthError):
                     async with kv.open_client([url], token=token, timeout_s=2) as client:

@@ -8,7 +8,7 @@ socket), and a cluster of real nodes on real transports.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,6 +25,7 @@ from trio_raft import (
     Node,
     NotLeaderError,
     Role,
+    StateMachine,
     open_node,
 )
 from trio_raft._messages import VoteRequest
@@ -156,6 +157,7 @@ class Cluster:
     nursery: trio.Nursery
     config: Config
     members: dict[str, Member] = attrs.Factory(lambda: {nid: Member() for nid in IDS})
+    state_machine: Callable[[], StateMachine] = KVStateMachine
 
     def urls(self, nid: str) -> dict[str, str | None]:
         others = {p: m for p, m in self.members.items() if p != nid}
@@ -173,7 +175,7 @@ class Cluster:
             async with transport(nid, self.urls(nid), port=member.port) as t:
                 member.port, member.transport = t.port, t
                 async with open_node(
-                    nid, IDS, state_machine=KVStateMachine(), transport=t,
+                    nid, IDS, state_machine=self.state_machine(), transport=t,
                     storage=member.storage, config=self.config, rng=rng,
                 ) as node:  # fmt: skip
                     member.node = node
@@ -191,11 +193,14 @@ class Cluster:
 
 
 @asynccontextmanager
-async def open_cluster(config: Config = CONFIG) -> AsyncIterator[Cluster]:
-    """Three nodes (``IDS``) with :class:`MemoryStorage` and :class:`KVStateMachine`, each on
-    its own WebSocket transport on a loopback port."""
+async def open_cluster(
+    config: Config = CONFIG, state_machine: Callable[[], StateMachine] = KVStateMachine
+) -> AsyncIterator[Cluster]:
+    """Three nodes (``IDS``) with :class:`MemoryStorage` and ``state_machine()`` (the testing
+    :class:`KVStateMachine` by default), each on its own WebSocket transport on a loopback
+    port."""
     async with trio.open_nursery() as nursery:
-        cluster = Cluster(nursery, config)
+        cluster = Cluster(nursery, config, state_machine=state_machine)
         for nid in IDS:
             await cluster.start(nid)
         for a in cluster.members.values():  # ports are known only now

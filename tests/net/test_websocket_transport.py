@@ -300,17 +300,20 @@ async def test_a_silent_client_is_closed_after_the_handshake_timeout() -> None:
             assert b.statistics().handshake_failures == 1
 
 
-async def test_connections_beyond_max_connections_are_closed_at_once() -> None:
+async def test_beyond_max_connections_the_oldest_pending_connection_is_closed() -> None:
+    """Connections still in their handshake are a bounded pool; a newcomer evicts the oldest
+    (it used to be refused, so strangers sitting on the pool kept members out)."""
     with trio.fail_after(5):
         async with transport("b", {"a": None}, max_connections=2) as b:
             streams = [await trio.open_tcp_stream("127.0.0.1", b.port) for _ in range(2)]
             await b.wait_statistics(lambda s: s.open_connections == 2)
             extra = await trio.open_tcp_stream("127.0.0.1", b.port)
-            assert await extra.receive_some() == b""  # closed by b without a word
-            stats = b.statistics()
+            assert await streams[0].receive_some() == b""  # the oldest, closed without a word
+            stats = await b.wait_statistics(lambda s: s.open_connections == 2)
             for stream in [*streams, extra]:
                 await stream.aclose()
-    assert stats.refused_connections == 1
+    assert stats.evicted_connections == 1
+    assert stats.refused_connections == 0
 
 
 async def test_a_newer_connection_of_a_peer_evicts_the_oldest() -> None:

@@ -80,8 +80,10 @@ async def open_websocket_transport(
     TLS: use ``wss://`` URLs (``ssl_context`` and ``peer_ssl_context``) off trusted networks.
 
     Memory is bounded: per peer ``send_queue_bytes`` queued; ``receive_queue_size`` decoded
-    messages; each of at most ``max_connections`` inbound connections may buffer one message of
-    up to ``max_message_bytes`` (unauthenticated ones included, until the handshake timeout).
+    messages; each of at most ``max_connections + 2 * len(peers)`` inbound connections may
+    buffer one message of up to ``max_message_bytes`` (unauthenticated ones included, until the
+    handshake timeout or until a newer one evicts them). No exception from one inbound
+    connection ends the transport: it is logged (rate-limited) and closes that connection.
 
     Args:
         node_id: This node's id.
@@ -99,8 +101,11 @@ async def open_websocket_transport(
         send_queue_size: Frames queued per peer before ``send`` drops.
         send_queue_bytes: Bytes queued per peer before ``send`` drops (>= max_message_bytes).
         receive_queue_size: Decoded messages buffered for the node; when full, reading pauses.
-        max_connections: Inbound connections at once, any state; more are closed on accept.
-            Default ``2 * len(peers) + 8``.
+        max_connections: Inbound connections still in their handshake (TLS, HTTP upgrade,
+            membership proof) at once, at most 4 of them from one address (an IPv6 /64); when
+            either bound is reached a newcomer evicts the oldest, so strangers sitting on
+            connections cannot keep a member out. Authenticated connections do not count: each
+            peer keeps at most 2 (the newest). Default ``2 * len(peers) + 8``.
         connect_timeout_s: Bound on TCP connect, TLS and HTTP upgrade when dialing.
         handshake_timeout_s: Bound on the membership handshake (and, inbound, on TLS and the
             HTTP upgrade too).

@@ -32,6 +32,9 @@ BACKOFF_S_MAX: Final = 2.0
 """Default cap of the reconnection delay."""
 DISCONNECT_TIMEOUT_S: Final = 1.0
 """How long a closing handshake may take before the socket is closed anyway."""
+MAX_HANDSHAKES_PER_ADDRESS: Final = 4
+"""Inbound connections from one address (an IPv6 /64) still in their handshake; a newer one
+evicts the oldest."""
 MAX_INBOUND_PER_PEER: Final = 2
 """Authenticated inbound connections kept per peer: a newer one evicts the oldest beyond this
 (room for a reconnection while a dead connection has not been noticed yet)."""
@@ -115,9 +118,17 @@ class TransportStatistics:
     peers: Mapping[NodeId, PeerStatistics]
     """Per-peer counters."""
     open_connections: int
-    """Inbound connections open now, authenticated or not (at most ``max_connections``)."""
+    """Inbound connections open now, authenticated or not (at most ``max_connections`` still
+    in their handshake, plus 2 authenticated ones per peer)."""
     refused_connections: int = 0
-    """Inbound connections closed at once because ``max_connections`` were open."""
+    """Inbound connections closed at once because ``max_connections`` were open (no longer
+    happens: the oldest pending connection is evicted instead; kept for compatibility)."""
+    evicted_connections: int = 0
+    """Inbound connections closed before completing their handshake to make room for a newer
+    one (``max_connections`` of them were pending, or too many from one address)."""
+    failed_connections: int = 0
+    """Inbound connections ended by an unexpected exception (logged, rate-limited); the
+    transport went on."""
     handshake_failures: int = 0
     """Failed handshakes, inbound (any claimed id, or none) and outbound."""
     decode_failures: int = 0

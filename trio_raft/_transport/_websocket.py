@@ -3,9 +3,10 @@
 ::
 
     open_websocket_transport ─ nursery
-      ├── server        listeners on host:port; one task per inbound connection (at most
-      │                 max_connections): TLS, HTTP upgrade on /raft, handshake, then read frames
-      │                 ──▶ decode ──▶ receive channel
+      ├── server        listeners on host:port; one task per inbound connection: TLS, HTTP
+      │                 upgrade on /raft, handshake (at most max_connections at once, at most
+      │                 MAX_HANDSHAKES_PER_ADDRESS per address: a newcomer evicts the oldest),
+      │                 then read frames ──▶ decode ──▶ receive channel
       └── dialer → peer one per peer: connect, handshake, then write that peer's queue, in order;
                         reconnect with exponential backoff and jitter
 
@@ -26,14 +27,22 @@ from typing import Final, final
 from urllib.parse import urlsplit
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
+from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection
 
 from .._codec import FrameError, decode, encode
+from .._inbound import Admission, Barrier, Ticket, remote_host
 from .._messages import Message
 from .._types import NodeId
+from .._ws import wrap_server_stream_fast
 from ._auth import RAFT_PATH, PeerRejectedError, accept_request, describe_failure, server_handshake
 from ._peer import PeerLink, close
-from ._stats import MAX_INBOUND_PER_PEER, Limits, Totals, TransportStatistics
+from ._stats import (
+    MAX_HANDSHAKES_PER_ADDRESS,
+    MAX_INBOUND_PER_PEER,
+    Limits,
+    Totals,
+    TransportStatistics,
+)
 
 logger: Final = logging.getLogger("trio_raft.transport")
 
@@ -41,7 +50,9 @@ _HANDSHAKE_ERRORS: Final = (
     PeerRejectedError,
     trio.TooSlowError,
     ConnectionClosed,
+    HandshakeError,
     trio.BrokenResourceError,
+    trio.ClosedResourceError,
 )
 
 
@@ -87,6 +98,11 @@ class WebSocketTransport:
         self._inbound_send, self._inbound_receive = trio.open_memory_channel[Message](
             limits.receive_queue_size
         )
+        self._admission = Admission(
+            max_pending=limits.max_connections,
+            max_pending_per_address=MAX_HANDSHAKES_PER_ADDRESS,
+        )
+        self._barrier = Barrier(logger, f"{node_id}: an inbound peer connection")
         self._closed = False
         self._url = ""
         self._ports: tuple[int, ...] = ()
@@ -180,6 +196,8 @@ class WebSocketTransport:
             peers={peer_id: link.statistics() for peer_id, link in self._links.items()},
             open_connections=totals.open_connections,
             refused_connections=totals.refused_connections,
+            evicted_connections=self._admission.evicted,
+            failed_connections=self._barrier.count,
             handshake_failures=totals.handshake_failures,
             decode_failures=totals.decode_failures,
             dropped_unknown_peer=totals.dropped_unknown_peer,
@@ -206,32 +224,34 @@ class WebSocketTransport:
     # -- serving ---------------------------------------------------------------------------
 
     async def _handle_stream(self, stream: trio.abc.Stream) -> None:
-        """One inbound connection, from TCP accept to close."""
+        """One inbound connection, from TCP accept to close; nothing it raises ends the node.
+
+        Until it has proved membership it is pending (see :class:`~trio_raft._inbound.Admission`):
+        a newer connection evicts the oldest pending one when ``max_connections`` or
+        :data:`MAX_HANDSHAKES_PER_ADDRESS` of them are open, so strangers holding connections
+        open cannot keep a member out. Authenticated connections do not count against that
+        pool (at most :data:`MAX_INBOUND_PER_PEER` per peer, the newest kept)."""
         totals = self._totals
-        if totals.open_connections >= self._limits.max_connections:
-            totals.refused_connections += 1
-            totals.changed.notify()
-            logger.warning(
-                "%s: refused a connection: max_connections (%d) are open",
-                self._id,
-                self._limits.max_connections,
-            )
-            await trio.aclose_forcefully(stream)
-            return
+        ticket = self._admission.admit(remote_host(stream))
+        assert ticket is not None, "no max_total: admission always makes room"
         totals.open_connections += 1
         totals.changed.notify()
         try:
-            async with trio.open_nursery() as nursery:
-                await self._serve_connection(nursery, stream)
-                nursery.cancel_scope.cancel()
-        except Exception:  # the barrier: one connection's bug must not take the node down
-            logger.exception("%s: inbound connection failed unexpectedly", self._id)
+            with ticket.scope:  # eviction cancels it
+                async with trio.open_nursery() as nursery:
+                    await self._serve_connection(nursery, stream, ticket)
+                    nursery.cancel_scope.cancel()
+        except* Exception as group:  # the barrier: Cancelled and KeyboardInterrupt pass
+            self._barrier.caught(group)
         finally:
+            self._admission.release(ticket)
             totals.open_connections -= 1
             totals.changed.notify()
             await trio.aclose_forcefully(stream)
 
-    async def _serve_connection(self, nursery: trio.Nursery, stream: trio.abc.Stream) -> None:
+    async def _serve_connection(
+        self, nursery: trio.Nursery, stream: trio.abc.Stream, ticket: Ticket
+    ) -> None:
         limits = self._limits
         remote = _remote(stream)
         ws: WebSocketConnection | None = None
@@ -239,7 +259,7 @@ class WebSocketTransport:
             with trio.fail_after(limits.handshake_timeout_s):  # TLS, HTTP upgrade, proof
                 if isinstance(stream, trio.SSLStream):
                     await stream.do_handshake()  # fails here, clearly, not in the reader task
-                request = await wrap_server_stream(
+                request = await wrap_server_stream_fast(
                     nursery,
                     stream,
                     message_queue_size=1,
@@ -263,6 +283,7 @@ class WebSocketTransport:
             if ws is not None:
                 await close(ws, 1008, reason)
             return
+        self._admission.establish(ticket)
         link = self._links[peer_id]
         with trio.CancelScope() as scope:
             link.inbound.append(scope)

@@ -34,6 +34,7 @@ from .._sync import Waiter
 from .._util import unwrap_single_exception_group
 from .._ws import wrap_client_stream_fast
 from . import _protocol as p
+from ._strict import describe
 
 DEFAULT_TIMEOUT_S: Final = 5.0
 """Default time limit of one call, retries included (enough to ride out a leader election)."""
@@ -243,7 +244,7 @@ class KVClient:
             )
         keys = _expect(await self._read(request, f"list {prefix!r}", timeout_s), (list,), "list")
         if not all(type(k) is str for k in keys):
-            raise p.KVServerError(f"the server answered a list with non-str keys: {keys!r:.200}")
+            raise p.KVServerError(f"the server answered a list with non-str keys: {describe(keys)}")
         return keys
 
     async def put(
@@ -550,7 +551,7 @@ def _encode_optional(value: bytes | str | None) -> bytes | None:
 
 def _expect(result: object, types: tuple[type[T], ...], op: str) -> T:
     if not isinstance(result, types) or (bool not in types and isinstance(result, bool)):
-        raise p.KVServerError(f"the server answered a {op} with {result!r:.200}")
+        raise p.KVServerError(f"the server answered a {op} with {describe(result)}")
     return result
 
 

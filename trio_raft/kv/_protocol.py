@@ -21,14 +21,16 @@ limit closes it with 1009. The error classes are drawn in :mod:`trio_raft.kv`.
 from __future__ import annotations
 
 import enum
-import io
 from collections.abc import Callable
 from typing import Any, Final, Literal, final
 
 import attrs
 import cbor2
 
+from .._codec import FrameError as _CodecFrameError
+from .._codec import load_plain
 from .._errors import RaftError
+from ._strict import StructureError, check_structure, describe
 
 PROTOCOL_VERSION: Final = 1
 """The version a ``hello`` carries; a server answers ``bad_request`` to any other."""
@@ -57,9 +59,15 @@ MAX_RESPONSE_BYTES: Final = 2 * 1024 * 1024
 # WebSocket close codes (RFC 6455, section 7.4.1) the server uses.
 CLOSE_UNSUPPORTED_DATA: Final = 1003  # a text frame
 CLOSE_INVALID_PAYLOAD: Final = 1007  # a frame that cannot be answered
-CLOSE_POLICY_VIOLATION: Final = 1008  # missing or wrong token
+CLOSE_POLICY_VIOLATION: Final = 1008  # missing or wrong token, or replies not read
+CLOSE_INTERNAL_ERROR: Final = 1011  # the server failed unexpectedly on this connection
 
-_MAX_DEPTH: Final = 4  # {"id":..., "ok": [keys]} and {"error": {...}} are depth 2 or 3
+_MAX_REQUEST_DEPTH: Final = 2
+"""A request is a map of scalars; one more level lets a nested value get a ``bad_request``."""
+_MAX_REQUEST_ITEMS: Final = 64
+"""CBOR items in a request (the largest valid one has 17): decoding work is bounded by it."""
+_MAX_RESPONSE_DEPTH: Final = 4  # {"id", "ok": {"followers": {peer: {...}}}} (status)
+_MAX_RESPONSE_ITEMS: Final = 4 * MAX_LIST_LIMIT + 1024  # a full list page, a large status
 
 Consistency = Literal["linearizable", "stale"]
 
@@ -192,14 +200,16 @@ def check_optional_value(value: object, what: str) -> bytes | None:
 def check_session(value: object) -> bytes:
     """A session id: 1 to :data:`MAX_SESSION_ID_BYTES` bytes."""
     if type(value) is not bytes or not 0 < len(value) <= MAX_SESSION_ID_BYTES:
-        raise ValueError(f"session must be 1 to {MAX_SESSION_ID_BYTES} bytes, got {value!r:.80}")
+        raise ValueError(
+            f"session must be 1 to {MAX_SESSION_ID_BYTES} bytes, got {describe(value)}"
+        )
     return value
 
 
 def check_int(value: object, what: str, lo: int, hi: int) -> int:
     """An int (not a bool) in ``[lo, hi]``."""
     if type(value) is not int or not lo <= value <= hi:
-        raise ValueError(f"{what} must be an int from {lo} to {hi}, got {value!r:.80}")
+        raise ValueError(f"{what} must be an int from {lo} to {hi}, got {describe(value)}")
     return value
 
 
@@ -233,13 +243,13 @@ def _v(check: Callable[[object], object]) -> _Validator:
 def _version(_inst: Any, _attr: Any, value: Any) -> None:
     if value != PROTOCOL_VERSION or type(value) is not int:
         raise ValueError(
-            f"unsupported protocol version {value!r:.80}; this server speaks {PROTOCOL_VERSION}"
+            f"unsupported protocol version {describe(value)}; this server speaks {PROTOCOL_VERSION}"
         )
 
 
 def _consistency(_inst: Any, _attr: Any, value: Any) -> None:
     if value not in ("linearizable", "stale"):
-        raise ValueError(f'consistency must be "linearizable" or "stale", got {value!r:.80}')
+        raise ValueError(f'consistency must be "linearizable" or "stale", got {describe(value)}')
 
 
 def _token(_inst: Any, _attr: Any, value: Any) -> None:
@@ -360,23 +370,27 @@ def encode_request(request_id: int, request: Request) -> bytes:
     return cbor2.dumps({"id": request_id, "op": _OP_NAMES[type(request)], **fields})
 
 
-def _decode_map(data: bytes | str, max_bytes: int) -> dict[object, object]:
-    """Decode one message to a map, or raise :exc:`FrameError` (close the connection)."""
+def _decode_map(
+    data: bytes | str, max_bytes: int, max_items: int, max_depth: int
+) -> dict[Any, Any]:
+    """Decode one message to a map, or raise :exc:`FrameError` (close the connection).
+
+    The work is bounded before anything is decoded: the size, then the item headers
+    (:func:`~trio_raft.kv._strict.check_structure`: no tags, at most ``max_items`` items and
+    ``max_depth`` levels), then the strict decoder peers use (no duplicate keys, only text or
+    byte string map keys).
+    """
     if isinstance(data, str):
         raise FrameError("text frames are not part of the protocol", CLOSE_UNSUPPORTED_DATA)
     if len(data) > max_bytes:
         raise FrameError(f"message of {len(data)} bytes exceeds {max_bytes}")
-    stream = io.BytesIO(data)
     try:
-        decoded = cbor2.CBORDecoder(
-            stream, allow_duplicate_keys=False, max_depth=_MAX_DEPTH
-        ).decode()
-    except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError) as exc:
-        raise FrameError(f"not a CBOR message: {exc}") from None
-    if stream.tell() != len(data):
-        raise FrameError("trailing bytes after the CBOR message")
+        check_structure(data, max_items=max_items, max_depth=max_depth)
+        decoded = load_plain(data, max_bytes=max_bytes, max_depth=max_depth)
+    except (StructureError, _CodecFrameError) as exc:
+        raise FrameError(f"not a valid CBOR message: {str(exc)[:200]}") from None
     if not isinstance(decoded, dict):
-        raise FrameError(f"a message must be a CBOR map, got {type(decoded).__name__}")
+        raise FrameError(f"a message must be a CBOR map, got {describe(decoded)}")
     return decoded
 
 
@@ -394,24 +408,24 @@ def decode_request(data: bytes | str) -> tuple[int, Request]:
         FrameError: unanswerable junk (not a CBOR map, no valid ``id``, a text frame): close.
         BadRequest: a map with a valid ``id`` that is not a valid request: answer it.
     """
-    message = _decode_map(data, MAX_REQUEST_BYTES)
+    message = _decode_map(data, MAX_REQUEST_BYTES, _MAX_REQUEST_ITEMS, _MAX_REQUEST_DEPTH)
     request_id = _request_id(message)
     op = message.get("op")
     cls = _OPS.get(op) if isinstance(op, str) else None
     if cls is None:
-        raise BadRequest(request_id, f"unknown op {op!r:.80}; expected one of {sorted(_OPS)}")
+        raise BadRequest(request_id, f"unknown op {describe(op)}; expected one of {sorted(_OPS)}")
     fields = {k: v for k, v in message.items() if k not in ("id", "op")}
     unknown = set(fields) - _FIELDS[cls]
     if unknown:
-        names = sorted(map(repr, unknown))
-        raise BadRequest(request_id, f"unknown fields for {op!r}: {', '.join(names):.200}")
+        names = ", ".join(sorted(describe(name) for name in unknown)[:8])
+        raise BadRequest(request_id, f"unknown fields for {op!r}: {names}")
     missing = _REQUIRED[cls] - set(fields)
     if missing:
         raise BadRequest(request_id, f"missing fields for {op!r}: {', '.join(sorted(missing))}")
     try:
-        return request_id, cls(**fields)  # type: ignore[arg-type]
+        return request_id, cls(**fields)
     except (ValueError, TypeError) as exc:
-        raise BadRequest(request_id, f"invalid {op!r} request: {exc}") from None
+        raise BadRequest(request_id, f"invalid {op!r} request: {str(exc)[:200]}") from None
 
 
 # -- responses ---------------------------------------------------------------------------------
@@ -457,7 +471,7 @@ def decode_response(data: bytes | str) -> Response:
     Raises:
         FrameError: not a valid response (the connection is then useless: close it).
     """
-    message = _decode_map(data, MAX_RESPONSE_BYTES)
+    message = _decode_map(data, MAX_RESPONSE_BYTES, _MAX_RESPONSE_ITEMS, _MAX_RESPONSE_DEPTH)
     request_id = _request_id(message)
     if set(message) == {"id", "ok"}:
         return Ok(request_id, message["ok"])
@@ -472,7 +486,7 @@ def decode_response(data: bytes | str) -> Response:
     try:
         error_code = ErrorCode(code)
     except ValueError:
-        raise FrameError(f"unknown error code {code!r:.80}") from None
+        raise FrameError(f"unknown error code {describe(code)}") from None
     if leader is not None and type(leader) is not str:
         raise FrameError("an error's leader must be a URL or None")
     return Failure(request_id, error_code, text, leader)

@@ -3,10 +3,14 @@
 ::
 
     serve_kv ─ nursery
-      └── serve_websocket (trio-websocket): one task per connection (at most max_connections)
+      └── trio.serve_listeners: one task per TCP connection (admitted by _inbound.Admission:
+            │                   at most max_connections, pending ones evicted oldest first)
+            ├── TLS, HTTP upgrade (within HANDSHAKE_TIMEOUT_S), then the hello if a token is set
             └── _Connection.run: reads requests, in order
                   └── nursery: one task per request in flight (at most max_concurrent_requests;
-                               beyond that the connection is not read: TCP back-pressure)
+                               beyond that the connection is not read: TCP back-pressure);
+                               replies wait for room in MAX_OUTPUT_BYTES, or the connection
+                               is closed as a slow reader
 
 Writes go through :meth:`Node.propose <trio_raft.Node.propose>`, linearizable reads through
 :meth:`Node.read <trio_raft.Node.read>` (ReadIndex), stale reads straight to the local state
@@ -15,20 +19,18 @@ machine. The node's errors become error codes (see :mod:`trio_raft.kv._protocol`
 
 from __future__ import annotations
 
-import contextlib
 import hmac
+import logging
 from collections.abc import Mapping
-from functools import partial
 from ssl import SSLContext
 from typing import Final, NoReturn, final
 
 import trio
 from trio_websocket import (
     ConnectionClosed,
-    Endpoint,
+    HandshakeError,
     WebSocketConnection,
     WebSocketRequest,
-    serve_websocket,
 )
 
 from .._errors import (
@@ -37,10 +39,14 @@ from .._errors import (
     NotLeaderError,
     ProposalDroppedError,
 )
+from .._inbound import Admission, Barrier, Ticket, remote_host
 from .._node import Node
 from .._status import Status
+from .._sync import Broadcast
 from .._types import NodeId
+from .._ws import wrap_server_stream_fast
 from ._protocol import (
+    CLOSE_INTERNAL_ERROR,
     CLOSE_POLICY_VIOLATION,
     MAX_REQUEST_BYTES,
     PATH,
@@ -67,6 +73,16 @@ from ._protocol import (
 )
 from ._state_machine import KVStateMachine
 
+logger: Final = logging.getLogger("trio_raft.kv")
+
+_BUSY: Final = b"too many connections; retry later or elsewhere"
+_NETWORK_ERRORS: Final = (
+    ConnectionClosed,
+    HandshakeError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+)
+
 
 def status_to_wire(status: Status) -> dict[str, object]:
     """A node's :class:`~trio_raft.Status` as plain CBOR-friendly values."""
@@ -89,15 +105,28 @@ def status_to_wire(status: Status) -> dict[str, object]:
 
 
 DEFAULT_MAX_CONNECTIONS: Final = 1024
-"""Connections a server accepts at once; more are refused with HTTP 503 (clients move on)."""
+"""Connections a server keeps at once, those still in their handshake included. When it is
+full, the oldest connection still in its handshake is closed to make room; if every one is
+established, the new one is refused with HTTP 503 (clients move on)."""
 DEFAULT_MAX_CONCURRENT_REQUESTS: Final = 64
 """Requests one connection may have in flight; past it the server stops reading it."""
+MAX_PENDING_PER_ADDRESS: Final = 64
+"""Connections from one address (an IPv6 /64) still in their handshake; a newer one evicts
+the oldest."""
+MAX_REFUSING: Final = 16
+"""Connections being refused with 503 at once, beyond ``max_connections``; more are closed
+without an answer."""
 HELLO_TIMEOUT_S: Final = 10.0
 """With a token configured, a connection must authenticate within this time or be closed."""
-HANDSHAKE_TIMEOUT_S: Final = 10.0
-"""A WebSocket opening handshake that takes longer is dropped."""
+HANDSHAKE_TIMEOUT_S: Final = 5.0
+"""TLS and the WebSocket opening handshake (HTTP upgrade) must complete within this time."""
 CLOSE_TIMEOUT_S: Final = 2.0
 """How long the server waits for a client to complete a closing handshake."""
+MAX_OUTPUT_BYTES: Final = 1024 * 1024
+"""Encoded replies a connection may have waiting to be written; further replies wait."""
+SLOW_READER_TIMEOUT_S: Final = 10.0
+"""A reply that cannot be written within this time (the client does not read) closes the
+connection with 1008."""
 
 
 @final
@@ -120,9 +149,14 @@ class KVServer:
         self._sm = state_machine
         self._leader_urls = leader_urls
         self._token = None if token is None else token.encode()
-        self._max_connections = max_connections
         self._max_concurrent = max_concurrent_requests
-        self._connections = 0
+        self._admission = Admission(
+            max_pending=max_connections,
+            max_pending_per_address=MAX_PENDING_PER_ADDRESS,
+            max_total=max_connections,
+        )
+        self._refusing = 0
+        self._barrier = Barrier(logger, f"{node.id}: a KV client connection")
         self._port: int | None = None
 
     @property
@@ -135,22 +169,95 @@ class KVServer:
 
     @property
     def connections(self) -> int:
-        """How many client connections are open right now."""
-        return self._connections
+        """How many client connections are open right now, those still in their handshake
+        included (at most ``max_connections``)."""
+        return self._admission.pending + self._admission.established
 
-    async def _handle(self, request: WebSocketRequest) -> None:
-        if request.path != PATH:
-            await request.reject(404, body=f"the KV service is at {PATH}".encode())
-            return
-        if self._connections >= self._max_connections:
-            await request.reject(503, body=b"too many connections; retry later or elsewhere")
-            return
-        self._connections += 1
+    @property
+    def max_connections(self) -> int:
+        """The bound on :attr:`connections`."""
+        total = self._admission.max_total
+        assert total is not None
+        return total
+
+    @property
+    def evicted_connections(self) -> int:
+        """Connections closed before completing their handshake to make room for newer ones."""
+        return self._admission.evicted
+
+    @property
+    def failed_connections(self) -> int:
+        """Connections ended by an unexpected exception (logged, rate-limited); the server
+        went on."""
+        return self._barrier.count
+
+    async def _handle_stream(self, stream: trio.abc.Stream) -> None:
+        """One TCP connection, from accept to close; nothing it raises ends the server."""
+        ticket = self._admission.admit(remote_host(stream))
         try:
-            ws = await request.accept()
-            await _Connection(self, ws).run()
+            if ticket is None:
+                await self._refuse(stream)
+                return
+            try:
+                with ticket.scope:
+                    await self._run_stream(stream, ticket)
+            except* Exception as group:  # the barrier: Cancelled and KeyboardInterrupt pass
+                self._barrier.caught(group)
+            finally:
+                self._admission.release(ticket)
         finally:
-            self._connections -= 1
+            await trio.aclose_forcefully(stream)
+
+    async def _refuse(self, stream: trio.abc.Stream) -> None:
+        """Over ``max_connections`` with none to evict: answer 503, if few are being refused."""
+        if self._refusing >= MAX_REFUSING:
+            return
+        self._refusing += 1
+        try:
+            with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
+                async with trio.open_nursery() as nursery:
+                    request = await self._upgrade_request(nursery, stream)
+                    await request.reject(503, body=_BUSY)
+                    nursery.cancel_scope.cancel()
+        except Exception:  # a client that fails while refused: nothing to do
+            pass
+        finally:
+            self._refusing -= 1
+
+    async def _upgrade_request(
+        self, nursery: trio.Nursery, stream: trio.abc.Stream
+    ) -> WebSocketRequest:
+        if isinstance(stream, trio.SSLStream):
+            await stream.do_handshake()
+        return await wrap_server_stream_fast(
+            nursery, stream, message_queue_size=1, max_message_size=MAX_REQUEST_BYTES
+        )
+
+    async def _run_stream(self, stream: trio.abc.Stream, ticket: Ticket) -> None:
+        async with trio.open_nursery() as nursery:
+            ws = None
+            with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
+                try:
+                    request = await self._upgrade_request(nursery, stream)
+                    if request.path != PATH:
+                        await request.reject(404, body=f"the KV service is at {PATH}".encode())
+                    else:
+                        ws = await request.accept()
+                except _NETWORK_ERRORS:
+                    pass  # the client left or spoke no HTTP: nothing to answer
+            if ws is None:
+                nursery.cancel_scope.cancel()
+                return
+            connection = _Connection(self, ws)
+            try:
+                if await connection.authenticate():
+                    self._admission.establish(ticket)
+                    await connection.run()
+            except Exception:
+                await connection.close(CLOSE_INTERNAL_ERROR, "internal error")
+                raise
+            finally:
+                nursery.cancel_scope.cancel()
 
     def _authentic(self, request: Request) -> bool:
         if self._token is None:
@@ -213,35 +320,52 @@ class KVServer:
 
 
 class _Connection:
-    """One client connection: authenticate, then read requests and answer each in a task."""
+    """One client connection: authenticate, then read requests and answer each in a task.
+
+    Replies are written in the order they are ready; at most :data:`MAX_OUTPUT_BYTES` of them
+    (plus one) wait to be written at once, the others wait to be encoded. A reply that cannot
+    be written within :data:`SLOW_READER_TIMEOUT_S` ends the connection (1008): a client that
+    does not read its replies can hold no more than that.
+    """
 
     def __init__(self, server: KVServer, ws: WebSocketConnection) -> None:
         self._server = server
         self._ws = ws
         self._slots = trio.Semaphore(server._max_concurrent)
+        self._output_bytes = 0
+        self._drained = Broadcast()
+        self._scope = trio.CancelScope()
+        self._ending: tuple[int, str] | None = None
 
     async def run(self) -> None:
-        if not await self._authenticate():
-            return
-        async with trio.open_nursery() as nursery:
-            while True:
-                try:
-                    data = await self._ws.get_message()
-                except ConnectionClosed:
-                    break
-                try:
-                    rid, request = decode_request(data)
-                except FrameError as exc:
-                    await self._close(exc.code, str(exc))
-                    break
-                except BadRequest as exc:
-                    await self._send(Failure(exc.request_id, ErrorCode.BAD_REQUEST, str(exc)))
-                    continue
-                await self._slots.acquire()
-                nursery.start_soon(self._serve, rid, request)
-            nursery.cancel_scope.cancel()  # nobody is left to answer
+        """Serve requests until the client leaves or breaks the protocol, then close."""
+        with self._scope:
+            async with trio.open_nursery() as nursery:
+                await self._read_requests(nursery)
+                nursery.cancel_scope.cancel()  # nobody is left to answer
+        if self._ending is not None:
+            await self.close(*self._ending)
 
-    async def _authenticate(self) -> bool:
+    async def _read_requests(self, nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                data = await self._ws.get_message()
+            except ConnectionClosed:
+                return
+            try:
+                rid, request = decode_request(data)
+            except FrameError as exc:
+                self._ending = exc.code, str(exc)
+                return
+            except BadRequest as exc:
+                await self._slots.acquire()
+                failure = Failure(exc.request_id, ErrorCode.BAD_REQUEST, str(exc))
+                nursery.start_soon(self._reply, failure)
+                continue
+            await self._slots.acquire()
+            nursery.start_soon(self._serve, rid, request)
+
+    async def authenticate(self) -> bool:
         """With a token configured, the first request must be a ``hello`` carrying it."""
         server = self._server
         if server._token is None:
@@ -254,7 +378,7 @@ class _Connection:
             try:
                 rid, request = decode_request(data)
             except FrameError as exc:
-                await self._close(exc.code, str(exc))
+                await self.close(exc.code, str(exc))
                 return False
             except BadRequest as exc:
                 rid = exc.request_id
@@ -264,9 +388,9 @@ class _Connection:
                     return True
             reason = "the first request must be a hello with the right token"
             await self._send(Failure(rid, ErrorCode.UNAUTHORIZED, reason))
-            await self._close(CLOSE_POLICY_VIOLATION, "unauthorized")
+            await self.close(CLOSE_POLICY_VIOLATION, "unauthorized")
             return False
-        await self._close(CLOSE_POLICY_VIOLATION, f"no hello within {HELLO_TIMEOUT_S} s")
+        await self.close(CLOSE_POLICY_VIOLATION, f"no hello within {HELLO_TIMEOUT_S} s")
         return False
 
     async def _serve(self, rid: int, request: Request) -> None:
@@ -275,13 +399,36 @@ class _Connection:
         finally:
             self._slots.release()
 
-    async def _send(self, response: Response) -> None:
-        with contextlib.suppress(ConnectionClosed):  # the client left; the reader notices
-            await self._ws.send_message(encode_response(response))
+    async def _reply(self, response: Response) -> None:
+        try:
+            await self._send(response)
+        finally:
+            self._slots.release()
 
-    async def _close(self, code: int, reason: str) -> None:
-        # A close reason must fit a control frame (123 bytes).
-        short = reason.encode()[:120].decode(errors="ignore")
+    async def _send(self, response: Response) -> None:
+        """Write ``response`` once there is room; end the connection if the client does not
+        read it in time."""
+        with trio.move_on_after(SLOW_READER_TIMEOUT_S) as deadline:
+            while self._output_bytes >= MAX_OUTPUT_BYTES:
+                await self._drained.wait()
+            data = encode_response(response)
+            self._output_bytes += len(data)
+            try:
+                await self._ws.send_message(data)
+            except ConnectionClosed:
+                pass  # the client left; the reader notices
+            finally:
+                self._output_bytes -= len(data)
+                self._drained.notify()
+        if deadline.cancelled_caught:
+            seconds = f"{SLOW_READER_TIMEOUT_S:g}"
+            self._ending = CLOSE_POLICY_VIOLATION, f"slow reader: replies unread for {seconds} s"
+            self._scope.cancel()
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close with ``code`` and ``reason`` (cut to fit a close frame), waiting at most
+        :data:`CLOSE_TIMEOUT_S`."""
+        short = reason.encode()[:120].decode(errors="ignore")  # a control frame: 125 bytes
         with trio.move_on_after(CLOSE_TIMEOUT_S):
             await self._ws.aclose(code, short)
 
@@ -307,12 +454,17 @@ async def serve_kv(
     node stopped answers ``unavailable``. Cancel it to stop: every connection is closed and
     requests in flight are abandoned (a write may still be applied; its client retries it).
 
-    Limits (each documented in its constant): at most ``max_connections`` connections (more are
-    refused with HTTP 503), ``max_concurrent_requests`` requests in flight per connection
-    (beyond that the server stops reading the connection), messages of at most
-    512 KiB (a bigger one closes the connection with 1009), a hello within 10 s when a token
-    is configured. Operations have
-    no server-side timeout: clients set theirs, as trio's timeout philosophy wants.
+    Limits (each documented in its constant): at most ``max_connections`` connections, counted
+    from the TCP accept; when they are all open, the oldest one still in its handshake (TLS and
+    HTTP upgrade within 5 s, then a hello within 10 s when a token is configured) is closed to
+    make room, and if none is, the new one is refused with HTTP 503. At most 64 connections
+    from one address may be in their handshake. ``max_concurrent_requests`` requests in flight
+    per connection (beyond that the server stops reading the connection); requests of at most
+    512 KiB (a bigger one closes the connection with 1009) and 64 CBOR items, without tags
+    (otherwise 1007); at most 1 MiB of replies waiting per connection, and a client that leaves
+    a reply unread for 10 s is closed (1008). An exception while serving one connection closes
+    it (1011) and is logged; it never ends the server. Operations have no server-side timeout:
+    clients set theirs, as trio's timeout philosophy wants.
 
     Args:
         node: A node running a :class:`KVStateMachine`.
@@ -349,22 +501,25 @@ async def serve_kv(
     server = KVServer(
         node, state_machine, leader_urls, token, max_connections, max_concurrent_requests
     )
-    async with trio.open_nursery() as nursery:
-        ws_server = await nursery.start(
-            partial(
-                serve_websocket,
-                server._handle,
-                host,
-                port,
-                ssl_context,
-                max_message_size=MAX_REQUEST_BYTES,
-                connect_timeout=HANDSHAKE_TIMEOUT_S,
-                disconnect_timeout=CLOSE_TIMEOUT_S,
-            )
+    listeners: list[trio.SocketListener] | list[trio.SSLListener[trio.SocketStream]]
+    if ssl_context is None:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    else:
+        listeners = await trio.open_ssl_over_tcp_listeners(
+            port, ssl_context, host=host, https_compatible=True
         )
-        # With host=None there is one listener per address family (and, with port 0, maybe
-        # one port each): report the first.
-        server._port = next(e.port for e in ws_server.listeners if isinstance(e, Endpoint))
+    # With host=None there is one listener per address family (and, with port 0, maybe
+    # one port each): report the first.
+    server._port = _listener_port(listeners[0])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, server._handle_stream, listeners)
         task_status.started(server)
         await trio.sleep_forever()
     raise AssertionError("unreachable: serve_kv runs until cancelled")
+
+
+def _listener_port(listener: trio.SocketListener | trio.SSLListener[trio.SocketStream]) -> int:
+    inner = listener.transport_listener if isinstance(listener, trio.SSLListener) else listener
+    assert isinstance(inner, trio.SocketListener)
+    port: int = inner.socket.getsockname()[1]
+    return port

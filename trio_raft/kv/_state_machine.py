@@ -29,6 +29,7 @@ from ._protocol import (
     check_session,
     check_value,
 )
+from ._strict import describe
 
 DEFAULT_MAX_SESSIONS: Final = 10_000
 """Default bound of the session table (about 100 bytes each, so about 1 MB)."""
@@ -42,7 +43,7 @@ WriteResult = bool | None
 
 def _malformed(command: object) -> str:
     return (
-        f"malformed KV command {command!r:.200}: expected ('get', key), "
+        f"malformed KV command {describe(command)}: expected ('get', key), "
         "('list', prefix, limit, start_after), ('open', session), "
         "('put', session, seq, key, value), ('delete', session, seq, key) or "
         "('cas', session, seq, key, expected, new)"
@@ -159,7 +160,7 @@ class KVStateMachine:
                 )
         raise ValueError(
             f"a KV query is ('get', key) or ('list', prefix, limit, start_after), "
-            f"got {query!r:.200}"
+            f"got {describe(query)}"
         )
 
     # -- inspection --------------------------------------------------------------------------
