@@ -45,7 +45,7 @@ def forbid_processes_and_fixed_ports(nodeid: str) -> Iterator[None]:
     """Make process creation and fixed-port binds raise :exc:`UnmarkedProcessTestError`."""
     original_bind = socket.socket.bind
 
-    def execute_child(self: subprocess.Popen[object], args: object, *rest: object) -> NoReturn:
+    def execute_child(self: subprocess.Popen[bytes], args: object, *rest: object) -> NoReturn:
         _refuse(nodeid, f"started a process ({args!r})")
 
     def spawn(*args: object, **kwargs: object) -> NoReturn:
