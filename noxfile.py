@@ -1,8 +1,13 @@
 """Every check that CI runs, runnable locally with ``python -m nox -s NAME``.
 
-``.ci/run`` runs the default sessions (tests, lint, typecheck, docs). Arguments after ``--``
-reach the underlying tool, e.g. ``nox -s tests -- -k election -n 0`` (a later ``-n``
-overrides the default ``-n 2``) or ``TRIO_RAFT_SEEDS=50 nox -s sim -- -x``.
+``.ci/run`` runs the default sessions (tests, processes, lint, typecheck, docs); ``python -m
+nox -s tests processes`` runs the whole test suite. Arguments after ``--`` reach the underlying
+tool, e.g. ``nox -s tests -- -k election -n 0`` (a later ``-n`` overrides the default ``-n 2``)
+or ``TRIO_RAFT_SEEDS=50 nox -s sim -- -x``.
+
+The suite is split in two by the ``process`` marker: ``tests`` runs everything else (virtual
+time, in-process, port 0), ``processes`` the tests that start OS processes or bind fixed ports
+(real time, real sockets; see ``tests/_ports.py`` and ``tests/_process_guard.py``).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
+nox.options.sessions = ["tests", "processes", "lint", "typecheck", "docs"]
 nox.options.reuse_existing_virtualenvs = True
 
 ROOT = Path(__file__).parent
@@ -42,9 +47,17 @@ def _install(session: nox.Session, *extras: str, project: bool = True) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the test suite on two workers (pytest-xdist)."""
+    """Run the test suite on two workers (pytest-xdist), except the tests marked ``process``."""
     _install(session, "test")
-    session.run("pytest", "-n", "2", *session.posargs)
+    session.run("pytest", "-n", "2", "-m", "not process", *session.posargs)
+
+
+@nox.session
+def processes(session: nox.Session) -> None:
+    """Run the tests marked ``process`` (real OS processes, fixed ports, real time) on two
+    workers: clusters of ``trio-raft serve`` processes, ``kill -9``, the CLI end to end."""
+    _install(session, "test")
+    session.run("pytest", "-n", "2", "-m", "process", *session.posargs)
 
 
 @nox.session

@@ -4,14 +4,26 @@
   ``TRIO_RAFT_SEEDS`` environment variable (how many seeds the randomized tests sweep).
 * Importing Hypothesis registers trio's scheduler RNG with it (trio's own plugin hook), which is
   how trio supports deterministic scheduling; the simulator seeds that RNG per run.
+* Tests that start OS processes or bind fixed ports are marked ``process`` (every test under
+  ``tests/cluster`` is, by its directory); ``nox -s processes`` runs them and ``nox -s tests``
+  the rest. Any other test that tries either fails (:mod:`tests._process_guard`), so the split
+  cannot rot. Fixed ports come from :mod:`tests._ports`, released after each test.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Generator
+from pathlib import Path
 
 import hypothesis  # noqa: F401  (see the module docstring)
 import pytest
+
+from . import _ports
+from ._process_guard import MARKER, forbid_processes_and_fixed_ports
+
+PROCESS_DIRECTORIES = (Path(__file__).parent / "cluster",)
+"""Every test under these directories runs real processes: marked ``process`` by directory."""
 
 DEFAULT_SEEDS = 200
 
@@ -38,3 +50,35 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         marker = metafunc.definition.get_closest_marker("seeds")
         default = marker.args[0] if marker is not None else DEFAULT_SEEDS
         metafunc.parametrize("sim_seed", sim_seeds(metafunc.config, default))
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects anything
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(item.path.is_relative_to(d) for d in PROCESS_DIRECTORIES):
+            item.add_marker(MARKER)
+
+
+def _guarded(item: pytest.Item) -> Generator[None, object, object]:
+    if item.get_closest_marker(MARKER) is not None:
+        return (yield)
+    with forbid_processes_and_fixed_ports(item.nodeid):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, object, object]:
+    return (yield from _guarded(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+    return (yield from _guarded(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, object, object]:
+    try:
+        return (yield from _guarded(item))
+    finally:
+        _ports.release_all()  # the test's processes are gone: its ports are free again

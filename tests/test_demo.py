@@ -104,6 +104,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.strip().endswith(__version__)
 
 
+@pytest.mark.process  # starts a process: `nox -s processes`
 def test_python_m_trio_raft_demo() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "trio_raft", "demo"],

@@ -1,6 +1,6 @@
 """Running a cluster of ``python -m trio_raft serve`` processes from a test.
 
-:func:`open_process_cluster` writes a cluster file (free ports below the ephemeral range,
+:func:`open_process_cluster` writes a cluster file (ports from :mod:`tests._ports`,
 optional ``[raft]`` settings, client token and per-node ``dial`` tables), starts the processes
 through :class:`trio_raft._local_cluster.LocalCluster` and, whatever happens, stops them all on
 exit: SIGTERM then SIGKILL after a grace period when the test passed, SIGKILL at once (with the
@@ -16,7 +16,6 @@ import random
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -36,7 +35,8 @@ from trio_raft._wal._fs import OsFileSystem
 from trio_raft._wal._snapshot_file import SNAPSHOT_FILE, verify_snapshot
 from trio_raft.testing import History
 
-from ._traced_node import TRACE_CHUNK, TRACE_INSTALL
+from .. import _ports
+from ._traced_node import CONNECT_TIMEOUT_ENV, TRACE_CHUNK, TRACE_INSTALL
 
 TRACED_NODE = Path(__file__).with_name("_traced_node.py")
 
@@ -52,36 +52,14 @@ Status = dict[str, object]
 Statuses = dict[str, Status | None]
 
 
-PORT_RANGE = (15000, 32000)
-"""Ports the nodes get, below Linux's ephemeral range (32768-60999 by default): the kernel
-never hands one of them to an outgoing connection or a ``bind(0)`` (the proxy, the clients)
-while a node is starting or restarting."""
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports of :data:`PORT_RANGE` that are free on 127.0.0.1 now.
-
-    Each xdist worker draws from its own slice of the range, at random (a port freed by an
-    earlier test may still be in TIME_WAIT, which the nodes' SO_REUSEADDR tolerates)."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
-    slices = 16
-    low, high = PORT_RANGE
-    width = (high - low) // slices
-    start = low + (int(worker) if worker.isdigit() else 0) % slices * width
-    rng = random.Random(secrets.randbits(64))
-    ports: list[int] = []
-    while len(ports) < count:
-        port = rng.randrange(start, start + width)
-        if port in ports:
-            continue
-        with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((HOST, port))
-            except OSError:
-                continue
-        ports.append(port)
-    return ports
+DEADLINE_S = 120.0
+"""Bound on every real-process test, on the real clock: it detects a hang (a test that would
+otherwise wait forever), it is not a speed assertion. A test takes about 2 to 13 s on an idle
+machine; the bound is ten times that, because the tests share 2 cores with xdist workers and
+other jobs in CI. Speeds are printed as ``FIGURE`` lines, never asserted (benchmarks/ measures)."""
+CLIENT_TIMEOUT_S = 30.0
+"""Default timeout of a test's KV calls: an operation the test needs must not fail only because
+the machine is busy (an outcome the load records as unknown has its own, shorter timeout)."""
 
 
 @attrs.frozen
@@ -93,8 +71,9 @@ class NodePorts:
 
 
 def allocate_ports(ids: Sequence[str] = NODE_IDS) -> dict[str, NodePorts]:
-    """Free peer and client ports for every node."""
-    ports = free_ports(2 * len(ids))
+    """Free peer and client ports for every node, reserved until the test ends
+    (:mod:`tests._ports`)."""
+    ports = _ports.allocate(2 * len(ids))
     return {nid: NodePorts(ports[2 * i], ports[2 * i + 1]) for i, nid in enumerate(ids)}
 
 
@@ -190,23 +169,35 @@ class ProcessCluster:
         return [self.file.nodes[n].client for n in (self.ids if ids is None else ids)]
 
     def client(
-        self, ids: Iterable[str] | None = None, *, timeout_s: float | None = 5.0
+        self, ids: Iterable[str] | None = None, *, timeout_s: float | None = CLIENT_TIMEOUT_S
     ) -> AbstractAsyncContextManager[kv.KVClient]:
         """A KV client of ``ids`` (default: every node) with the cluster's token."""
         return kv.open_client(self.urls(ids), token=self.token, timeout_s=timeout_s)
 
-    async def start(self, node_id: str, *, trace_snapshots: bool = False) -> None:
-        """Start ``node_id``'s ``trio-raft serve`` process (output appended to its log); with
-        ``trace_snapshots``, through :mod:`._traced_node`, which logs each received snapshot."""
+    async def start(
+        self,
+        node_id: str,
+        *,
+        trace_snapshots: bool = False,
+        connect_timeout_s: float | None = None,
+    ) -> None:
+        """Start ``node_id``'s ``trio-raft serve`` process (output appended to its log).
+
+        With ``trace_snapshots``, or ``connect_timeout_s`` (the peer dialer's bound on connect
+        and HTTP upgrade, 5 s by default), it runs through :mod:`._traced_node`, which logs
+        each received snapshot and applies the timeout."""
         assert node_id not in self.local.processes, f"{node_id} is already running"
-        if not trace_snapshots:
+        if not trace_snapshots and connect_timeout_s is None:
             await self.local.start(node_id)
             return
         command = [sys.executable, str(TRACED_NODE), "--config", str(self.file.path),
                    "--id", node_id]  # fmt: skip
+        env = dict(os.environ)
+        if connect_timeout_s is not None:
+            env[CONNECT_TIMEOUT_ENV] = repr(connect_timeout_s)
         with (self.local.directory / f"{node_id}.log").open("ab") as log:
             self.local.processes[node_id] = await trio.lowlevel.open_process(
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
             )
 
     def snapshot_chunks(self, node_id: str) -> list[SnapshotMeta]:

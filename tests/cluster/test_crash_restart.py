@@ -8,14 +8,14 @@ import trio
 
 from trio_raft.testing import check_linearizable
 
-from ._harness import SMALL_SNAPSHOTS, KVLoad, as_int, leader_of, open_process_cluster
+from ._harness import DEADLINE_S, SMALL_SNAPSHOTS, KVLoad, as_int, leader_of, open_process_cluster
 
 CLIENTS = 3
 
 
 async def test_kill_every_node_in_turn_under_load_loses_no_write(tmp_path: Path) -> None:
     rounds: list[str] = []
-    with trio.fail_after(20):
+    with trio.fail_after(DEADLINE_S):
         async with open_process_cluster(tmp_path, raft=SMALL_SNAPSHOTS) as cluster:
             await cluster.wait_leader()
             load = KVLoad(cluster.urls(), cluster.token)

@@ -15,7 +15,7 @@ import trio
 from trio_raft._types import SnapshotMeta
 from trio_raft._wal._file_storage import open_file_storage
 
-from ._harness import SMALL_SNAPSHOTS, as_int, leader_of, open_process_cluster
+from ._harness import DEADLINE_S, SMALL_SNAPSHOTS, as_int, leader_of, open_process_cluster
 
 KEEP = 10
 assert SMALL_SNAPSHOTS["snapshot_keep_entries"] == KEEP
@@ -106,7 +106,7 @@ async def catch_up_after_missing_writes(directory: Path) -> CatchUp:
 
 
 async def test_restarted_node_catches_up_by_install_snapshot(tmp_path: Path) -> None:
-    with trio.fail_after(20):
+    with trio.fail_after(DEADLINE_S):
         run = await catch_up_after_missing_writes(tmp_path)
     # It installed the leader's snapshot, received over the transport (its log says so)...
     assert run.installed and run.installed[-1] == run.leader_snapshot, run
@@ -117,6 +117,6 @@ async def test_restarted_node_catches_up_by_install_snapshot(tmp_path: Path) -> 
 
 
 async def test_returning_node_is_sent_only_the_current_snapshot(tmp_path: Path) -> None:
-    with trio.fail_after(20):
+    with trio.fail_after(DEADLINE_S):
         run = await catch_up_after_missing_writes(tmp_path)
     assert set(run.chunks) == {run.leader_snapshot}, run

@@ -13,6 +13,7 @@ import trio
 from trio_raft import kv
 
 from ._harness import (
+    DEADLINE_S,
     ProcessCluster,
     Statuses,
     allocate_ports,
@@ -34,7 +35,7 @@ async def proxied_cluster(directory: Path) -> AsyncIterator[tuple[ProcessCluster
 
 
 async def test_isolated_leader_cannot_commit_and_the_majority_moves_on(tmp_path: Path) -> None:
-    with trio.fail_after(20):
+    with trio.fail_after(DEADLINE_S):
         async with proxied_cluster(tmp_path) as (cluster, proxy):
             old, statuses = await cluster.wait_leader()
             old_term = as_int(statuses[old] or {}, "term")
@@ -91,7 +92,7 @@ async def test_isolated_leader_cannot_commit_and_the_majority_moves_on(tmp_path:
 
 
 async def test_returning_isolated_follower_does_not_disrupt_the_leader(tmp_path: Path) -> None:
-    with trio.fail_after(20):
+    with trio.fail_after(DEADLINE_S):
         async with proxied_cluster(tmp_path) as (cluster, proxy):
             leader, statuses = await cluster.wait_leader()
             term = as_int(statuses[leader] or {}, "term")

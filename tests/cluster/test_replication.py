@@ -6,12 +6,12 @@ from pathlib import Path
 
 import trio
 
-from ._harness import as_int, open_process_cluster
+from ._harness import DEADLINE_S, as_int, open_process_cluster
 
 
 async def test_three_processes_elect_a_leader_and_replicate(tmp_path: Path) -> None:
     keys = {f"key{i}": f"value{i}" for i in range(30)}
-    with trio.fail_after(20):
+    with trio.fail_after(DEADLINE_S):
         async with open_process_cluster(tmp_path) as cluster:
             leader, statuses = await cluster.wait_leader()
             assert sum(s is not None and s["role"] == "leader" for s in statuses.values()) == 1

@@ -7,11 +7,13 @@ Every wait is event-driven (``Node.wait_status``) and bounded by :func:`trio.fai
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from . import kv, open_cluster, propose_all, wait_caught_up, wait_leader
 
 
+@pytest.mark.process  # restarts a node on its old port, a fixed port: `nox -s processes`
 async def test_cluster_elects_replicates_fails_over_and_catches_up() -> None:
     with trio.fail_after(10):
         async with open_cluster() as cluster:

@@ -73,6 +73,7 @@ async def test_three_transports_keep_per_connection_order() -> None:
                     next_term[message.src] += 1
 
 
+@pytest.mark.process  # binds its old port again, a fixed port: `nox -s processes`
 async def test_reconnects_after_the_peer_restarts_on_the_same_port() -> None:
     with trio.fail_after(5):
         async with transport("a", {"b": None}) as a:

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import trio
 import trio.testing
 
@@ -42,6 +43,7 @@ def test_different_seed_different_trace() -> None:
     assert _chaos(7).digest != _chaos(8).digest
 
 
+@pytest.mark.process  # starts a process: `nox -s processes`
 def test_replay_in_another_process() -> None:
     """A seed printed by a failing test replays in a fresh interpreter (different hash seed)."""
     mine = _chaos(11)
