@@ -116,3 +116,14 @@ def test_python_m_trio_raft_demo() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "all 3 nodes hold the same state" in proc.stdout
     assert proc.stderr == ""
+
+
+def test_status_view_flags_a_node_whose_disk_is_low() -> None:
+    from trio_raft._local_cluster import render
+
+    base = {"term": 2, "commit": 9, "applied": 9, "last_index": 9, "followers": {}}
+    leader = {**base, "node": "n1", "role": "leader", "no_space": True}
+    leader["followers"] = {"n2": {"match": 7, "next": 8, "probing": False}}
+    lines = render({"n1": leader, "n2": {**base, "node": "n2", "role": "follower"}}).splitlines()
+    assert lines[1].split()[0] == "n1" and lines[1].endswith("NOSPACE")
+    assert lines[2].split() == ["n2", "follower", "2", "9", "9", "2"]

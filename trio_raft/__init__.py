@@ -13,6 +13,7 @@ from ._config import Config as Config
 from ._errors import LeadershipLostError as LeadershipLostError
 from ._errors import NodeClosedError as NodeClosedError
 from ._errors import NodeCrashedError as NodeCrashedError
+from ._errors import NoSpaceError as NoSpaceError
 from ._errors import NotLeaderError as NotLeaderError
 from ._errors import ProposalDroppedError as ProposalDroppedError
 from ._errors import RaftError as RaftError

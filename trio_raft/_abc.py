@@ -63,6 +63,15 @@ class Storage(Protocol):
     persistence rule), and batches many entries into one ``save``/``sync`` pair (group commit).
     A crash may lose anything saved after the last completed ``sync``, but never part of a
     ``save`` that was synced, and never reorders writes.
+
+    **Disk space (optional).** A storage that can run out of space may also define
+    ``async def space_low(self) -> bool`` (true while free space is below its reserve) and
+    accept ``use_reserve: bool = False`` in ``save``, raising
+    :exc:`~trio_raft.StorageFullError` (and writing nothing) for entries that do not fit. The
+    node then keeps a disk-space alarm (see :attr:`Status.no_space <trio_raft.Status.no_space>`)
+    and passes ``use_reserve=True`` only for entries that must get through while the disk is
+    low. :class:`~trio_raft.FileStorage` does all of this; a storage without ``space_low`` is
+    never asked to.
     """
 
     async def load(self) -> StoredState:

@@ -6,7 +6,8 @@
     ├── NotLeaderError           not the leader: nothing was appended; retry on .leader_id
     ├── LeadershipLostError      leadership lost after appending: the outcome is UNKNOWN
     ├── ProposalDroppedError     definitely not committed (overwritten or refused)
-    │   └── TooManyUncommittedError   back-pressure: too many uncommitted entries
+    │   ├── TooManyUncommittedError   back-pressure: too many uncommitted entries
+    │   └── NoSpaceError              the leader's disk is low: only space-freeing commands
     ├── FrameError               a peer sent bytes that are not a valid frame (connection dropped)
     ├── StorageError             the data directory failed (see trio_raft.FileStorage)
     │   ├── StorageCorruptError      damaged beyond a torn tail: names the file and offset
@@ -68,6 +69,17 @@ class TooManyUncommittedError(ProposalDroppedError):
     """The leader already holds ``max_uncommitted_entries`` uncommitted entries; retry later.
 
     This is back-pressure: followers are slow or unreachable. The proposal was not appended.
+    """
+
+
+class NoSpaceError(ProposalDroppedError):
+    """The leader's disk-space alarm is raised (free space is below its storage's reserve), so
+    it accepts only commands proposed with ``frees_space=True``; this one was not appended.
+
+    Free space on the leader (delete data with ``frees_space`` commands and let the next
+    snapshot compact the log, or grow the disk); the alarm clears by itself within a second of
+    free space returning above the reserve. Reads keep working meanwhile. See
+    :attr:`Status.no_space <trio_raft.Status.no_space>`.
     """
 
 

@@ -117,7 +117,8 @@ class LocalCluster:
 
 
 def render(statuses: Mapping[str, Mapping[str, object] | None]) -> str:
-    """The status view: one line per node, followers' lag behind the leader's log."""
+    """The status view: one line per node, followers' lag behind the leader's log, and
+    ``NOSPACE`` after a node whose disk-space alarm is raised."""
     leader = next((s for s in statuses.values() if s and s["role"] == "leader"), None)
     head = f"{'node':<6} {'role':<14} {'term':>5} {'commit':>7} {'applied':>8}  lag"
     lines = [head]
@@ -132,9 +133,10 @@ def render(statuses: Mapping[str, Mapping[str, object] | None]) -> str:
             progress = followers.get(node_id)
             if progress is not None:
                 lag = str(int(leader["last_index"]) - int(progress["match"]))  # type: ignore[call-overload]
+        alarm = "  NOSPACE" if s.get("no_space") else ""
         lines.append(
             f"{node_id:<6} {s['role']!s:<14} {s['term']!s:>5} {s['commit']!s:>7} "
-            f"{s['applied']!s:>8}  {lag}"
+            f"{s['applied']!s:>8}  {lag}{alarm}"
         )
     return "\n".join(lines)
 

@@ -52,11 +52,12 @@ from ._errors import (
     ProposalDroppedError,
     RaftError,
 )
-from ._messages import MESSAGE_TYPES, AppendRequest, Message, SnapshotRequest
+from ._messages import MESSAGE_TYPES, AppendRequest, AppendResponse, Message, SnapshotRequest
 from ._status import FollowerStatus, Status
 from ._sync import Broadcast, Signal, Waiter
 from ._types import Entry, EntryKind, NodeId, Role, SnapshotMeta, StoredState
 from ._util import unwrap_single_exception_group
+from ._wal._errors import StorageFullError
 
 logger: Final = logging.getLogger("trio_raft")
 
@@ -67,11 +68,16 @@ with a single storage sync (group commit), so the bound also caps a batch."""
 APPLY_BATCH = 64
 """The applier yields to other tasks after this many entries."""
 
+SPACE_POLL_S = 1.0
+"""How often a node whose storage can run out of space asks it whether space is low (and,
+while an append is refused, retries it)."""
+
 
 @attrs.frozen
 class _Propose:
     command: object
     waiter: Waiter[object]
+    frees_space: bool = False
 
 
 @attrs.frozen
@@ -83,9 +89,20 @@ class _Timeout:
     pass
 
 
+class _Retry:
+    """Process the Ready again: an append refused for disk space is due for a retry."""
+
+
 _TIMEOUT = _Timeout()
+_RETRY = _Retry()
 _Event = (
-    Message | _Propose | _Read | _Timeout | _snapshot.SnapshotSaved | _snapshot.SnapshotReceived
+    Message
+    | _Propose
+    | _Read
+    | _Timeout
+    | _Retry
+    | _snapshot.SnapshotSaved
+    | _snapshot.SnapshotReceived
 )
 
 
@@ -142,6 +159,16 @@ class Node:
         self._disk_idle = trio.Event()
         self._crash: tuple[str, Exception] | None = None
         """``(task, exception)`` of the internal error that stopped the node, if one did."""
+        self._terms_exhausted_logged = False
+        self._space_low = False
+        """Free space is below the storage's reserve: it refused an append, or the last poll
+        said so. Only a poll that finds space again clears it."""
+        self._refused = False
+        """An append was refused for disk space and waits in the Ready to be retried."""
+        self._space_aware = False
+        self._snapshot_not_before = -math.inf
+        """No snapshot is taken before this time (one just failed for disk space)."""
+        """The storage has ``space_low`` (and so takes ``use_reserve``)."""
 
     # -- public API --------------------------------------------------------------------------
 
@@ -172,13 +199,18 @@ class Node:
             commit_index=st.commit, last_applied=self._last_applied,
             last_log_index=st.log.last_index, last_log_term=st.log.last_term, followers=followers,
             log_start_index=st.log.start_index, snapshot_index=self._snapshot_index,
+            no_space=st.no_space,
         )  # fmt: skip
 
-    async def propose(self, command: object) -> object:
+    async def propose(self, command: object, *, frees_space: bool = False) -> object:
         """Replicate ``command`` and return what :meth:`StateMachine.apply` returned for it on
         this node once it is committed and applied.
 
         Cancelling the call abandons the wait, not the proposal: it may still commit.
+
+        ``frees_space`` marks a command that shrinks the state (a delete): it is accepted even
+        while the leader's disk-space alarm is raised (:attr:`Status.no_space`), and its entry
+        may use the storage's reserve. Mark only commands that really free space.
 
         Raises:
             Exception: whatever :meth:`StateMachine.apply` raised for this command (it was
@@ -186,17 +218,20 @@ class Node:
             NotLeaderError: this node is not the leader; nothing was appended (safe to retry,
                 ideally on ``exc.leader_id``).
             TooManyUncommittedError: back-pressure; nothing was appended.
+            NoSpaceError: the leader's disk is low on space and the command is not marked
+                ``frees_space``; nothing was appended.
             LeadershipLostError: leadership was lost (or the node shut down) after appending:
                 the command may or may not be applied.
-            ProposalDroppedError: definitely not applied (its subclass
-                :class:`TooManyUncommittedError` is the one raised today).
+            ProposalDroppedError: definitely not applied (its subclasses
+                :class:`TooManyUncommittedError` and :class:`NoSpaceError` are the ones raised
+                today).
             NodeClosedError: the node has shut down.
             ValueError: ``command`` is not a CBOR value of the wire's data model, or encodes
                 to more than ``Config.max_command_bytes``; nothing was appended.
         """
         _check_command(command, self._state.config.max_command_bytes)
         waiter: Waiter[object] = Waiter()
-        await self._submit(_Propose(command, waiter))
+        await self._submit(_Propose(command, waiter, frees_space))
         return await waiter.wait()
 
     async def read(self, query: object) -> object:
@@ -256,6 +291,10 @@ class Node:
         self._spawn(nursery, "applier", self._apply)
         self._spawn(nursery, "roles", self._run_roles)
         self._spawn(nursery, "disk watchdog", self._watch_disk)
+        space_low = getattr(self._storage, "space_low", None)
+        if space_low is not None:
+            self._space_aware = True
+            self._spawn(nursery, "space watch", self._watch_space, space_low)
 
     def _spawn(
         self, nursery: trio.Nursery, task: str, fn: Callable[..., Awaitable[object]], *args: object
@@ -366,7 +405,7 @@ class Node:
                 _snapshot.drop_stale_download(self)
         elif isinstance(event, _Propose):
             try:
-                (entry,) = st.propose([event.command])
+                (entry,) = st.propose([event.command], frees_space=event.frees_space)
             except RaftError as exc:
                 event.waiter.fail(exc)
             else:
@@ -376,8 +415,12 @@ class Node:
                 self._reads[st.read_index()] = event.waiter
             except NotLeaderError as exc:
                 event.waiter.fail(exc)
+        elif isinstance(event, _Retry):
+            pass  # the Ready is processed after every batch
         else:
             st.on_election_timeout(now)
+            if st.terms_exhausted and st.role is not Role.LEADER:
+                self._log_terms_exhausted()
 
     async def _process_ready(self) -> None:
         st = self._state
@@ -388,8 +431,19 @@ class Node:
             if ready.reset_election_timer:
                 self._reset_election_timer()
             self._route_reads(ready)
-            if ready.must_sync:
-                await self._persist(ready)
+            if ready.must_sync and not await self._persist(ready):
+                # Refused for disk space (retried with the next event or poll). Send what does
+                # not promise the unsaved entries: votes (the hard state is saved), refusals,
+                # acknowledgements of saved entries (so the leader still sees this node).
+                unsaved = ready.entries[0].index
+                for message in ready.messages:
+                    if not (
+                        isinstance(message, AppendResponse)
+                        and message.success
+                        and message.match_index >= unsaved
+                    ):
+                        self._transport.send(message)
+                break
             for message in ready.messages:
                 self._transport.send(message)
         # Answers change progress and the commit index without producing a Ready.
@@ -402,23 +456,100 @@ class Node:
             self._apply_signal.set()
         self._changed.notify()
 
-    async def _persist(self, ready: Ready) -> None:
-        last = self._state.log.last_index  # nothing else changes the log while we await
+    async def _persist(self, ready: Ready) -> bool:
+        """Make ``ready``'s writes durable. Returns false if the storage refused its entries
+        for disk space: the hard state and truncation are durable, the entries wait in the
+        state's next Ready, and no message acknowledging them may be sent."""
+        st = self._state
+        last = st.log.last_index  # nothing else changes the log while we await
         self._disk_busy_since = trio.current_time()
         self._disk_idle = trio.Event()
         self._disk_watch.set()
         try:
-            await self._storage.save(
-                hard_state=ready.hard_state,
-                truncate_from=ready.truncate_from,
-                entries=ready.entries,
-            )
+            try:
+                if self._space_aware:
+                    # Followers take what the leader accepted (it is the one that gates
+                    # proposals); a leader in the alarm accepted only space-freeing commands.
+                    use_reserve = st.role is not Role.LEADER or st.no_space
+                    await self._storage.save(  # type: ignore[call-arg]
+                        hard_state=ready.hard_state,
+                        truncate_from=ready.truncate_from,
+                        entries=ready.entries,
+                        use_reserve=use_reserve,
+                    )
+                else:
+                    await self._storage.save(
+                        hard_state=ready.hard_state,
+                        truncate_from=ready.truncate_from,
+                        entries=ready.entries,
+                    )
+            except StorageFullError as exc:
+                await self._storage.save(
+                    hard_state=ready.hard_state, truncate_from=ready.truncate_from
+                )
+                await self._storage.sync()
+                st.on_persist_refused(ready.entries)
+                self._on_append_refused(exc)
+                return False
             await self._storage.sync()
         finally:
             self._disk_busy_since = math.inf
             self._disk_idle.set()
+        if self._refused:
+            self._refused = False
+            self._update_space_alarm()
         self._notify("persisted", ready)
-        self._state.on_persisted(last)
+        st.on_persisted(last)
+        return True
+
+    def _on_append_refused(self, exc: StorageFullError) -> None:
+        first = not self._state.no_space
+        self._refused = True
+        if self._space_aware:
+            self._space_low = True  # until a poll finds space again
+        self._update_space_alarm()
+        if first:
+            logger.warning(
+                "node %r: disk-space alarm: %s. As leader it accepts only commands that free "
+                "space; the refused entries are retried every %g s",
+                self._id, exc, SPACE_POLL_S,
+            )  # fmt: skip
+
+    def _on_snapshot_refused(self, exc: StorageFullError) -> None:
+        """A snapshot did not fit on the disk: the node goes on without it (a follower's
+        leader resends it, a local one is retried later)."""
+        logger.warning("node %r: snapshot not saved: %s", self._id, exc)
+
+    def _update_space_alarm(self) -> None:
+        st = self._state
+        alarm = self._space_low or self._refused
+        if alarm != st.no_space:
+            st.no_space = alarm
+            self._notify("no-space", alarm)
+            if not alarm:
+                logger.info("node %r: disk-space alarm cleared", self._id)
+            self._changed.notify()
+
+    async def _watch_space(self, space_low: Callable[[], Awaitable[bool]]) -> None:
+        """Poll the storage's free space every :data:`SPACE_POLL_S`: raise or clear the
+        disk-space alarm, and retry an append or a snapshot the storage refused."""
+        while True:
+            low = await space_low()
+            if low != self._space_low:
+                self._space_low = low
+                if low and not self._state.no_space:
+                    logger.warning(
+                        "node %r: disk-space alarm: free space is below the storage's reserve; "
+                        "as leader it accepts only commands that free space",
+                        self._id,
+                    )
+                self._update_space_alarm()
+            if self._refused:
+                await self._inbox_send.send(_RETRY)
+            if self._snapshot_not_before != -math.inf:
+                # A snapshot did not fit: nothing else retries it if no entry is applied.
+                _snapshot.maybe_take(self)
+            await trio.sleep(SPACE_POLL_S)
 
     async def _watch_disk(self) -> None:
         """A leader whose disk stalls must not hold the cluster hostage: its replicators would
@@ -474,6 +605,18 @@ class Node:
                 self._reads_to_apply.append((index, waiter))
 
     # -- timers and roles ----------------------------------------------------------------------
+
+    def _log_terms_exhausted(self) -> None:
+        if self._terms_exhausted_logged:
+            return
+        self._terms_exhausted_logged = True
+        logger.error(
+            "node %s: term %d is the largest a node accepts (MAX_TERM); it will not campaign "
+            "again. Something drove the cluster's terms to 2**62: look for a peer sending "
+            "forged terms, then rebuild the cluster from its data (a new cluster_id)",
+            self._id,
+            self._state.term,
+        )
 
     def _reset_election_timer(self) -> None:
         cfg = self._state.config

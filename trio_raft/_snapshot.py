@@ -31,12 +31,16 @@ import trio
 from ._core._progress import ProgressState
 from ._messages import SnapshotRequest, SnapshotResponse
 from ._types import NodeId, Role, SnapshotMeta
+from ._wal._errors import StorageFullError
 
 if TYPE_CHECKING:
     from ._node import Node
 
 RECEIVE_QUEUE = 4
 """Chunks a follower buffers between the dispatcher and its snapshot writer task."""
+
+SNAPSHOT_RETRY_S = 10.0
+"""After a snapshot did not fit on the disk, the node waits this long before taking another."""
 
 ABANDON_ELECTION_TIMEOUTS = 4
 """A follower drops a snapshot download after this many (maximum) election timeouts without a
@@ -98,12 +102,15 @@ async def rechunk(chunks: AsyncIterator[bytes], size: int) -> AsyncGenerator[byt
 
 
 def maybe_take(node: Node) -> None:
-    """Called by the applier after applying: start a snapshot if one is due."""
+    """Called by the applier after applying (and by the space watch after a snapshot did not
+    fit on the disk): start a snapshot if one is due."""
     take = getattr(node._sm, "snapshot", None)
     if take is None or node._snapshotting or node._nursery is None:
         return
     index = node._last_applied
     cfg = node._state.config
+    if trio.current_time() < node._snapshot_not_before:
+        return  # the last one did not fit on the disk
     if (
         index - node._snapshot_index < cfg.snapshot_entries
         and node._applied_bytes < cfg.snapshot_bytes
@@ -125,7 +132,12 @@ async def _save_taken(node: Node, meta: SnapshotMeta, chunks: Iterable[bytes]) -
         async with node._snapshot_lock:
             if meta.index <= node._snapshot_index:
                 return
-            await node._storage.save_snapshot(meta, aiter_chunks(chunks))
+            try:
+                await node._storage.save_snapshot(meta, aiter_chunks(chunks))
+            except StorageFullError as exc:
+                node._snapshot_not_before = trio.current_time() + SNAPSHOT_RETRY_S
+                node._on_snapshot_refused(exc)
+                return
             node._snapshot_index = meta.index
         node._notify("snapshot", meta)
         await node._inbox_send.send(SnapshotSaved(meta))
@@ -283,7 +295,11 @@ async def _write_received(
             async with node._snapshot_lock:
                 if meta.index <= node._snapshot_index:
                     return
-                await node._storage.save_snapshot(meta, tee())
+                try:
+                    await node._storage.save_snapshot(meta, tee())
+                except StorageFullError as exc:
+                    node._on_snapshot_refused(exc)  # the leader sends it again later
+                    return
                 node._snapshot_index = meta.index
             await node._inbox_send.send(SnapshotReceived(meta, data))
     finally:

@@ -47,3 +47,8 @@ class Status:
     """The last index compacted into a snapshot (0 if the log was never compacted)."""
     snapshot_index: int = 0
     """The last index covered by this node's durable snapshot (0 if it has none)."""
+    no_space: bool = False
+    """The disk-space alarm: this node's storage has less free space than its reserve (or
+    just refused an append). As leader it then refuses ordinary proposals with
+    :exc:`~trio_raft.NoSpaceError`, accepting only ``frees_space`` ones; reads, snapshots and
+    compaction go on. It clears once space is back (polled every second)."""

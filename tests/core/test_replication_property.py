@@ -129,6 +129,8 @@ class Sim:
             # Truthful but old: "my log already holds everything up to my commit" (what a
             # follower answers a chunk of a snapshot it no longer needs), arriving late.
             index = min(meta.index, follower.commit)
+            if index == 0:
+                return  # no snapshot index 0 exists on the wire: as if the answer were lost
         elif meta.index > follower.commit:
             follower.install_snapshot(meta)
             self.snapshots[peer] = meta

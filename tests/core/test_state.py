@@ -18,8 +18,15 @@ from trio_raft._config import Config
 from trio_raft._core._progress import Progress, ProgressState
 from trio_raft._core._state import RaftState, Ready
 from trio_raft._errors import NotLeaderError, TooManyUncommittedError
-from trio_raft._messages import AppendRequest, AppendResponse, Message, VoteRequest, VoteResponse
-from trio_raft._types import Entry, EntryKind, HardState, NodeId, Role, StoredState
+from trio_raft._messages import (
+    AppendRequest,
+    AppendResponse,
+    Message,
+    VoteRequest,
+    VoteResponse,
+    validate,
+)
+from trio_raft._types import MAX_TERM, Entry, EntryKind, HardState, NodeId, Role, StoredState
 
 CFG = Config(pre_vote=False, check_quorum=False)
 """Plain Raft of the paper: no PreVote, no CheckQuorum."""
@@ -351,6 +358,29 @@ def test_election_timeout_starts_an_election() -> None:
     assert sorted(ready.messages, key=lambda m: m.dst) == [
         VoteRequest("n1", peer, 3, 3, 2) for peer in ("n2", "n3", "n4", "n5")
     ]
+
+
+@pytest.mark.parametrize("config", [CFG, PV], ids=["plain", "pre_vote"])
+def test_no_election_past_max_term(config: Config) -> None:
+    """A term is a 62-bit number on the wire, so a node at MAX_TERM has no term left to campaign
+    in: it stays a follower and sends nothing (it used to build a VoteRequest the codec refused,
+    which crashed the node). One term below, the last election is still held, in range."""
+    st = node(terms=[1], term=MAX_TERM, config=config)
+    assert st.terms_exhausted
+    st.on_election_timeout(0.0)
+    ready = st.take_ready()
+    assert role(st) is Role.FOLLOWER
+    assert st.term == MAX_TERM
+    assert ready.messages == []
+    assert ready.reset_election_timer
+
+    st = node(terms=[1], term=MAX_TERM - 1, config=config)
+    assert not st.terms_exhausted
+    st.on_election_timeout(0.0)
+    ready = st.take_ready()
+    assert {m.term for m in ready.messages} == {MAX_TERM}
+    for m in ready.messages:
+        validate(m)  # raises FieldError if the wire would refuse it
 
 
 def test_candidate_wins_with_a_majority() -> None:

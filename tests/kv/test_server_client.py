@@ -24,12 +24,14 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
+import trio_raft._node
 import trio_raft.kv._server
 from trio_raft import Config, MemoryStorage, Node, Status, open_node
 from trio_raft._util import unwrap_single_exception_group
 from trio_raft.kv import (
     ClientClosedError,
     KVAuthError,
+    KVNoSpaceError,
     KVRequestError,
     KVServer,
     KVStateMachine,
@@ -38,7 +40,7 @@ from trio_raft.kv import (
     serve_kv,
 )
 from trio_raft.kv._protocol import MAX_REQUEST_BYTES
-from trio_raft.testing import MemoryNetwork
+from trio_raft.testing import MemoryNetwork, SimulatedStorage
 
 FAST = Config(election_timeout_s_min=0.15, election_timeout_s_max=0.3, heartbeat_s=0.03)
 """Elections in a few hundred milliseconds of real time."""
@@ -67,6 +69,8 @@ class Cluster:
     urls: dict[str, str] = attrs.Factory(dict)
     scopes: dict[str, trio.CancelScope] = attrs.Factory(dict)
     stopped: dict[str, trio.Event] = attrs.Factory(dict)
+    storages: dict[str, SimulatedStorage] = attrs.Factory(dict)
+    """Nodes given a storage with a disk-space model (others get a MemoryStorage)."""
 
     async def leader(self) -> Node:
         """The leader, as a running node agrees it is."""
@@ -104,7 +108,7 @@ class Cluster:
                     self.ids,
                     state_machine=machine,
                     transport=self.network.transport(node_id),
-                    storage=MemoryStorage(),
+                    storage=self.storages.get(node_id) or MemoryStorage(),
                     config=FAST,
                     rng=random.Random(node_id),
                 ) as node:
@@ -130,9 +134,14 @@ class Cluster:
 
 @asynccontextmanager
 async def kv_cluster(
-    ids: Sequence[str] = ("n1", "n2", "n3"), max_sessions: int = 100, **serve_options: object
+    ids: Sequence[str] = ("n1", "n2", "n3"),
+    max_sessions: int = 100,
+    *,
+    storages: dict[str, SimulatedStorage] | None = None,
+    **serve_options: object,
 ) -> AsyncIterator[Cluster]:
     cluster = Cluster(tuple(ids), MemoryNetwork(random.Random(0)), max_sessions)
+    cluster.storages.update(storages or {})
     async with trio.open_nursery() as nursery:
         await nursery.start(cluster.network.run)
         for node_id in ids:
@@ -440,3 +449,29 @@ async def test_status_is_answered_by_the_connected_node() -> None:
             followers = status["followers"]
             assert isinstance(followers, dict)
             assert set(followers) == set(cluster.ids) - {leader.id}
+
+
+async def test_a_leader_low_on_disk_refuses_writes_but_not_deletes_or_reads() -> None:
+    """The disk-space alarm end to end: ``no_space`` in status, a typed client error for a put
+    (not retried until the timeout), deletes and reads served, and writes back once space is."""
+    storages = {n: SimulatedStorage(random.Random(n)) for n in ("n1", "n2", "n3")}
+    with trio.fail_after(TEST_S + 2 * trio_raft._node.SPACE_POLL_S):
+        async with kv_cluster(storages=storages) as cluster:
+            async with open_client(list(cluster.urls.values()), timeout_s=TEST_S) as kv:
+                await kv.put("keep", b"1")
+                await kv.put("drop", b"2")
+                for storage in storages.values():
+                    storage.set_disk_space("low")
+                leader = await cluster.leader()
+                await leader.wait_status(lambda s: s.no_space)
+                with pytest.raises(KVNoSpaceError, match="low on disk space"):
+                    await kv.put("new", b"3")
+                assert (await kv.status())["no_space"] is True
+                assert await kv.delete("drop") is True
+                assert await kv.get("keep") == b"1"
+                assert await kv.get("new") is None
+                for storage in storages.values():
+                    storage.set_disk_space("ok")
+                await leader.wait_status(lambda s: not s.no_space)
+                await kv.put("new", b"3")
+                assert await kv.list() == ["keep", "new"]

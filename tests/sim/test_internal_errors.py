@@ -11,6 +11,7 @@ import trio.testing
 
 from trio_raft import Config, MemoryStorage, NodeCrashedError, RaftError, open_node
 from trio_raft._core._state import RaftState
+from trio_raft._types import MAX_TERM, HardState, Role, StoredState
 from trio_raft.testing import (
     InvariantViolation,
     KVStateMachine,
@@ -90,3 +91,29 @@ async def test_crashed_node_fails_the_simulation_with_its_seed(
     assert "Fail-stop violated" in message and "seed=7" in message
     assert "injected bug" in message and "replicator" in message
     assert isinstance(info.value.__cause__, NodeCrashedError)
+
+
+async def test_a_node_at_max_term_stays_up_and_says_why_it_cannot_campaign(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node whose term reached MAX_TERM has no higher term to campaign in. Across many
+    election timeouts it stays a follower, sends no message the wire would refuse (the network
+    runs the real codec) and logs one ERROR saying so, rather than crashing."""
+    network = MemoryNetwork(random.Random(0), wire_codec=True)
+    storage = MemoryStorage(StoredState(HardState(MAX_TERM, None), ()))
+    config = Config()
+    with trio.fail_after(config.election_timeout_s_max * 30):
+        async with trio.open_nursery() as outer:
+            outer.start_soon(network.run)
+            async with open_node(
+                "n1", ["n1", "n2", "n3"], state_machine=KVStateMachine(),
+                transport=network.transport("n1"), storage=storage, config=config,
+                rng=random.Random(0),
+            ) as node:  # fmt: skip
+                await trio.sleep(config.election_timeout_s_max * 20)
+                status = node.status
+            outer.cancel_scope.cancel()
+    assert (status.role, status.term) == (Role.FOLLOWER, MAX_TERM)
+    records = [r for r in caplog.records if r.name == "trio_raft" and r.levelno >= logging.ERROR]
+    assert len(records) == 1, records
+    assert "MAX_TERM" in records[0].getMessage()

@@ -273,8 +273,8 @@ async def test_terms_above_max_term_are_never_written() -> None:
     async with open_file_storage("/d", fs=SimulatedFileSystem()) as st:
         with pytest.raises(ValueError, match="above the largest term"):
             await st.save(hard_state=HardState(MAX_TERM + 1, None))
-        with pytest.raises(ValueError, match="above the largest term"):
-            await st.save(entries=[Entry(MAX_TERM + 1, 1)])
+        with pytest.raises(ValueError, match=r"2\*\*62 \(MAX_TERM\)"):
+            Entry(MAX_TERM + 1, 1)  # such an entry cannot even be built (nor decoded)
         await st.save(hard_state=HardState(MAX_TERM, None), entries=[Entry(MAX_TERM, 1)])
         assert st.hard_state.term == MAX_TERM
 
@@ -301,6 +301,7 @@ async def _open_and_close(path: Path) -> None:
         pass
 
 
+@pytest.mark.process
 @pytest.mark.skipif(sys.platform == "win32", reason="flock on directories is POSIX")
 def test_deleting_the_lock_file_does_not_let_another_process_in(tmp_path: Path) -> None:
     path = tmp_path / "data"
@@ -349,3 +350,73 @@ async def test_appends_below_the_reserve_are_refused_and_the_storage_stays_usabl
         await st.sync()
     async with open_file_storage("/d", fs=fs, reserve_bytes=5_000) as st:
         assert st.last_index() == last + 10 and st.hard_state == HardState(4, "n1")
+
+
+async def test_space_low_and_appends_that_may_use_the_reserve() -> None:
+    """``space_low`` turns true below the reserve (the node's alarm); appends marked
+    ``use_reserve`` still fit down to half of it, and are refused below that."""
+    from trio_raft import StorageFullError
+
+    fs = SimulatedFileSystem(capacity=40_000)
+    async with open_file_storage("/d", fs=fs, reserve_bytes=8_000) as st:
+        assert not await st.space_low()
+        while True:
+            try:
+                await st.save(entries=entries(st.last_index() + 1, 5))
+            except StorageFullError:
+                break
+            await st.sync()
+        assert fs.free_bytes("/d") is not None
+        refused_at = st.last_index()
+        # Plain appends are refused before the reserve; space_low lags until it is crossed.
+        reserved = 0
+        while True:
+            try:
+                await st.save(entries=entries(st.last_index() + 1, 1), use_reserve=True)
+            except StorageFullError as exc:
+                free = fs.free_bytes("/d")
+                assert free is not None and free - exc.needed_bytes < 8_000 // 2
+                break
+            await st.sync()
+            reserved += 1
+        assert reserved > 0, "use_reserve let nothing into the reserve"
+        assert await st.space_low()
+        with pytest.raises(StorageFullError):
+            await st.save(entries=entries(st.last_index() + 1, 1))
+        # Compaction frees the space; the alarm condition clears.
+        last = st.last_index()
+        await st.save_snapshot(SnapshotMeta(last, 1), _chunks(b"snap"))
+        await st.compact(last, 1)
+        assert not await st.space_low()
+        assert last > refused_at
+
+
+@pytest.mark.parametrize("free_space_known", [True, False], ids=["reserve", "enospc"])
+async def test_a_snapshot_that_fills_the_disk_is_refused_and_the_storage_stays_usable(
+    free_space_known: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A snapshot that would eat into the last quarter of the reserve is refused before it is
+    written; one that hits ENOSPC anyway (free space unknown) is refused the same way. Either
+    is a ``StorageFullError`` with ``operation == "snapshot"``: the previous snapshot stays,
+    and unlike any other write error the storage is not poisoned."""
+    from trio_raft import StorageFullError
+
+    fs = SimulatedFileSystem(capacity=60_000)
+    if not free_space_known:  # as where statvfs is missing: only the write's ENOSPC tells
+        from trio_raft import FileStorage
+
+        monkeypatch.setattr(FileStorage, "_snapshot_room", lambda self, writer, size: None)
+    async with open_file_storage("/d", fs=fs, reserve_bytes=2_000) as st:
+        await st.save(entries=entries(1, 10))
+        await st.sync()
+        await st.save_snapshot(SnapshotMeta(5, 1), _chunks(b"small"))
+        with pytest.raises(StorageFullError, match="writing a snapshot") as info:
+            await st.save_snapshot(SnapshotMeta(10, 1), _chunks(b"x" * 100_000))
+        assert info.value.operation == "snapshot"
+        loaded = await st.load_snapshot()
+        assert loaded is not None and loaded[0] == SnapshotMeta(5, 1)
+        await st.save(entries=entries(11, 2))  # still usable
+        await st.sync()
+        await st.compact(5, 1)
+    async with open_file_storage("/d", fs=fs) as st:
+        assert st.last_index() == 12 and st.log_start_index == 5

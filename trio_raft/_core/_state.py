@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import attrs
 
 from .._config import Config
-from .._errors import NotLeaderError, TooManyUncommittedError
+from .._errors import NoSpaceError, NotLeaderError, TooManyUncommittedError
 from .._messages import (
     AppendRequest,
     AppendResponse,
@@ -23,7 +23,7 @@ from .._messages import (
     VoteRequest,
     VoteResponse,
 )
-from .._types import Entry, EntryKind, HardState, NodeId, Role, SnapshotMeta, StoredState
+from .._types import MAX_TERM, Entry, EntryKind, HardState, NodeId, Role, SnapshotMeta, StoredState
 from ._log import RaftLog, entry_size
 from ._progress import Progress, ProgressState
 from ._quorum import VoteResult, committed_index, vote_result
@@ -86,6 +86,8 @@ class RaftState:
         self.progress: dict[NodeId, Progress] = {}
         self.votes: dict[NodeId, bool] = {}
         self.seq = 0
+        self.no_space = False
+        """The node's disk-space alarm: as leader, accept only ``frees_space`` proposals."""
         self._durable_index = self.log.last_index
         self._saved_index = self.log.last_index
         self._reads: list[_PendingRead] = []
@@ -108,6 +110,21 @@ class RaftState:
         ready, self._ready = self._ready, Ready()
         self._saved_index = self.log.last_index
         return ready
+
+    def on_persist_refused(self, entries: Sequence[Entry]) -> None:
+        """The storage refused to append ``entries`` of the last :class:`Ready` (out of disk
+        space) and wrote none of them; its hard state and truncation were saved. Keep the
+        entries (they stay in the log) to be saved again with the next Ready, ahead of any
+        newer ones. The Ready's successful AppendResponses that cover them must not be sent.
+        """
+        if not entries:
+            return
+        kept = list(entries)
+        cut = self._ready.truncate_from
+        if cut is not None:
+            kept = [e for e in kept if e.index < cut]
+        self._ready.entries[:0] = kept
+        self._saved_index = min(self._saved_index, entries[0].index - 1)
 
     def on_persisted(self, index: int) -> None:
         """The node synced everything up to ``index``: a leader may now count its own copy."""
@@ -219,12 +236,21 @@ class RaftState:
             return True
         return now - self.leader_contact_at < self.config.election_timeout_s_min
 
+    @property
+    def terms_exhausted(self) -> bool:
+        """Whether the term has reached :data:`~trio_raft._types.MAX_TERM`, so this node can
+        never start an election (no message can carry a higher term). Only a cluster fed
+        terms near 2**62 gets here; the node layer logs it."""
+        return self.term >= MAX_TERM
+
     def on_election_timeout(self, now: float) -> None:
         """The election timer fired. A leader runs its CheckQuorum round instead."""
         self._ready.reset_election_timer = True
         if self.role is Role.LEADER:
             self._check_quorum()
             return
+        if self.terms_exhausted:
+            return  # no higher term exists to campaign in; the node stays a follower
         if self.config.pre_vote:
             self._become_pre_candidate()
         else:
@@ -407,7 +433,20 @@ class RaftState:
         term = self.log.term(index)
         assert term is not None
         self.log.compact(index)
+        self._drop_unsaved_through(index)
         return term
+
+    def _drop_unsaved_through(self, index: int) -> None:
+        """A durable snapshot now covers the log through ``index``: entries up to it that are
+        still waiting to be saved (kept after a refused append) are never saved now, and the
+        storage's log continues after ``index``."""
+        r = self._ready
+        if r.entries and r.entries[0].index <= index:
+            r.entries = [e for e in r.entries if e.index > index]
+        if r.truncate_from is not None and r.truncate_from <= index:
+            r.truncate_from = index + 1
+        self._saved_index = max(self._saved_index, index)
+        self._durable_index = max(self._durable_index, index)
 
     def install_snapshot(self, meta: SnapshotMeta) -> bool:
         """Adopt a durable snapshot received from the leader (Raft §7).
@@ -420,6 +459,7 @@ class RaftState:
         matched = self.log.match_term(meta.index, meta.term)
         if matched:
             self.log.compact(meta.index)
+            self._drop_unsaved_through(meta.index)
         else:
             self.log.reset(meta.index, meta.term)
             self._ready.entries = []
@@ -443,14 +483,22 @@ class RaftState:
         if self.role is not Role.LEADER:
             raise NotLeaderError(self.id, self.leader_id)
 
-    def propose(self, commands: Sequence[object]) -> list[Entry]:
+    def propose(self, commands: Sequence[object], *, frees_space: bool = False) -> list[Entry]:
         """Append commands as new entries of this leader's term.
 
         Raises:
             NotLeaderError: not the leader; nothing was appended.
+            NoSpaceError: :attr:`no_space` is set and the commands were not marked
+                ``frees_space``; nothing was appended.
             TooManyUncommittedError: the uncommitted backlog is full; nothing was appended.
         """
         self._require_leader()
+        if self.no_space and not frees_space:
+            raise NoSpaceError(
+                f"node {self.id!r} (the leader) is low on disk space, so it accepts only "
+                "commands that free space (proposed with frees_space=True); free space on its "
+                "disk and retry"
+            )
         if self.log.last_index - self.commit + len(commands) > self.config.max_uncommitted_entries:
             raise TooManyUncommittedError(
                 f"{self.log.last_index - self.commit} entries are uncommitted (limit "

@@ -124,9 +124,11 @@ class StorageIdentityError(StorageError):
 
 class StorageFullError(StorageError):
     r"""Free space on the data directory's file system is below the storage's reserve, so an
-    append was refused. Nothing was written and, unlike other storage errors, the
-    storage stays usable: hard-state changes, truncations, snapshots and compaction still
-    work (they may use the reserve), and appends work again once space is freed.
+    append was refused (or the disk filled up while a snapshot was written: ``operation`` is
+    then ``"snapshot"`` and the previous snapshot stays the current one). Nothing was written
+    and, unlike other storage errors, the storage stays usable: hard-state changes,
+    truncations, snapshots and compaction still work (they may use the reserve), and appends
+    work again once space is freed.
 
     Attributes:
         path: The data directory.
@@ -135,11 +137,29 @@ class StorageFullError(StorageError):
         needed_bytes: What the refused append would have written.
     """
 
-    def __init__(self, path: str, *, free_bytes: int, reserve_bytes: int, needed_bytes: int):
+    def __init__(
+        self,
+        path: str,
+        *,
+        free_bytes: int,
+        reserve_bytes: int,
+        needed_bytes: int,
+        operation: str = "append",
+    ):
         self.path = path
         self.free_bytes = free_bytes
         self.reserve_bytes = reserve_bytes
         self.needed_bytes = needed_bytes
+        self.operation = operation
+        """``"append"`` or ``"snapshot"``: what was refused."""
+        if operation == "snapshot":
+            super().__init__(
+                f"data directory {path}: the disk filled up writing a snapshot ({needed_bytes} "
+                f"bytes written, {free_bytes} bytes free); it was discarded and the previous "
+                "snapshot stays current. Free disk space, or raise reserve_bytes to at least "
+                "four times the size of a snapshot"
+            )
+            return
         super().__init__(
             f"data directory {path}: only {free_bytes} bytes free, and appending {needed_bytes} "
             f"bytes would leave less than the reserve of {reserve_bytes} bytes; the append was "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -155,9 +156,14 @@ class FileStorage:
         hard_state: HardState | None = None,
         truncate_from: int | None = None,
         entries: Sequence[Entry] = (),
+        use_reserve: bool = False,
     ) -> None:
         """Buffer, in this order: a new hard state; dropping every entry at index >=
         ``truncate_from``; appending ``entries``.
+
+        ``use_reserve`` lets ``entries`` use half of the disk-space reserve: the node
+        sets it for entries that must get through while its disk is low (a new leader's no-op,
+        commands proposed with ``frees_space``, entries a leader already accepted).
 
         Everything is validated before anything is written: a call that raises
         :exc:`ValueError`, :exc:`TypeError` or :exc:`StorageFullError` changed nothing. A
@@ -170,8 +176,9 @@ class FileStorage:
                 encodes to more than ``max_record_bytes``; a term is above ``MAX_TERM``.
             TypeError: a command is not CBOR-encodable.
             StorageFullError: ``entries`` were given and writing them would leave less free
-                disk space than the reserve. Nothing was written (not even ``hard_state``);
-                the storage stays usable. Saves without entries are never refused for space.
+                disk space than the reserve (half of it with ``use_reserve``). Nothing
+                was written (not even ``hard_state``); the storage stays usable. Saves without
+                entries are never refused for space.
             StorageError: the disk failed (now or earlier); close and reopen.
             trio.ClosedResourceError: the storage was closed.
         """
@@ -225,12 +232,24 @@ class FileStorage:
                 self._check_usable()
                 await trio.lowlevel.checkpoint()
                 return
-            await self._run(self._wal.save, hard_state, truncate_from, payloads)
+            await self._run(self._wal.save, hard_state, truncate_from, payloads, use_reserve)
             self._state = self._wal.state
             if truncate_from is not None:
                 del self._entries[truncate_from - start - 1 :]
             self._entries.extend(entries)
             assert self._wal.next_index == self.last_index() + 1  # pair: disk and memory agree
+
+    async def space_low(self) -> bool:
+        """Whether the data directory's file system has less free space than the reserve
+        (``reserve_bytes`` of :func:`open_file_storage`), so that ordinary appends are about to
+        be refused. A node polls this to raise and clear its disk-space alarm. False when the
+        free space cannot be known (no ``statvfs``, or it failed).
+        """
+        self._check_usable()
+        try:
+            return await trio.to_thread.run_sync(self._wal.space_low)
+        except OSError:
+            return False
 
     async def sync(self) -> None:
         """Return once everything saved so far is durable (one fsync of the active segment,
@@ -304,6 +323,9 @@ class FileStorage:
         cancelled, or the process dies, the previous snapshot stays the current one.
 
         Raises:
+            StorageFullError: the disk filled up before the snapshot was in place
+                (``operation == "snapshot"``); it was discarded, the previous one stays, and
+                the storage stays usable.
             StorageError: the disk failed; close and reopen.
             trio.ClosedResourceError: the storage was closed.
         """
@@ -314,17 +336,17 @@ class FileStorage:
         )  # fmt: skip
         async with self._snapshot_lock:
             try:
-                await self._run(writer.start, meta)
+                await self._run(self._snapshot_io, writer, 0, writer.start, meta)
                 batch: list[bytes] = []
                 size = 0
                 async for chunk in chunks:
                     batch.append(bytes(chunk))
                     size += len(chunk)
                     if size >= _SNAPSHOT_WRITE_BYTES:
-                        await self._run(writer.write, batch)
+                        await self._run(self._snapshot_io, writer, size, writer.write, batch)
                         batch, size = [], 0
-                await self._run(writer.write, batch)
-                await self._run(writer.commit)
+                await self._run(self._snapshot_io, writer, size, writer.write, batch)
+                await self._run(self._snapshot_io, writer, 0, writer.commit)
                 self._snapshot_meta = meta
             except BaseException:
                 with trio.CancelScope(shield=True):
@@ -333,6 +355,46 @@ class FileStorage:
                 raise
             finally:
                 self._wal.counters.bytes_written += writer.bytes_written
+
+    def _snapshot_io(
+        self, writer: SnapshotWriter, size: int, fn: Callable[..., None], *args: object
+    ) -> None:
+        """Run one step of writing a snapshot (in the worker thread) that writes ``size`` bytes
+        of chunks, as a refusal rather than a disk failure when the disk is full: the temporary
+        file is then thrown away and the WAL was not touched, so nothing is in doubt and the
+        storage stays usable.
+
+        Raises:
+            StorageFullError: (``operation == "snapshot"``) no room (see
+                :meth:`_snapshot_room`), or ENOSPC/EDQUOT before the new snapshot was renamed
+                into place.
+        """
+        if size:
+            self._snapshot_room(writer, size)
+        try:
+            fn(*args)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or writer.renamed:
+                raise
+            free = self._wal.fs.free_bytes(self._path)
+            raise StorageFullError(
+                self._path, free_bytes=free or 0, reserve_bytes=self._wal.reserve_bytes,
+                needed_bytes=writer.bytes_written, operation="snapshot",
+            ) from exc  # fmt: skip
+
+    def _snapshot_room(self, writer: SnapshotWriter, size: int) -> None:
+        """Refuse to write ``size`` more snapshot bytes into the last quarter of the reserve,
+        which is kept for the state file and compaction (so a large snapshot never leaves the
+        node unable to record a vote). Between half and a quarter of the reserve only
+        snapshots may write: after deletes, the snapshot that lets the log be compacted always
+        has that room, however many ``use_reserve`` appends came before it."""
+        free = self._wal.fs.free_bytes(self._path)
+        reserve = self._wal.reserve_bytes
+        if free is not None and free - size < reserve // 4:
+            raise StorageFullError(
+                self._path, free_bytes=free, reserve_bytes=reserve,
+                needed_bytes=writer.bytes_written + size, operation="snapshot",
+            )  # fmt: skip
 
     async def load_snapshot(self) -> tuple[SnapshotMeta, AsyncIterator[bytes]] | None:
         """The current snapshot's metadata and an iterator over its bytes, or ``None``.
@@ -443,7 +505,11 @@ async def open_file_storage(
             on disk is reported as corruption.
         reserve_bytes: Free space to keep on the file system: a :meth:`FileStorage.save`
             with entries that would leave less raises :exc:`StorageFullError` (and writes
-            nothing), so that votes, snapshots and compaction still have room. 0 disables the
+            nothing), so that votes, snapshots and compaction still have room; below it
+            :meth:`FileStorage.space_low` is true and a node raises its disk-space alarm.
+            Appends marked ``use_reserve`` may go down to half of it, snapshots to a quarter
+            (so a snapshot must fit in a quarter of the reserve to be taken on a full disk).
+            0 disables the
             check.
         fs: The file system, for tests (``trio_raft._wal._simfs.SimulatedFileSystem`` crashes
             on demand); the real one if ``None``.

@@ -43,6 +43,8 @@ class SnapshotWriter:
         self._chunks = 0
         self._bytes = 0
         self.bytes_written = 0
+        self.renamed = False
+        """Whether :meth:`commit` got as far as renaming the file into place."""
 
     def start(self, meta: SnapshotMeta) -> None:
         """Create the temporary file (replacing a leftover one) and write the header."""
@@ -69,6 +71,7 @@ class SnapshotWriter:
         self._file.close()
         self._file = None
         self._fs.rename(self._tmp, self._path)
+        self.renamed = True
         self._fs.fsync_dir(self._directory)
 
     def abort(self) -> None:

@@ -19,8 +19,9 @@ Rules that keep recovery unambiguous (``docs/source/storage.rst`` explains them)
    segment is never deleted, so on open a directory whose newest segment is older than the
    recorded one has lost the tail of its log (a deleted file), which recovery refuses.
 5. Appends are refused with :class:`StorageFullError`, before anything is written, when they
-   would leave less than ``reserve_bytes`` free on the file system; everything else (state,
-   truncations, snapshots, compaction) may use the reserve.
+   would leave less than ``reserve_bytes`` free on the file system (appends marked
+   ``use_reserve``: less than half of it); snapshots may use the reserve down to its last
+   quarter, state changes, truncations and compaction all of it.
 """
 
 from __future__ import annotations
@@ -185,6 +186,7 @@ class Wal:
         hard_state: HardState | None,
         truncate_from: int | None,
         payloads: Sequence[bytes],
+        use_reserve: bool = False,
     ) -> None:
         """Write, in this order: a new hard state in the state file (durably, after the WAL
         so far), a truncation of every entry at ``truncate_from`` or later (``< next_index``),
@@ -193,10 +195,12 @@ class Wal:
 
         Raises:
             StorageFullError: there are payloads, and writing them would leave less than
-                ``reserve_bytes`` free; nothing was written.
+                ``reserve_bytes`` free (with ``use_reserve``, less than half of it);
+                nothing was written.
         """
         if payloads:
-            self.check_space(sum(FRAME.size + len(p) for p in payloads))
+            floor = self.reserve_bytes // 2 if use_reserve else self.reserve_bytes
+            self.check_space(sum(FRAME.size + len(p) for p in payloads), floor)
         if hard_state is not None:
             self._write_state(attrs.evolve(self.state, hard_state=hard_state))
         if truncate_from is not None:
@@ -219,17 +223,24 @@ class Wal:
             active.live_hi = self.next_index
         self._write(pending)
 
-    def check_space(self, needed: int) -> None:
+    def check_space(self, needed: int, floor: int | None = None) -> None:
         """Raise :class:`StorageFullError` if writing ``needed`` more bytes would leave less
-        than ``reserve_bytes`` free (and the free space can be known)."""
+        than ``floor`` (by default ``reserve_bytes``) free, when the free space can be known."""
         free = self.fs.free_bytes(self.directory)
-        if free is not None and free - needed < self.reserve_bytes:
+        if floor is None:
+            floor = self.reserve_bytes
+        if free is not None and free - needed < floor:
             raise StorageFullError(
                 self.directory,
                 free_bytes=free,
                 reserve_bytes=self.reserve_bytes,
                 needed_bytes=needed,
             )
+
+    def space_low(self) -> bool:
+        """Whether less than ``reserve_bytes`` is free (false if that cannot be known)."""
+        free = self.fs.free_bytes(self.directory)
+        return free is not None and free < self.reserve_bytes
 
     def sync(self) -> None:
         """Make everything written so far durable, then delete segments a durable truncation

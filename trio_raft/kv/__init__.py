@@ -20,6 +20,7 @@ The errors, all :class:`~trio_raft.RaftError`::
         │   └── StaleSequenceError   a write older than its session's last one (a client bug)
         ├── KVAuthError           the token was refused: fix the token, no retry
         ├── SessionExpiredError   the session was evicted: its write may have been applied
+        ├── KVNoSpaceError        the leader is low on disk: only deletes are accepted
         ├── KVServerError         the server failed unexpectedly: report a bug
         └── ClientClosedError     the client was used after its ``async with`` block ended
 """
@@ -36,6 +37,7 @@ from ._protocol import ClientClosedError as ClientClosedError
 from ._protocol import ErrorCode as ErrorCode
 from ._protocol import KVAuthError as KVAuthError
 from ._protocol import KVError as KVError
+from ._protocol import KVNoSpaceError as KVNoSpaceError
 from ._protocol import KVRequestError as KVRequestError
 from ._protocol import KVServerError as KVServerError
 from ._protocol import KVTimeoutError as KVTimeoutError

@@ -403,6 +403,8 @@ class KVClient:
                 raise p.SessionExpiredError(message)
             case p.ErrorCode.INTERNAL:
                 raise p.KVServerError(message)
+            case p.ErrorCode.NO_SPACE:
+                raise p.KVNoSpaceError(message)
         return False  # DROPPED and the above: after a pause
 
     # -- connections ---------------------------------------------------------------------------

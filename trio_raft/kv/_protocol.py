@@ -112,6 +112,13 @@ class SessionExpiredError(KVError):
     client has already opened a new session for its next writes."""
 
 
+class KVNoSpaceError(KVError):
+    """The cluster's leader is low on disk space (its alarm is raised; see ``no_space`` in
+    ``trio-raft status``), so it refuses writes other than deletes. The write was not applied.
+    Delete data and let the next snapshot compact the log, or give the nodes more disk; the
+    alarm clears by itself within a second of space returning. Reads keep working."""
+
+
 class KVServerError(KVError):
     """The server failed unexpectedly (the message says how). The outcome of a write is unknown.
     This is a bug in the server or its state machine: please report it."""
@@ -132,6 +139,9 @@ class ErrorCode(enum.StrEnum):
     time)."""
     DROPPED = "dropped"
     """The write was definitely not applied (e.g. back-pressure); retry, after a pause."""
+    NO_SPACE = "no_space"
+    """The leader's disk-space alarm is raised: the write was not applied, and only deletes
+    are accepted until space is freed (:class:`KVNoSpaceError`)."""
     UNAVAILABLE = "unavailable"
     """The node is shutting down; nothing happened. Retry on another node."""
     BAD_REQUEST = "bad_request"

@@ -36,6 +36,7 @@ from trio_websocket import (
 from .._errors import (
     LeadershipLostError,
     NodeClosedError,
+    NoSpaceError,
     NotLeaderError,
     ProposalDroppedError,
 )
@@ -97,6 +98,7 @@ def status_to_wire(status: Status) -> dict[str, object]:
         "last_term": status.last_log_term,
         "log_start": status.log_start_index,
         "snapshot": status.snapshot_index,
+        "no_space": status.no_space,
         "followers": {
             peer: {"match": f.match_index, "next": f.next_index, "probing": f.probing}
             for peer, f in sorted(status.followers.items())
@@ -278,6 +280,8 @@ class KVServer:
             return Failure(rid, ErrorCode.NOT_LEADER, str(exc), url)
         except LeadershipLostError as exc:
             return Failure(rid, ErrorCode.OUTCOME_UNKNOWN, f"{exc}; retry with the same seq")
+        except NoSpaceError as exc:
+            return Failure(rid, ErrorCode.NO_SPACE, str(exc))
         except ProposalDroppedError as exc:
             return Failure(rid, ErrorCode.DROPPED, str(exc))
         except NodeClosedError as exc:
@@ -305,7 +309,7 @@ class KVServer:
             case Put(session=session, seq=seq, key=key, value=value):
                 return await propose(("put", session, seq, key, value))
             case Delete(session=session, seq=seq, key=key):
-                return await propose(("delete", session, seq, key))
+                return await propose(("delete", session, seq, key), frees_space=True)
             case Cas(session=session, seq=seq, key=key, expected=expected, new=new):
                 return await propose(("cas", session, seq, key, expected, new))
             case NodeStatus():

@@ -27,6 +27,7 @@ from ._network import MemoryTransport as MemoryTransport
 from ._network import MessageStatistics as MessageStatistics
 from ._network import NetworkStatistics as NetworkStatistics
 from ._network import Verdict as Verdict
+from ._network import WireCodecError as WireCodecError
 from ._storage import SimulatedStorage as SimulatedStorage
 from ._workload import ACTIONS as ACTIONS
 from ._workload import CHAOS_CONFIG as CHAOS_CONFIG

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
-from typing import final
+from typing import Literal, final
 
 import trio
 
+from .._core._log import entry_size
 from .._storage import MemoryStorage
 from .._types import Entry, HardState, SnapshotMeta, StoredState
+from .._wal._errors import StorageFullError
 
 _Write = tuple[HardState | None, int | None, tuple[Entry, ...]]
+
+DiskSpace = Literal["ok", "low", "full"]
+"""Modelled free space of a :class:`SimulatedStorage` (see its ``set_disk_space``)."""
 
 
 @final
@@ -36,6 +41,7 @@ class SimulatedStorage:
         self._unstalled.set()
         self.syncs = 0
         """How many syncs completed (a statistic for tests)."""
+        self._disk_space: DiskSpace = "ok"
 
     async def load(self) -> StoredState:
         return await self._durable.load()
@@ -46,8 +52,19 @@ class SimulatedStorage:
         hard_state: HardState | None = None,
         truncate_from: int | None = None,
         entries: Sequence[Entry] = (),
+        use_reserve: bool = False,
     ) -> None:
         await self._unstalled.wait()
+        if entries and (
+            self._disk_space == "full" or (self._disk_space == "low" and not use_reserve)
+        ):
+            await trio.lowlevel.checkpoint()
+            raise StorageFullError(
+                f"simulated disk ({self._disk_space})",
+                free_bytes=0,
+                reserve_bytes=0,
+                needed_bytes=sum(entry_size(e) for e in entries),
+            )
         self._volatile.apply_write(hard_state, truncate_from, entries)
         self._unsynced.append((hard_state, truncate_from, tuple(entries)))
 
@@ -58,6 +75,21 @@ class SimulatedStorage:
         """Make every write and sync hang until :meth:`unstall` (a disk that stopped answering)."""
         if self._unstalled.is_set():
             self._unstalled = trio.Event()
+
+    def set_disk_space(self, level: DiskSpace) -> None:
+        """Model the disk's free space: ``"ok"``; ``"low"`` (below the reserve:
+        :meth:`space_low` is true and appends without ``use_reserve`` raise
+        :exc:`~trio_raft.StorageFullError`); ``"full"`` (every append raises it, and so does
+        a snapshot, at its first chunk). Hard state, truncations and compaction always
+        succeed, as they may use the reserve."""
+        if level not in ("ok", "low", "full"):
+            raise ValueError(f"level must be 'ok', 'low' or 'full', got {level!r}")
+        self._disk_space = level
+
+    async def space_low(self) -> bool:
+        """Whether the modelled disk is below its reserve (see :meth:`set_disk_space`)."""
+        await trio.lowlevel.checkpoint()
+        return self._disk_space != "ok"
 
     def unstall(self) -> None:
         """Let stalled writes and syncs complete."""
@@ -79,7 +111,14 @@ class SimulatedStorage:
         return self._volatile.entries(lo, hi)
 
     async def save_snapshot(self, meta: SnapshotMeta, chunks: AsyncIterable[bytes]) -> None:
-        data = [bytes(chunk) async for chunk in chunks]
+        data: list[bytes] = []
+        async for chunk in chunks:
+            data.append(bytes(chunk))
+            if self._disk_space == "full":
+                raise StorageFullError(
+                    "simulated disk (full)", free_bytes=0, reserve_bytes=0,
+                    needed_bytes=len(chunk), operation="snapshot",
+                )  # fmt: skip
         await self._disk_latency()
         self._durable.set_snapshot(meta, data)
         self._volatile.set_snapshot(meta, data)

@@ -27,7 +27,10 @@ class Fault:
     """One step of a fault schedule: wait ``after_s`` of virtual time, then do ``action``.
 
     Actions: ``"partition"`` (``nodes`` is one side, the rest the other), ``"isolate"``,
-    ``"heal"``, ``"crash"``, ``"restart"`` (of ``nodes``), ``"restart_all"``.
+    ``"heal"``, ``"crash"``, ``"restart"`` (of ``nodes``), ``"restart_all"``, and the disk
+    space of ``nodes``: ``"disk_low"`` (below the reserve: the disk-space alarm),
+    ``"disk_full"`` (every append refused) and ``"disk_ok"`` (see
+    :meth:`SimulatedStorage.set_disk_space <trio_raft.testing.SimulatedStorage.set_disk_space>`).
     """
 
     after_s: float
@@ -38,7 +41,17 @@ class Fault:
     """The nodes acted on (the first side, for a partition)."""
 
 
-ACTIONS = ("partition", "isolate", "heal", "crash", "restart", "restart_all")
+ACTIONS = (
+    "partition",
+    "isolate",
+    "heal",
+    "crash",
+    "restart",
+    "restart_all",
+    "disk_low",
+    "disk_full",
+    "disk_ok",
+)
 
 
 async def apply_fault(cluster: SimulatedCluster, fault: Fault) -> None:
@@ -63,6 +76,15 @@ async def apply_fault(cluster: SimulatedCluster, fault: Fault) -> None:
         for n in ids:
             if n not in cluster.nodes:
                 await cluster.start(n)
+    elif fault.action == "disk_low":
+        for n in fault.nodes:
+            cluster.storages[n].set_disk_space("low")
+    elif fault.action == "disk_full":
+        for n in fault.nodes:
+            cluster.storages[n].set_disk_space("full")
+    elif fault.action == "disk_ok":
+        for n in fault.nodes:
+            cluster.storages[n].set_disk_space("ok")
     else:
         raise ValueError(f"unknown fault action {fault.action!r}; expected one of {ACTIONS}")
 
@@ -78,7 +100,7 @@ def random_schedule(
         t += gap
         if t >= duration_s:
             return schedule
-        action = rng.choices(ACTIONS, weights=(3, 2, 3, 2, 2, 2))[0]
+        action = rng.choices(ACTIONS, weights=(3, 2, 3, 2, 2, 2, 1, 1, 2))[0]
         k = rng.randint(1, max(1, (len(node_ids) - 1) // 2 + 1))
         nodes = tuple(sorted(rng.sample(list(node_ids), k)))
         schedule.append(Fault(gap, action, nodes))
@@ -138,7 +160,7 @@ class KVClients:
                 if is_read:
                     result = await node.read(op)
                 else:
-                    result = await node.propose(op)
+                    result = await node.propose(op, frees_space=op[0] == "delete")
             except NotLeaderError as exc:
                 self.history.fail(handle)
                 return exc.leader_id if exc.leader_id != target else None
@@ -161,9 +183,11 @@ class KVClients:
 
 
 def _random_op(rng: random.Random, key: str, unique: str) -> tuple[object, ...]:
-    kind = rng.choices(("get", "put", "append", "cas"), weights=(4, 3, 2, 1))[0]
+    kind = rng.choices(("get", "put", "append", "cas", "delete"), weights=(4, 3, 2, 1, 1))[0]
     if kind == "get":
         return ("get", key)
+    if kind == "delete":
+        return ("delete", key)
     if kind == "put":
         return ("put", key, unique)
     if kind == "append":
@@ -241,6 +265,7 @@ async def run_chaos(
                 await apply_fault(cluster, fault)
         # Liveness phase: a healed, fully running cluster must elect and converge.
         cluster.network.reset_faults()
+        await apply_fault(cluster, Fault(0.0, "disk_ok", cluster.node_ids))
         await apply_fault(cluster, Fault(0.0, "restart_all"))
         with trio.move_on_after(converge_s) as scope:
             while True:  # without PreVote, healed nodes may still force an election or two
