@@ -68,6 +68,9 @@ with a single storage sync (group commit), so the bound also caps a batch."""
 APPLY_BATCH = 64
 """The applier yields to other tasks after this many entries."""
 
+SNAPSHOT_WARN_INTERVAL_S = 10.0
+"""At most one warning this often about snapshots that do not fit on the disk."""
+
 SPACE_POLL_S = 1.0
 """How often a node whose storage can run out of space asks it whether space is low (and,
 while an append is refused, retries it)."""
@@ -168,6 +171,7 @@ class Node:
         self._space_aware = False
         self._snapshot_not_before = -math.inf
         """No snapshot is taken before this time (one just failed for disk space)."""
+        self._snapshot_warned_at = -math.inf
         """The storage has ``space_low`` (and so takes ``use_reserve``)."""
 
     # -- public API --------------------------------------------------------------------------
@@ -518,7 +522,10 @@ class Node:
     def _on_snapshot_refused(self, exc: StorageFullError) -> None:
         """A snapshot did not fit on the disk: the node goes on without it (a follower's
         leader resends it, a local one is retried later)."""
-        logger.warning("node %r: snapshot not saved: %s", self._id, exc)
+        now = trio.current_time()
+        if now >= self._snapshot_warned_at + SNAPSHOT_WARN_INTERVAL_S:
+            self._snapshot_warned_at = now
+            logger.warning("node %r: snapshot not saved: %s", self._id, exc)
 
     def _update_space_alarm(self) -> None:
         st = self._state
@@ -547,7 +554,10 @@ class Node:
             if self._refused:
                 await self._inbox_send.send(_RETRY)
             if self._snapshot_not_before != -math.inf:
-                # A snapshot did not fit: nothing else retries it if no entry is applied.
+                # A snapshot did not fit. Retry it at once when space is back, and in any case
+                # from here: nothing else does if no entry is applied.
+                if not low:
+                    self._snapshot_not_before = -math.inf
                 _snapshot.maybe_take(self)
             await trio.sleep(SPACE_POLL_S)
 

@@ -11,7 +11,8 @@ waiting for a request that will never come (holding a connection slot until its 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import trio
 from trio_websocket import (
@@ -21,6 +22,8 @@ from trio_websocket import (
     wrap_client_stream,
     wrap_server_stream,
 )
+
+T = TypeVar("T")
 
 
 class ClosedBeforeUpgrade(HandshakeError):
@@ -56,24 +59,19 @@ class _WatchedStream(trio.abc.Stream):
         await self._stream.aclose()
 
 
-async def wrap_client_stream_fast(
-    nursery: trio.Nursery, stream: trio.abc.Stream, host: str, resource: str, **options: Any
-) -> WebSocketConnection:
-    """``trio_websocket.wrap_client_stream``, but raising :class:`ClosedBeforeUpgrade` as soon
-    as the server ends the stream before the upgrade completes."""
+async def _upgrade_unless_hung_up(
+    stream: trio.abc.Stream,
+    upgrade: Callable[[trio.abc.Stream], Awaitable[T]],
+    other_side: str,
+) -> T:
+    """Run ``upgrade`` on a watched ``stream``; raise :class:`ClosedBeforeUpgrade` as soon as
+    ``other_side`` ends the stream first."""
     watched = _WatchedStream(stream)
-    connection: WebSocketConnection | None = None
+    upgraded: list[T] = []
     async with trio.open_nursery() as race:
 
         async def handshake() -> None:
-            nonlocal connection
-            connection = await wrap_client_stream(
-                nursery,
-                watched,  # type: ignore[arg-type]  # any trio Stream works
-                host,
-                resource,
-                **options,
-            )
+            upgraded.append(await upgrade(watched))
             race.cancel_scope.cancel()
 
         async def hang_up() -> None:
@@ -82,9 +80,23 @@ async def wrap_client_stream_fast(
 
         race.start_soon(handshake)
         race.start_soon(hang_up)
-    if connection is None:
-        raise ClosedBeforeUpgrade("the server closed the connection before the WebSocket upgrade")
-    return connection
+    if not upgraded:
+        raise ClosedBeforeUpgrade(
+            f"the {other_side} closed the connection before the WebSocket upgrade"
+        )
+    return upgraded[0]
+
+
+async def wrap_client_stream_fast(
+    nursery: trio.Nursery, stream: trio.abc.Stream, host: str, resource: str, **options: Any
+) -> WebSocketConnection:
+    """``trio_websocket.wrap_client_stream``, but raising :class:`ClosedBeforeUpgrade` as soon
+    as the server ends the stream before the upgrade completes."""
+    return await _upgrade_unless_hung_up(
+        stream,
+        lambda watched: wrap_client_stream(nursery, watched, host, resource, **options),  # type: ignore[arg-type]  # any trio Stream works
+        "server",
+    )
 
 
 async def wrap_server_stream_fast(
@@ -94,25 +106,6 @@ async def wrap_server_stream_fast(
     as the client ends the stream, or trio-websocket closes it (an HTTP protocol error), before
     a complete upgrade request arrived. Bound it with a timeout: a client that sends nothing
     is waited for."""
-    watched = _WatchedStream(stream)
-    request: WebSocketRequest | None = None
-    async with trio.open_nursery() as race:
-
-        async def handshake() -> None:
-            nonlocal request
-            request = await wrap_server_stream(
-                nursery,
-                watched,
-                **options,
-            )
-            race.cancel_scope.cancel()
-
-        async def hang_up() -> None:
-            await watched.ended.wait()
-            race.cancel_scope.cancel()
-
-        race.start_soon(handshake)
-        race.start_soon(hang_up)
-    if request is None:
-        raise ClosedBeforeUpgrade("the client closed the connection before the WebSocket upgrade")
-    return request
+    return await _upgrade_unless_hung_up(
+        stream, lambda watched: wrap_server_stream(nursery, watched, **options), "client"
+    )
