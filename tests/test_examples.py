@@ -235,6 +235,7 @@ def test_any_fault_schedule_keeps_the_cluster_safe(schedule: list[Fault], seed: 
             for fault in schedule:
                 await apply_fault(cluster, fault)
             cluster.heal()
+            await apply_fault(cluster, Fault(0.0, "disk_ok", cluster.node_ids))
             await apply_fault(cluster, Fault(0.0, "restart_all"))
             with trio.fail_after(30):
                 await cluster.propose(("put", "k", "v"))

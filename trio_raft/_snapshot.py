@@ -79,7 +79,7 @@ class Receiver:
     received: int = 0
 
 
-async def aiter_chunks(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
+async def aiter_chunks(chunks: Iterable[bytes]) -> AsyncGenerator[bytes, None]:
     """Feed a state machine's chunks to storage, yielding to other tasks between chunks."""
     for chunk in chunks:
         await trio.lowlevel.checkpoint()
@@ -133,7 +133,8 @@ async def _save_taken(node: Node, meta: SnapshotMeta, chunks: Iterable[bytes]) -
             if meta.index <= node._snapshot_index:
                 return
             try:
-                await node._storage.save_snapshot(meta, aiter_chunks(chunks))
+                async with aclosing(aiter_chunks(chunks)) as stream:
+                    await node._storage.save_snapshot(meta, stream)
             except StorageFullError as exc:
                 node._snapshot_not_before = trio.current_time() + SNAPSHOT_RETRY_S
                 node._on_snapshot_refused(exc)
@@ -273,7 +274,7 @@ async def _write_received(
     data: list[bytes] = []
     patience_s = abandon_after_s(node)
 
-    async def tee() -> AsyncIterator[bytes]:
+    async def tee() -> AsyncGenerator[bytes, None]:
         while True:
             chunk: bytes | None = None
             with trio.move_on_after(patience_s):
@@ -296,7 +297,8 @@ async def _write_received(
                 if meta.index <= node._snapshot_index:
                     return
                 try:
-                    await node._storage.save_snapshot(meta, tee())
+                    async with aclosing(tee()) as stream:
+                        await node._storage.save_snapshot(meta, stream)
                 except StorageFullError as exc:
                     node._on_snapshot_refused(exc)  # the leader sends it again later
                     return
