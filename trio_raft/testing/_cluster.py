@@ -19,7 +19,7 @@ import trio
 
 from .._abc import StateMachine
 from .._config import Config
-from .._errors import NodeCrashedError, NotLeaderError
+from .._errors import NodeCrashedError, NoSpaceError, NotLeaderError
 from .._messages import Message
 from .._node import Node, _open_node
 from .._types import NodeId, Role, StoredState
@@ -199,13 +199,15 @@ class SimulatedCluster:
 
     async def propose(self, command: object, *, retry_s: float = 0.05) -> object:
         """Propose ``command`` through whichever node leads, retrying while there is no leader
-        (only on :class:`~trio_raft.NotLeaderError`, which guarantees nothing was appended)."""
+        or the leader's disk-space alarm is raised (only on :class:`~trio_raft.NotLeaderError`
+        and :class:`~trio_raft.NoSpaceError`, which guarantee nothing was appended). Bound it
+        with :func:`trio.fail_after`."""
         while True:
             leader = self.leader()
             if leader is not None:
                 try:
                     return await leader.propose(command)
-                except NotLeaderError:
+                except (NotLeaderError, NoSpaceError):
                     pass
             await trio.sleep(retry_s)
 
