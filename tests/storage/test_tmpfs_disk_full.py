@@ -59,7 +59,6 @@ def test_a_full_disk_raises_the_alarm_and_loses_nothing(tmp_path: Path) -> None:
     assert found["leader_alarm"] is True, found
     assert found["alarms"], found  # which ones depends on compactions racing on the shared disk
     assert found["read_during_alarm"] is True
-    assert found["free_at_refusal"] < found["capacity"] // 4, found
     assert found["free_after_deletes"] >= found["capacity"] // 2, found
     assert found["all_up"] == ["n1", "n2", "n3"]
     assert found["after_restart"] == ["small"] * 5
