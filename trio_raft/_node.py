@@ -169,10 +169,11 @@ class Node:
         self._refused = False
         """An append was refused for disk space and waits in the Ready to be retried."""
         self._space_aware = False
+        """The storage has ``space_low`` (and so takes ``use_reserve``)."""
         self._snapshot_not_before = -math.inf
         """No snapshot is taken before this time (one just failed for disk space)."""
         self._snapshot_warned_at = -math.inf
-        """The storage has ``space_low`` (and so takes ``use_reserve``)."""
+        """When the last warning about a snapshot that did not fit was logged."""
 
     # -- public API --------------------------------------------------------------------------
 
@@ -470,23 +471,19 @@ class Node:
         self._disk_idle = trio.Event()
         self._disk_watch.set()
         try:
+            # Followers take what the leader accepted (it is the one that gates proposals); a
+            # leader in the alarm accepted only space-freeing commands. Only a storage with
+            # ``space_low`` knows the keyword.
+            reserve: dict[str, bool] = {}
+            if self._space_aware:
+                reserve["use_reserve"] = st.role is not Role.LEADER or st.no_space
             try:
-                if self._space_aware:
-                    # Followers take what the leader accepted (it is the one that gates
-                    # proposals); a leader in the alarm accepted only space-freeing commands.
-                    use_reserve = st.role is not Role.LEADER or st.no_space
-                    await self._storage.save(  # type: ignore[call-arg]
-                        hard_state=ready.hard_state,
-                        truncate_from=ready.truncate_from,
-                        entries=ready.entries,
-                        use_reserve=use_reserve,
-                    )
-                else:
-                    await self._storage.save(
-                        hard_state=ready.hard_state,
-                        truncate_from=ready.truncate_from,
-                        entries=ready.entries,
-                    )
+                await self._storage.save(
+                    hard_state=ready.hard_state,
+                    truncate_from=ready.truncate_from,
+                    entries=ready.entries,
+                    **reserve,
+                )
             except StorageFullError as exc:
                 await self._storage.save(
                     hard_state=ready.hard_state, truncate_from=ready.truncate_from
@@ -507,17 +504,10 @@ class Node:
         return True
 
     def _on_append_refused(self, exc: StorageFullError) -> None:
-        first = not self._state.no_space
         self._refused = True
         if self._space_aware:
             self._space_low = True  # until a poll finds space again
-        self._update_space_alarm()
-        if first:
-            logger.warning(
-                "node %r: disk-space alarm: %s. As leader it accepts only commands that free "
-                "space; the refused entries are retried every %g s",
-                self._id, exc, SPACE_POLL_S,
-            )  # fmt: skip
+        self._update_space_alarm(f"{exc}; the refused entries are retried every {SPACE_POLL_S} s")
 
     def _on_snapshot_refused(self, exc: StorageFullError) -> None:
         """A snapshot did not fit on the disk: the node goes on without it (a follower's
@@ -527,13 +517,21 @@ class Node:
             self._snapshot_warned_at = now
             logger.warning("node %r: snapshot not saved: %s", self._id, exc)
 
-    def _update_space_alarm(self) -> None:
+    def _update_space_alarm(self, cause: str = "free space is below the storage's reserve") -> None:
+        """Raise or clear the disk-space alarm from ``_space_low`` and ``_refused``; ``cause``
+        goes into the warning if this raises it."""
         st = self._state
         alarm = self._space_low or self._refused
         if alarm != st.no_space:
             st.no_space = alarm
             self._notify("no-space", alarm)
-            if not alarm:
+            if alarm:
+                logger.warning(
+                    "node %r: disk-space alarm: %s. As leader it accepts only commands that "
+                    "free space",
+                    self._id, cause,
+                )  # fmt: skip
+            else:
                 logger.info("node %r: disk-space alarm cleared", self._id)
             self._changed.notify()
 
@@ -544,12 +542,6 @@ class Node:
             low = await space_low()
             if low != self._space_low:
                 self._space_low = low
-                if low and not self._state.no_space:
-                    logger.warning(
-                        "node %r: disk-space alarm: free space is below the storage's reserve; "
-                        "as leader it accepts only commands that free space",
-                        self._id,
-                    )
                 self._update_space_alarm()
             if self._refused:
                 await self._inbox_send.send(_RETRY)
@@ -621,7 +613,7 @@ class Node:
             return
         self._terms_exhausted_logged = True
         logger.error(
-            "node %s: term %d is the largest a node accepts (MAX_TERM); it will not campaign "
+            "node %r: term %d is the largest a node accepts (MAX_TERM); it will not campaign "
             "again. Something drove the cluster's terms to 2**62: look for a peer sending "
             "forged terms, then rebuild the cluster from its data (a new cluster_id)",
             self._id,
