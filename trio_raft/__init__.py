@@ -10,12 +10,18 @@ from ._abc import Storage as Storage
 from ._abc import Transport as Transport
 from ._codec import FrameError as FrameError
 from ._config import Config as Config
+from ._errors import InvalidMembershipError as InvalidMembershipError
 from ._errors import LeadershipLostError as LeadershipLostError
+from ._errors import LeadershipTransferError as LeadershipTransferError
+from ._errors import LearnerNotCaughtUpError as LearnerNotCaughtUpError
+from ._errors import MembershipChangeInProgressError as MembershipChangeInProgressError
+from ._errors import MembershipError as MembershipError
 from ._errors import NodeClosedError as NodeClosedError
 from ._errors import NodeCrashedError as NodeCrashedError
 from ._errors import NoSpaceError as NoSpaceError
 from ._errors import NotLeaderError as NotLeaderError
 from ._errors import ProposalDroppedError as ProposalDroppedError
+from ._errors import QuorumUnavailableError as QuorumUnavailableError
 from ._errors import RaftError as RaftError
 from ._errors import TooManyUncommittedError as TooManyUncommittedError
 from ._messages import AppendRequest as AppendRequest
@@ -37,6 +43,7 @@ from ._transport import open_websocket_transport as open_websocket_transport
 from ._types import Entry as Entry
 from ._types import EntryKind as EntryKind
 from ._types import HardState as HardState
+from ._types import Membership as Membership
 from ._types import NodeId as NodeId
 from ._types import Role as Role
 from ._types import SnapshotMeta as SnapshotMeta

@@ -177,6 +177,19 @@ def check_command(command: object, *, where: str = "command") -> None:
     _check_value(command, where, 0, None)
 
 
+def address_size(address: object, *, where: str = "address") -> int:
+    """Check a member's address against the command data model and return its encoded size.
+
+    Raises:
+        FrameError: the address is outside the data model of :func:`check_command`.
+    """
+    check_command(address, where=where)
+    try:
+        return len(cbor2.dumps(address))
+    except Exception as exc:  # e.g. a str with lone surrogates
+        raise FrameError(f"{where}: cannot be encoded: {exc}") from exc
+
+
 class _Invalid(Exception):
     """A value outside the command model; the path to it is collected while unwinding, so the
     common, valid case builds no strings."""

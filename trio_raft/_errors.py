@@ -8,6 +8,12 @@
     ├── ProposalDroppedError     definitely not committed (overwritten or refused)
     │   ├── TooManyUncommittedError   back-pressure: too many uncommitted entries
     │   └── NoSpaceError              the leader's disk is low: only space-freeing commands
+    ├── MembershipError          a membership request was refused: NOTHING was appended
+    │   ├── MembershipChangeInProgressError   another change (or a transfer) is in flight
+    │   ├── InvalidMembershipError            the request is impossible (also a ValueError)
+    │   ├── LearnerNotCaughtUpError           the learner did not catch up in time
+    │   └── QuorumUnavailableError            the old or the new voters lack a live majority
+    ├── LeadershipTransferError  the transfer did not happen (or no new leader is known yet)
     ├── FrameError               a peer sent bytes that are not a valid frame (connection dropped)
     ├── StorageError             the data directory failed (see trio_raft.FileStorage)
     │   ├── StorageCorruptError      damaged beyond a torn tail: names the file and offset
@@ -25,7 +31,12 @@ command idempotent (e.g. with a client id and sequence number the state machine 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ._types import NodeId
+
+if TYPE_CHECKING:
+    from ._types import Membership
 
 
 class RaftError(Exception):
@@ -106,3 +117,88 @@ class NodeCrashedError(RaftError):
             "ends in it); please report it with the traceback. Reopen the node on the same "
             "storage to carry on"
         )
+
+
+class MembershipError(RaftError):
+    """A membership change was refused before anything was appended: the configuration is
+    unchanged. The subclass says why; see each one for what to do."""
+
+
+class MembershipChangeInProgressError(MembershipError):
+    """Another membership change (or a leadership transfer) is still in flight; only one runs
+    at a time. Wait until ``Status.membership_committed`` is true and the configuration is not
+    joint, then retry.
+
+    Attributes:
+        membership: The configuration in flight, or ``None`` when the reason is a leadership
+            transfer or a leader that has not yet committed an entry of its term.
+        index: The log index of that configuration's entry (0 when ``membership`` is None).
+    """
+
+    def __init__(self, message: str, membership: Membership | None = None, index: int = 0) -> None:
+        super().__init__(message)
+        self.membership = membership
+        self.index = index
+
+
+class InvalidMembershipError(MembershipError, ValueError):
+    """The requested configuration is impossible (fix the request; retrying cannot help).
+
+    Attributes:
+        rule: A short key for the rule it breaks: ``"last_voter"`` (it removes every voter),
+            ``"not_a_learner"`` (a new voter must be a learner first), ``"not_a_voter"``,
+            ``"not_a_member"``, ``"limits"`` (ids, member count or address size),
+            ``"no_other_voter"`` (a leadership transfer with no one to hand over to).
+    """
+
+    def __init__(self, message: str, rule: str) -> None:
+        super().__init__(message)
+        self.rule = rule
+
+
+class LearnerNotCaughtUpError(MembershipError):
+    """A learner to be promoted did not keep within ``Config.catch_up_entries`` of the leader
+    for a whole maximum election timeout before the wait ran out; it stays a learner. Check
+    the learner (its disk, its link), then retry with a longer ``catch_up_timeout_s`` or remove
+    it.
+
+    Attributes:
+        node_id: The learner.
+        lag: How many entries it was behind the leader's last index when the wait ended.
+        waited_s: How long the call waited.
+    """
+
+    def __init__(self, message: str, node_id: NodeId, lag: int, waited_s: float) -> None:
+        super().__init__(message)
+        self.node_id = node_id
+        self.lag = lag
+        self.waited_s = waited_s
+
+
+class QuorumUnavailableError(MembershipError):
+    """The current voters or the requested ones lack a majority that has answered the leader
+    recently, so the change could get stuck half-way; it was not started. Bring the unreachable
+    voters back (or change fewer at once), then retry.
+
+    Attributes:
+        unreachable: The voters not heard from within the minimum election timeout.
+    """
+
+    def __init__(self, message: str, unreachable: frozenset[NodeId]) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
+
+
+class LeadershipTransferError(RaftError):
+    """A leadership transfer did not complete: either this node still leads (it accepts
+    proposals again) or it stepped down and no new leader was known in time.
+
+    Attributes:
+        target: The node leadership was being handed to.
+        moved: Whether this node stopped leading.
+    """
+
+    def __init__(self, message: str, target: NodeId | None, *, moved: bool) -> None:
+        super().__init__(message)
+        self.target = target
+        self.moved = moved

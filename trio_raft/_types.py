@@ -10,6 +10,9 @@ Invariants (checked by the types' validators, i.e. at construction):
 from __future__ import annotations
 
 import enum
+import itertools
+import types
+from collections.abc import Iterable, Mapping
 from typing import Final, TypeAlias
 
 import attrs
@@ -27,6 +30,12 @@ MAX_INDEX: Final = 2**63 - 1
 
 MAX_ID_CHARS: Final = 128
 """Node ids and cluster ids on the wire are 1 to this many characters long."""
+
+MAX_MEMBERS: Final = 64
+"""The most members (voters, outgoing voters and learners together) a :class:`Membership` holds."""
+
+MAX_ADDRESS_BYTES: Final = 1024
+"""The largest a member's address may be, CBOR-encoded."""
 
 NodeId: TypeAlias = str
 """A node's identity: a short, stable, non-empty string such as ``"n1"``."""
@@ -94,6 +103,9 @@ class EntryKind(enum.IntEnum):
     """A user command: handed to :meth:`StateMachine.apply`."""
     NOOP = 1
     """The empty entry a new leader appends to commit its term (Raft §8); never applied."""
+    CONFIG = 2
+    """The cluster's membership from this entry on (it takes effect when appended, on every
+    node); ``command`` is a :class:`Membership`. Never handed to the state machine."""
 
 
 @attrs.frozen(slots=True)
@@ -124,6 +136,13 @@ class Entry:
             raise FieldError("Entry", "kind", f"expected an EntryKind, got {short(kind)}")
         if kind is EntryKind.NOOP and self.command is not None:
             raise FieldError("Entry", "command", "a no-op entry carries no command")
+        if (kind is EntryKind.CONFIG) != isinstance(self.command, Membership):
+            reason = (
+                f"a configuration entry carries a Membership, got {short(self.command)}"
+                if kind is EntryKind.CONFIG
+                else "only a configuration entry carries a Membership"
+            )
+            raise FieldError("Entry", "command", reason)
 
 
 @attrs.frozen(slots=True)
@@ -171,3 +190,180 @@ class Role(enum.Enum):
     """Raised the term and asks for votes."""
     LEADER = "leader"
     """Accepts proposals and replicates the log."""
+
+
+def _ids(value: Iterable[NodeId]) -> frozenset[NodeId]:
+    if isinstance(value, (str, bytes)):
+        # a lone id would otherwise become a set of characters
+        raise FieldError("Membership", "ids", f"expected a collection of ids, got {short(value)}")
+    return frozenset(value)
+
+
+def _addresses(value: Mapping[NodeId, object]) -> Mapping[NodeId, object]:
+    return types.MappingProxyType(dict(value))
+
+
+_PLAIN_KEYS: Final = ("voters", "learners", "outgoing", "addresses")
+
+
+@attrs.frozen(eq=True, hash=False, repr=False)
+class Membership:
+    """A cluster's configuration: who votes, who only learns, and how to reach each member.
+
+    Raft keeps it in the log (an entry of kind :attr:`EntryKind.CONFIG` carries the complete
+    value, never a delta) and in every snapshot; a node uses the last one in its log, committed
+    or not. During a change of the voters the configuration is *joint* (Raft thesis §4.3):
+    elections and commitment then need a majority of ``voters`` **and** a majority of
+    ``outgoing``.
+
+    Equal values compare equal (addresses by content); instances are immutable and unhashable.
+
+    Raises:
+        ValueError: (:class:`~trio_raft._types.FieldError`) on construction, if the value breaks
+            one of these rules, naming the field: ``voters`` is not empty and disjoint from
+            ``learners``; a joint configuration (non-empty ``outgoing``) changes the voters;
+            every id is a str of 1 to :data:`MAX_ID_CHARS` characters; at most
+            :data:`MAX_MEMBERS` members; ``addresses`` is empty (every member gets ``None``)
+            or has exactly one key per member, each value in the wire's command data model
+            and at most :data:`MAX_ADDRESS_BYTES` bytes encoded.
+    """
+
+    voters: frozenset[NodeId] = attrs.field(converter=_ids)
+    """The voters of the configuration being entered (C_new), or of the configuration in force
+    when not joint. Never empty."""
+    learners: frozenset[NodeId] = attrs.field(default=frozenset(), converter=_ids)
+    """Members that receive the log and snapshots but never vote, never count for a quorum and
+    never campaign. Disjoint from ``voters``; may overlap ``outgoing`` (a voter being demoted)."""
+    outgoing: frozenset[NodeId] = attrs.field(default=frozenset(), converter=_ids)
+    """While joint: the voters of the configuration being left (C_old). Empty otherwise."""
+    addresses: Mapping[NodeId, object] = attrs.field(factory=dict, converter=_addresses)
+    """One value per member, opaque to Raft: what a transport needs to reach it (trio-raft's
+    own tools use ``{"peer": URL, "client": URL}``). A read-only copy."""
+
+    def __attrs_post_init__(self) -> None:
+        members = self.voters | self.outgoing | self.learners
+        for field, ids in (
+            ("voters", self.voters), ("learners", self.learners), ("outgoing", self.outgoing)
+        ):  # fmt: skip
+            for node_id in ids:
+                if type(node_id) is not str or not 1 <= len(node_id) <= MAX_ID_CHARS:
+                    reason = f"expected ids of 1 to {MAX_ID_CHARS} characters, got {short(node_id)}"
+                    raise FieldError("Membership", field, reason)
+        if not self.voters:
+            raise FieldError("Membership", "voters", "a configuration needs at least one voter")
+        if self.voters & self.learners:
+            both = ", ".join(sorted(self.voters & self.learners))
+            raise FieldError("Membership", "learners", f"{both} cannot be voter and learner")
+        if self.outgoing == self.voters:
+            raise FieldError(
+                "Membership", "outgoing", "a joint configuration must change the voters"
+            )
+        if len(members) > MAX_MEMBERS:
+            raise FieldError(
+                "Membership", "voters", f"{len(members)} members (at most {MAX_MEMBERS})"
+            )
+        if not self.addresses:
+            object.__setattr__(self, "addresses", types.MappingProxyType(dict.fromkeys(members)))
+            return
+        if self.addresses.keys() != members:
+            extra = sorted(map(short, self.addresses.keys() - members))
+            missing = sorted(members - self.addresses.keys())
+            raise FieldError(
+                "Membership",
+                "addresses",
+                f"expected one per member; missing {missing}, not members {extra}",
+            )
+        from ._codec import FrameError, address_size  # the codec imports this module
+
+        for node_id, address in self.addresses.items():
+            try:
+                size = address_size(address, where="address")
+            except FrameError as exc:
+                raise FieldError("Membership", f"addresses[{node_id!r}]", str(exc)) from None
+            if size > MAX_ADDRESS_BYTES:
+                raise FieldError(
+                    "Membership",
+                    f"addresses[{node_id!r}]",
+                    f"{size} bytes encoded (at most {MAX_ADDRESS_BYTES})",
+                )
+
+    def __repr__(self) -> str:
+        parts = [f"voters={sorted(self.voters)}"]
+        if self.learners:
+            parts.append(f"learners={sorted(self.learners)}")
+        if self.outgoing:
+            parts.append(f"outgoing={sorted(self.outgoing)}")
+        if any(a is not None for a in self.addresses.values()):
+            parts.append(f"addresses={dict(sorted(self.addresses.items()))!r:.300}")
+        return f"Membership({', '.join(parts)})"
+
+    @property
+    def is_joint(self) -> bool:
+        """Whether a change of the voters is in progress (``outgoing`` is not empty)."""
+        return bool(self.outgoing)
+
+    @property
+    def members(self) -> frozenset[NodeId]:
+        """Every member: ``voters | outgoing | learners``."""
+        return self.voters | self.outgoing | self.learners
+
+    @property
+    def all_voters(self) -> frozenset[NodeId]:
+        """The nodes that may vote and campaign: ``voters | outgoing``."""
+        return self.voters | self.outgoing
+
+    def leave(self) -> Membership:
+        """The configuration a joint one leaves to (C_new): its voters and learners, with their
+        addresses. Raises :exc:`ValueError` if this configuration is not joint."""
+        if not self.outgoing:
+            raise ValueError("leave() of a configuration that is not joint")
+        kept = self.voters | self.learners
+        return Membership(
+            self.voters, self.learners, (), {m: a for m, a in self.addresses.items() if m in kept}
+        )
+
+    def to_plain(self) -> dict[str, object]:
+        """The canonical plain form stored in the log and sent on the wire: a map with exactly
+        the keys ``voters``, ``learners``, ``outgoing`` (sorted arrays of ids) and
+        ``addresses`` (a map from id to address, in id order)."""
+        return {
+            "voters": sorted(self.voters),
+            "learners": sorted(self.learners),
+            "outgoing": sorted(self.outgoing),
+            "addresses": {m: self.addresses[m] for m in sorted(self.addresses)},
+        }
+
+    @classmethod
+    def from_plain(cls, value: object) -> Membership:
+        """Build a membership from its plain form, as decoded from the wire or the disk.
+
+        Raises:
+            ValueError: (:class:`~trio_raft._types.FieldError`) the value is not exactly a
+                plain form: a key missing or unknown, an array unsorted or with duplicates,
+                or anything the constructor refuses.
+        """
+        if type(value) is not dict:
+            raise FieldError("Membership", "plain", f"expected a map, got {short(value)}")
+        if set(value) != set(_PLAIN_KEYS):
+            got = sorted(map(short, value))
+            raise FieldError(
+                "Membership", "plain", f"expected the keys {list(_PLAIN_KEYS)}, got {got}"
+            )
+        sets: list[list[NodeId]] = []
+        for key in _PLAIN_KEYS[:3]:
+            ids = value[key]
+            if type(ids) is not list or len(ids) > MAX_MEMBERS:
+                reason = f"expected an array of at most {MAX_MEMBERS} ids, got {short(ids)}"
+                raise FieldError("Membership", key, reason)
+            for node_id in ids:
+                if type(node_id) is not str:
+                    raise FieldError("Membership", key, f"expected ids, got {short(node_id)}")
+            if any(a >= b for a, b in itertools.pairwise(ids)):
+                raise FieldError("Membership", key, "ids must be sorted and unique")
+            sets.append(ids)
+        addresses = value["addresses"]
+        if type(addresses) is not dict or not addresses:
+            reason = f"expected a map with one address per member, got {short(addresses)}"
+            raise FieldError("Membership", "addresses", reason)
+        voters, learners, outgoing = sets
+        return cls(voters, learners, outgoing, addresses)

@@ -99,7 +99,7 @@ def append_requests(draw: st.DrawFn) -> AppendRequest:
     entry_term = max(prev_term, 1)
     for i in range(draw(st.integers(0, 5))):
         entry_term = draw(st.integers(entry_term, term))
-        kind = draw(st.sampled_from(EntryKind))
+        kind = draw(st.sampled_from([EntryKind.COMMAND, EntryKind.NOOP]))
         command = None if kind is EntryKind.NOOP else draw(commands)
         entries.append(Entry(entry_term, prev_index + 1 + i, command, kind))
     return AppendRequest(
