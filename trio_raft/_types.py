@@ -219,13 +219,12 @@ class Membership:
     Equal values compare equal (addresses by content); instances are immutable and unhashable.
 
     Raises:
-        ValueError: (:class:`~trio_raft._types.FieldError`) on construction, if the value breaks
-            one of these rules, naming the field: ``voters`` is not empty and disjoint from
-            ``learners``; a joint configuration (non-empty ``outgoing``) changes the voters;
-            every id is a str of 1 to :data:`MAX_ID_CHARS` characters; at most
-            :data:`MAX_MEMBERS` members; ``addresses`` is empty (every member gets ``None``)
-            or has exactly one key per member, each value in the wire's command data model
-            and at most :data:`MAX_ADDRESS_BYTES` bytes encoded.
+        ValueError: (a ``FieldError``) on construction, if the value breaks one of these
+            rules, naming the field: ``voters`` is not empty and disjoint from ``learners``; a
+            joint configuration (non-empty ``outgoing``) changes the voters; every id is a str
+            of 1 to 128 characters; at most 64 members; ``addresses`` is empty (every member
+            gets ``None``) or has exactly one key per member, each value in the wire's command
+            data model and at most 1024 bytes encoded.
     """
 
     voters: frozenset[NodeId] = attrs.field(converter=_ids)
@@ -338,7 +337,7 @@ class Membership:
         """Build a membership from its plain form, as decoded from the wire or the disk.
 
         Raises:
-            ValueError: (:class:`~trio_raft._types.FieldError`) the value is not exactly a
+            ValueError: (a ``FieldError``) the value is not exactly a
                 plain form: a key missing or unknown, an array unsorted or with duplicates,
                 or anything the constructor refuses.
         """
