@@ -167,6 +167,10 @@ class StoredState:
     """Index of the last entry discarded by compaction (0 if none was)."""
     log_start_term: int = attrs.field(default=0, validator=_non_negative)
     """Term of the entry at ``log_start_index`` (0 if none)."""
+    membership: Membership | None = None
+    """The configuration in force at ``log_start_index``: that of the snapshot the log starts
+    after (``None`` when there is no snapshot, or it was written by a release without
+    membership changes)."""
 
 
 @attrs.frozen(slots=True)
@@ -177,6 +181,10 @@ class SnapshotMeta:
     """The last log index the snapshot covers."""
     term: int = attrs.field(validator=_positive)
     """The term of that entry."""
+    membership: Membership | None = None
+    """The configuration in force at ``index`` (committed, since ``index`` is). ``None`` only
+    for snapshots written by releases without membership changes, which mean "the bootstrap
+    configuration"."""
 
 
 class Role(enum.Enum):

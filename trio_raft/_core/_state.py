@@ -23,7 +23,17 @@ from .._messages import (
     VoteRequest,
     VoteResponse,
 )
-from .._types import MAX_TERM, Entry, EntryKind, HardState, NodeId, Role, SnapshotMeta, StoredState
+from .._types import (
+    MAX_TERM,
+    Entry,
+    EntryKind,
+    HardState,
+    Membership,
+    NodeId,
+    Role,
+    SnapshotMeta,
+    StoredState,
+)
 from ._log import RaftLog, entry_size
 from ._progress import Progress, ProgressState
 from ._quorum import VoteResult, committed_index, vote_result
@@ -422,6 +432,11 @@ class RaftState:
             pr.snapshot_offset = m.offset
 
     # -- snapshots -------------------------------------------------------------------------
+
+    def membership_at(self, index: int) -> Membership:
+        """The configuration in force at ``index`` (for a snapshot taken or sent there)."""
+        # Until the configuration is kept in the log (issue 8, slice 2) it is the voters.
+        return Membership(self.voters)
 
     def compact(self, index: int) -> int | None:
         """Drop the log up to ``index`` (covered by a durable snapshot). Returns the term of the
