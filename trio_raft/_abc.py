@@ -7,13 +7,13 @@ implementations of the last two.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from typing import Protocol
 
 import trio
 
 from ._messages import Message
-from ._types import Entry, HardState, SnapshotMeta, StoredState
+from ._types import Entry, HardState, NodeId, SnapshotMeta, StoredState
 
 
 class StateMachine(Protocol):
@@ -122,7 +122,14 @@ class Storage(Protocol):
 
 class Transport(Protocol):
     """Carries :class:`Message` values between nodes. Raft tolerates loss, duplication, delay and
-    reordering, so a transport may do all four; it must not corrupt or forge messages."""
+    reordering, so a transport may do all four; it must not corrupt or forge messages.
+
+    **Membership (optional).** A transport whose peers change with the cluster's configuration
+    may also define ``update_members(self, members: Mapping[NodeId, object]) -> None`` (see
+    :class:`MembershipAwareTransport`); the node detects it with ``getattr`` and calls it with
+    the members of every new configuration. A transport without it keeps the peers it was
+    opened with.
+    """
 
     def send(self, message: Message) -> None:
         """Queue ``message`` for ``message.dst`` without blocking. Drop it if the peer is unknown,
@@ -132,4 +139,22 @@ class Transport(Protocol):
     @property
     def receive_channel(self) -> trio.abc.ReceiveChannel[Message]:
         """Messages addressed to this node, in arrival order."""
+        ...
+
+
+class MembershipAwareTransport(Transport, Protocol):
+    """A :class:`Transport` that follows the cluster's membership (for typing: the node finds
+    ``update_members`` with ``getattr``). :class:`~trio_raft.WebSocketTransport` is one."""
+
+    def update_members(self, members: Mapping[NodeId, object]) -> None:
+        """The nodes this node must reach from now on, with their addresses from the
+        configuration (every member and retiring peer, not this node; an id equal to this
+        node's own is ignored).
+
+        Called by the node once at start if it has a configuration, then whenever its
+        configuration in force changes (rollbacks included), before it sends the messages
+        that depend on it. Sync and must never block; calling it again with the same members
+        must be cheap and change nothing. A peer that is no longer in ``members`` must no
+        longer be dialled, nor its messages delivered.
+        """
         ...

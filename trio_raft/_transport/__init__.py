@@ -29,7 +29,7 @@ from ._stats import (
 from ._stats import PeerStatistics as PeerStatistics
 from ._stats import TransportStatistics as TransportStatistics
 from ._websocket import WebSocketTransport as WebSocketTransport
-from ._websocket import check_url
+from ._websocket import check_ids, check_url, default_max_connections
 
 __all__ = [
     "PeerStatistics",
@@ -61,6 +61,7 @@ async def open_websocket_transport(
     backoff_s_min: float = BACKOFF_S_MIN,
     backoff_s_max: float = BACKOFF_S_MAX,
     rng: random.Random | None = None,
+    dial_overrides: Mapping[NodeId, str] = {},
 ) -> AsyncIterator[WebSocketTransport]:
     """Connect this node to its peers over WebSockets for the duration of the ``async with``.
 
@@ -78,6 +79,10 @@ async def open_websocket_transport(
     :doc:`wire`): connections from unknown ids, other clusters or without the secret are closed
     (code 1008) before any Raft message is read. The frames that follow are protected only by
     TLS: use ``wss://`` URLs (``ssl_context`` and ``peer_ssl_context``) off trusted networks.
+
+    The peers can change while the transport runs: the node tells it the members of every new
+    configuration (:meth:`WebSocketTransport.update_members`), and their addresses there are
+    dialled unless ``dial_overrides`` says otherwise.
 
     Memory is bounded: per peer ``send_queue_bytes`` queued; ``receive_queue_size`` decoded
     messages; each of at most ``max_connections + 2 * len(peers)`` inbound connections may
@@ -105,7 +110,9 @@ async def open_websocket_transport(
             membership proof) at once, at most 4 of them from one address (an IPv6 /64); when
             either bound is reached a newcomer evicts the oldest, so strangers sitting on
             connections cannot keep a member out. Authenticated connections do not count: each
-            peer keeps at most 2 (the newest). Default ``2 * len(peers) + 8``.
+            peer keeps at most 2 (the newest). Default ``2 * len(peers) + 8``, recomputed with
+            the current number of peers whenever
+            :meth:`~WebSocketTransport.update_members` changes them.
         connect_timeout_s: Bound on TCP connect, TLS and HTTP upgrade when dialing.
         handshake_timeout_s: Bound on the membership handshake (and, inbound, on TLS and the
             HTTP upgrade too).
@@ -115,6 +122,10 @@ async def open_websocket_transport(
             drawn uniformly from [0.5, 1).
         rng: Source of that jitter (``random.Random()`` if omitted). Handshake nonces never come
             from it: they come from ``secrets``.
+        dial_overrides: URLs to dial some nodes at instead of the ones in ``peers`` or in their
+            configuration address (say, through a proxy), for peers now or members added later
+            by :meth:`~WebSocketTransport.update_members`. :meth:`~WebSocketTransport.set_peer_url`
+            adds to them.
 
     Raises:
         ValueError: An invalid argument (the message says which).
@@ -123,6 +134,7 @@ async def open_websocket_transport(
     limits = _check_arguments(
         node_id,
         peers,
+        dial_overrides=dial_overrides,
         cluster_id=cluster_id,
         secret=secret,
         max_message_bytes=max_message_bytes,
@@ -144,6 +156,8 @@ async def open_websocket_transport(
         peer_ssl_context=peer_ssl_context,
         limits=limits,
         rng=rng or random.Random(),
+        dial_overrides=dial_overrides,
+        auto_max_connections=max_connections is None,
     )
     with unwrap_single_exception_group():
         async with trio.open_nursery() as nursery:
@@ -158,6 +172,7 @@ def _check_arguments(
     node_id: NodeId,
     peers: Mapping[NodeId, str | None],
     *,
+    dial_overrides: Mapping[NodeId, str],
     cluster_id: str,
     secret: bytes,
     max_connections: int | None,
@@ -172,10 +187,19 @@ def _check_arguments(
     for url in peers.values():
         if url is not None:
             check_url(url)
+    if not isinstance(dial_overrides, Mapping):
+        raise ValueError(f"dial_overrides must map node ids to URLs, got {dial_overrides!r}")
+    check_ids(dial_overrides)
+    if node_id in dial_overrides:
+        raise ValueError(f"dial_overrides names other nodes; it must not contain {node_id!r}")
+    for url in dial_overrides.values():
+        if not isinstance(url, str):
+            raise ValueError(f"dial_overrides values must be ws:// or wss:// URLs, got {url!r}")
+        check_url(url)
     if not isinstance(secret, (bytes, bytearray)) or len(secret) < MIN_SECRET_BYTES:
         raise ValueError(f"secret must be at least {MIN_SECRET_BYTES} bytes")
     if max_connections is None:
-        max_connections = 2 * len(peers) + 8
+        max_connections = default_max_connections(len(peers))
     for name, value in [*numbers.items(), ("max_connections", max_connections)]:
         seconds = "s" in name.split("_")  # units last: connect_timeout_s, backoff_s_min
         if not 0 < value < math.inf or (not seconds and type(value) is not int):

@@ -4,6 +4,10 @@ A :class:`PeerLink` dials its peer, proves membership (:func:`client_handshake`)
 the queued frames in order until the connection breaks, and starts again after an exponential,
 jittered backoff. ``offer`` is sync and never blocks: it queues a frame only while the
 connection is up and the queue has room, and counts every frame it refuses.
+
+A link lives exactly as long as its peer is a member: :meth:`PeerLink.run` runs inside
+:attr:`PeerLink.scope`, which the link owns, and :meth:`PeerLink.stop` (the peer left the
+configuration) cancels it together with the peer's inbound connections.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import logging
 import random
 import ssl
-from typing import Final, NoReturn, final
+from typing import Final, final
 from urllib.parse import urlsplit
 
 import trio
@@ -70,6 +74,10 @@ class PeerLink:
         """Whether the connection is authenticated and open: ``offer`` queues only then."""
         self.inbound: list[trio.CancelScope] = []
         """The server's authenticated connections from this peer (the oldest first)."""
+        self.scope = trio.CancelScope()
+        """Everything :meth:`run` does happens inside it; :meth:`stop` cancels it."""
+        self.stopped = False
+        """Whether :meth:`stop` was called: the peer is no longer a member."""
         self._node_id = node_id
         self._cluster_id = cluster_id
         self._secret = secret
@@ -93,11 +101,14 @@ class PeerLink:
                 self._queue_send.send_nowait(frame)
             except trio.WouldBlock:
                 self.counters.dropped_queue_full += 1
+            except trio.ClosedResourceError:  # stopped: the transport no longer offers to it
+                self.counters.dropped_not_connected += 1
             else:
                 self._queued_bytes += len(frame)
 
-    def set_url(self, url: str) -> None:
-        """Dial ``url`` from now on; if it changed, drop the connection and retry at once."""
+    def set_url(self, url: str | None) -> None:
+        """Dial ``url`` from now on (``None``: stop dialling); if it changed, drop the
+        connection and retry at once."""
         if url == self.url:
             return
         self.url = url
@@ -115,21 +126,37 @@ class PeerLink:
             queued_bytes=self._queued_bytes,
         )
 
-    async def run(self) -> NoReturn:
-        """Keep a connection to the peer open, forever (until cancelled)."""
-        failures = 0
-        while True:
-            if self.url is None:
-                self._url_set = trio.Event()
-                await self._url_set.wait()
-            url = self.url
-            assert url is not None
-            with trio.CancelScope() as self._attempt:  # set_url cancels it
-                connected = await self._connect_once(url)
-                failures = 0 if connected else failures + 1
-                await trio.sleep(self._backoff_s(failures))
-            if self._attempt.cancelled_caught:
-                failures = 0
+    def stop(self) -> None:
+        """The peer is no longer a member: cancel :attr:`scope` (the dial task ends, its
+        connection closes), close the send queue and cancel the peer's inbound connections.
+        Sync and idempotent; the tasks concerned finish on their own, at once."""
+        if self.stopped:
+            return
+        self.stopped = True
+        self.connected = False
+        self.scope.cancel(reason=f"{self.id!r} is no longer a member")
+        for scope in self.inbound:
+            scope.cancel(reason=f"{self.id!r} is no longer a member")
+        self._queue_send.close()
+        self._url_set.set()  # wakes nothing that matters: the scope is cancelled
+
+    async def run(self) -> None:
+        """Keep a connection to the peer open until cancelled, or until :meth:`stop` (then it
+        returns). Start it once, in the transport's nursery."""
+        with self.scope:
+            failures = 0
+            while True:
+                if self.url is None:
+                    self._url_set = trio.Event()
+                    await self._url_set.wait()
+                    continue  # stop() also sets the event: check again
+                url = self.url
+                with trio.CancelScope() as self._attempt:  # set_url cancels it
+                    connected = await self._connect_once(url)
+                    failures = 0 if connected else failures + 1
+                    await trio.sleep(self._backoff_s(failures))
+                if self._attempt.cancelled_caught:
+                    failures = 0
 
     def _backoff_s(self, failures: int) -> float:
         """Exponential in consecutive failures, capped, times a jitter factor in [0.5, 1)."""
@@ -244,7 +271,7 @@ class PeerLink:
             while True:  # frames queued for a connection that is gone: Raft will resend
                 try:
                     self._queue.receive_nowait()
-                except trio.WouldBlock:
+                except (trio.WouldBlock, trio.EndOfChannel):  # EndOfChannel: stopped
                     break
                 counters.dropped_not_connected += 1
             self._queued_bytes = 0

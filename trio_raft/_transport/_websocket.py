@@ -22,17 +22,17 @@ from __future__ import annotations
 import logging
 import random
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Final, final
 from urllib.parse import urlsplit
 
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection
 
-from .._codec import FrameError, decode, encode
+from .._codec import MAX_ID_CHARS, FrameError, decode, encode
 from .._inbound import Admission, Barrier, Ticket, remote_host
 from .._messages import Message
-from .._types import NodeId
+from .._types import NodeId, short
 from .._ws import wrap_server_stream_fast
 from ._auth import RAFT_PATH, PeerRejectedError, accept_request, describe_failure, server_handshake
 from ._peer import PeerLink, close
@@ -75,24 +75,26 @@ class WebSocketTransport:
         peer_ssl_context: ssl.SSLContext | None,
         limits: Limits,
         rng: random.Random,
+        dial_overrides: Mapping[NodeId, str] | None = None,
+        auto_max_connections: bool = False,
     ) -> None:
         self._id = node_id
         self._cluster_id = cluster_id
         self._secret = secret
+        self._peer_ssl_context = peer_ssl_context
         self._limits = limits
+        self._rng = rng
         self._totals = Totals()
+        self._overrides = dict(dial_overrides or {})
+        """URLs that win over configuration addresses: ``dial_overrides`` and
+        :meth:`set_peer_url`."""
+        self._fallback = {peer: url for peer, url in peers.items() if url is not None}
+        """The URLs given in ``peers``: used when the configuration gives no usable address."""
+        self._addresses: dict[NodeId, object] = {}
+        """The configuration address of every member that :meth:`update_members` named."""
+        self._auto_max_connections = auto_max_connections
         self._links = {
-            peer_id: PeerLink(
-                peer_id,
-                url,
-                node_id=node_id,
-                cluster_id=cluster_id,
-                secret=secret,
-                ssl_context=peer_ssl_context,
-                limits=limits,
-                totals=self._totals,
-                rng=rng,
-            )
+            peer_id: self._new_link(peer_id, self._overrides.get(peer_id, url))
             for peer_id, url in peers.items()
         }
         self._inbound_send, self._inbound_receive = trio.open_memory_channel[Message](
@@ -103,6 +105,8 @@ class WebSocketTransport:
             max_pending_per_address=MAX_HANDSHAKES_PER_ADDRESS,
         )
         self._barrier = Barrier(logger, f"{node_id}: an inbound peer connection")
+        self._nursery: trio.Nursery | None = None
+        """The nursery of :meth:`run` while it runs: every link's task is started in it."""
         self._closed = False
         self._url = ""
         self._ports: tuple[int, ...] = ()
@@ -180,13 +184,64 @@ class WebSocketTransport:
     def set_peer_url(self, peer: NodeId, url: str) -> None:
         """Dial ``peer`` at ``url`` from now on. If that changes its URL, an open connection to
         it is closed and the new address is tried at once (no backoff); otherwise nothing
-        happens.
+        happens. Like ``dial_overrides``, the URL wins over the peer's address in the
+        configuration (:meth:`update_members`), for as long as the transport is open.
 
         Raises:
-            KeyError: ``peer`` was not in ``peers``.
+            KeyError: ``peer`` is not a peer now (not in ``peers``, or removed by
+                :meth:`update_members`).
             ValueError: ``url`` is not a ``ws://`` or ``wss://`` URL with a host.
         """
-        self._links[peer].set_url(check_url(url))
+        link = self._links[peer]
+        link.set_url(check_url(url))
+        self._overrides[peer] = url
+
+    def update_members(self, members: Mapping[NodeId, object]) -> None:
+        """Reach exactly ``members`` from now on: every node this node must talk to, each with
+        its address from the configuration (:attr:`Membership.addresses
+        <trio_raft.Membership.addresses>`); this node's own id is ignored. The node calls it
+        whenever its configuration changes; sync, never blocks, and cheap when nothing changed.
+
+        An address is a ``ws://``/``wss://`` URL, or a mapping whose ``"peer"`` key is one.
+        ``dial_overrides`` and :meth:`set_peer_url` win over it; without a usable address the
+        URL given in ``peers`` is dialled, if any, else the member is kept (its connections
+        accepted) but not dialled, which is logged once at WARNING.
+
+        * A new member gets a dial task, and its handshakes are accepted from now on.
+        * A removed member's dial task stops, its queued frames are dropped, its authenticated
+          inbound connections are closed (code 1000, "no longer a member"), its handshakes fail
+          ("unknown node id"), ``send`` counts messages to it as ``dropped_unknown_peer`` and
+          its entry leaves ``statistics().peers``.
+        * A member whose URL changed is dialled at the new one (as :meth:`set_peer_url`).
+
+        Unless ``max_connections`` was given, it becomes ``2 * len(peers) + 8`` again. After
+        the transport closed, this does nothing.
+
+        Raises:
+            ValueError: a member id is not a str of 1 to 128 characters (nothing changed).
+        """
+        if self._closed:
+            return
+        check_ids(members)
+        wanted = {peer: address for peer, address in members.items() if peer != self._id}
+        for peer in [peer for peer in self._links if peer not in wanted]:
+            self._remove(peer)
+        for peer, address in wanted.items():
+            link = self._links.get(peer)
+            known = link is not None and peer in self._addresses
+            if known and _same(self._addresses[peer], address):
+                continue  # the common case: nothing changed
+            self._addresses[peer] = address
+            url = self._url_for(peer, address)
+            if link is None:
+                link = self._links[peer] = self._new_link(peer, url)
+                self._start(link)
+                logger.info("%s: %s is a member; dialling %s", self._id, peer, url)
+            else:
+                link.set_url(url)
+        if self._auto_max_connections:
+            self._admission.max_pending = default_max_connections(len(self._links))
+        self._totals.changed.notify()
 
     def statistics(self) -> TransportStatistics:
         """A frozen snapshot of this transport's counters since it was opened."""
@@ -220,6 +275,55 @@ class WebSocketTransport:
 
     def __repr__(self) -> str:
         return f"<WebSocketTransport {self._id!r} at {self._url or 'unbound'}>"
+
+    # -- members ---------------------------------------------------------------------------
+
+    def _new_link(self, peer: NodeId, url: str | None) -> PeerLink:
+        return PeerLink(
+            peer,
+            url,
+            node_id=self._id,
+            cluster_id=self._cluster_id,
+            secret=self._secret,
+            ssl_context=self._peer_ssl_context,
+            limits=self._limits,
+            totals=self._totals,
+            rng=self._rng,
+        )
+
+    def _start(self, link: PeerLink) -> None:
+        """Run ``link`` in the transport's nursery (``run`` starts those it finds there)."""
+        if self._nursery is None:
+            return
+        try:
+            self._nursery.start_soon(link.run, name=f"trio_raft dial {self._id}->{link.id}")
+        except RuntimeError:  # the nursery is closing: so is the transport
+            link.stop()
+
+    def _remove(self, peer: NodeId) -> None:
+        link = self._links.pop(peer)
+        self._addresses.pop(peer, None)
+        link.stop()
+        logger.info("%s: %s is no longer a member; stopped dialling it", self._id, peer)
+
+    def _url_for(self, peer: NodeId, address: object) -> str | None:
+        """The URL to dial ``peer`` at, given its configuration ``address``."""
+        override = self._overrides.get(peer)
+        if override is not None:
+            return override
+        url = address_url(address)
+        if url is not None:
+            return url
+        fallback = self._fallback.get(peer)
+        if fallback is None:
+            logger.warning(
+                "%s: member %s has no ws:// or wss:// URL in its address %s; it is not dialled "
+                "(its own connections are accepted)",
+                self._id,
+                peer,
+                short(address),
+            )
+        return fallback
 
     # -- serving ---------------------------------------------------------------------------
 
@@ -283,8 +387,14 @@ class WebSocketTransport:
             if ws is not None:
                 await close(ws, 1008, reason)
             return
+        link = self._links.get(peer_id)
+        if link is None:  # removed by update_members during the handshake
+            description = f"inbound handshake from {remote} (claiming {peer_id!r}): unknown node id"
+            self._totals.handshake_failed(None, description)
+            logger.warning("%s: %s", self._id, description)
+            await close(ws, 1008, "unknown node id")
+            return
         self._admission.establish(ticket)
-        link = self._links[peer_id]
         with trio.CancelScope() as scope:
             link.inbound.append(scope)
             self._totals.changed.notify()
@@ -297,7 +407,8 @@ class WebSocketTransport:
                 link.inbound.remove(scope)
                 self._totals.changed.notify()
         if scope.cancelled_caught:
-            code, reason = 1000, "replaced by a newer connection"
+            replaced = "no longer a member" if link.stopped else "replaced by a newer connection"
+            code, reason = 1000, replaced
         await close(ws, code, reason)
 
     async def _read_frames(self, ws: WebSocketConnection, peer: PeerLink) -> tuple[int, str]:
@@ -364,10 +475,12 @@ class WebSocketTransport:
         try:
             async with self._inbound_send, trio.open_nursery() as nursery:
                 await nursery.start(trio.serve_listeners, self._handle_stream, listeners)
+                self._nursery = nursery
                 for link in self._links.values():
-                    nursery.start_soon(link.run, name=f"trio_raft dial {self._id}->{link.id}")
+                    self._start(link)
                 task_status.started()
         finally:
+            self._nursery = None
             self._closed = True
             self._totals.changed.notify()
 
@@ -386,6 +499,43 @@ def check_url(url: str) -> str:
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise ValueError(f"peer URL must look like ws://host:port/raft or wss://..., got {url!r}")
     return url
+
+
+def check_ids(ids: Iterable[object]) -> None:
+    """Check that every one of ``ids`` is a valid node id.
+
+    Raises:
+        ValueError: one is not a str of 1 to ``MAX_ID_CHARS`` characters.
+    """
+    for node_id in ids:
+        if not isinstance(node_id, str) or not 1 <= len(node_id) <= MAX_ID_CHARS:
+            raise ValueError(
+                f"peer id {short(node_id)} must be a str of 1 to {MAX_ID_CHARS} characters"
+            )
+
+
+def address_url(address: object) -> str | None:
+    """The peer URL in a configuration address: the address itself if it is a ``str``, its
+    ``"peer"`` value if it is a mapping; ``None`` unless that is a valid ``ws://``/``wss://``
+    URL (:func:`check_url`). Never raises."""
+    try:
+        url = address.get("peer") if isinstance(address, Mapping) else address
+        return check_url(url) if isinstance(url, str) else None
+    except Exception:  # anything a hostile or broken address does: no URL
+        return None
+
+
+def default_max_connections(peers: int) -> int:
+    """The default ``max_connections`` for ``peers`` peers."""
+    return 2 * peers + 8
+
+
+def _same(a: object, b: object) -> bool:
+    """``a == b`` for plain configuration values (never raises)."""
+    try:
+        return a is b or bool(a == b)
+    except Exception:
+        return False
 
 
 def _listener_port(listener: trio.SocketListener | trio.SSLListener[trio.SocketStream]) -> int:
