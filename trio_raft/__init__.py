@@ -4,6 +4,7 @@ Embed a replicated state machine with :func:`open_node`; test it under adversity
 deterministic simulator in :mod:`trio_raft.testing`.
 """
 
+from ._abc import MembershipAwareTransport as MembershipAwareTransport
 from ._abc import SnapshottingStateMachine as SnapshottingStateMachine
 from ._abc import StateMachine as StateMachine
 from ._abc import Storage as Storage

@@ -310,6 +310,7 @@ async def serve(
     peer_host, peer_port = me.listen or listen_address(me.peer)
     client_host, client_port = listen_address(me.client)
     peers = {nid: me.dial.get(nid, a.peer) for nid, a in cluster.nodes.items() if nid != node_id}
+    dial = {nid: url for nid, url in me.dial.items() if nid != node_id}  # wins over addresses
     leader_urls = {nid: a.client for nid, a in cluster.nodes.items()}
     data_dir = cluster.data_dir / node_id
     server_tls = cluster.tls.server_context() if cluster.tls else None
@@ -320,7 +321,7 @@ async def serve(
             open_websocket_transport(
                 node_id, peers, cluster_id=cluster.cluster_id, secret=cluster.secret,
                 host=peer_host, port=peer_port, ssl_context=server_tls,
-                peer_ssl_context=client_tls,
+                peer_ssl_context=client_tls, dial_overrides=dial,
             ) as transport,
             open_node(
                 node_id, sorted(cluster.nodes), state_machine=KVStateMachine(),
