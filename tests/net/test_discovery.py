@@ -333,3 +333,42 @@ async def test_invalid_dial_overrides_are_refused(overrides: dict[str, Any], mat
     with pytest.raises(ValueError, match=match):
         async with transport("a", {}, dial_overrides=overrides):
             pass  # pragma: no cover
+
+
+async def test_a_third_node_joins_and_leaves_a_pair() -> None:
+    """The joiner is opened with the members' URLs (as a joining node is); the members learn
+    about it from their configuration, then forget it."""
+    with trio.fail_after(10):
+        async with transport("a", {}) as a, transport("b", {}) as b:
+            a.update_members({"a": {"peer": a.url}, "b": {"peer": b.url}})
+            b.update_members({"a": {"peer": a.url}, "b": {"peer": b.url}})
+            async with transport("c", {"a": a.url, "b": b.url}) as c:
+                members = {nid: {"peer": t.url} for nid, t in [("a", a), ("b", b), ("c", c)]}
+                for t in (a, b, c):
+                    t.update_members(members)
+                for t in (a, b, c):
+                    await t.wait_statistics(
+                        lambda s: len(s.peers) == 2 and all_connected(s)
+                        and all(p.inbound_connections == 1 for p in s.peers.values())
+                    )  # fmt: skip
+                for src, dst in [("a", "c"), ("c", "a"), ("b", "c"), ("c", "b")]:
+                    {"a": a, "b": b, "c": c}[src].send(vote(src, dst))
+                for t, sources in [(a, {"c"}), (b, {"c"}), (c, {"a", "b"})]:
+                    got = {(await t.receive_channel.receive()).src for _ in sources}
+                    assert got == sources
+                del members["c"]
+                a.update_members(members)
+                b.update_members(members)
+                for t, other in [(a, "b"), (b, "a")]:
+                    await t.wait_statistics(lambda s, other=other: set(s.peers) == {other})
+                    await t.wait_statistics(inbound_from(other, 1))
+                stats = await c.wait_statistics(
+                    lambda s: all(
+                        not p.connected and p.inbound_connections == 0 and p.handshake_failures
+                        for p in s.peers.values()
+                    )
+                )
+                a.send(vote("a", "c"))
+                assert a.statistics().dropped_unknown_peer == 1
+    for peer in stats.peers.values():
+        assert "unknown node id" in str(peer.last_failure)

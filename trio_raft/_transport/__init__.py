@@ -93,7 +93,9 @@ async def open_websocket_transport(
     Args:
         node_id: This node's id.
         peers: Every *other* member's id and URL (``ws://host:port/raft`` or ``wss://...``), or
-            ``None`` if not known yet (see :meth:`WebSocketTransport.set_peer_url`).
+            ``None`` if not known yet (see :meth:`WebSocketTransport.set_peer_url`): the peers
+            until the first :meth:`~WebSocketTransport.update_members`, and the URLs dialled
+            for members whose configuration address has none.
         cluster_id: Names the cluster; frames and handshakes of other clusters are refused.
         secret: The cluster's shared secret, at least 16 bytes (``secrets.token_bytes(32)``).
         host: Interface to listen on; also the host part of :attr:`~WebSocketTransport.url`.

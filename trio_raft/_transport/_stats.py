@@ -49,7 +49,8 @@ class PeerStatistics:
     """
 
     url: str | None
-    """Where the peer is dialed (``None`` until :meth:`WebSocketTransport.set_peer_url`)."""
+    """Where the peer is dialed (``None`` while no URL is known: see
+    :meth:`WebSocketTransport.update_members`)."""
     connected: bool
     """Whether the outbound connection is authenticated and open; ``send`` queues only then."""
     inbound_connections: int
@@ -116,7 +117,7 @@ class TransportStatistics:
     node_id: NodeId
     """This node."""
     peers: Mapping[NodeId, PeerStatistics]
-    """Per-peer counters."""
+    """Per-peer counters, of the current peers only (a removed member's go with it)."""
     open_connections: int
     """Inbound connections open now, authenticated or not (at most ``max_connections`` still
     in their handshake, plus 2 authenticated ones per peer)."""
@@ -135,7 +136,8 @@ class TransportStatistics:
     """Inbound frames that failed validation, were too large, or came from another node than the
     authenticated peer; each dropped its connection."""
     dropped_unknown_peer: int = 0
-    """Messages to a node that is not a peer (or sent after the transport closed)."""
+    """Messages to a node that is not a peer (never was, or was removed by
+    :meth:`WebSocketTransport.update_members`), or sent after the transport closed."""
 
 
 @attrs.define

@@ -8,7 +8,8 @@
       │                 MAX_HANDSHAKES_PER_ADDRESS per address: a newcomer evicts the oldest),
       │                 then read frames ──▶ decode ──▶ receive channel
       └── dialer → peer one per peer: connect, handshake, then write that peer's queue, in order;
-                        reconnect with exponential backoff and jitter
+                        reconnect with exponential backoff and jitter; each in a cancel scope
+                        of its own, so update_members can add and remove peers at any time
 
 Each node dials every peer and carries only its own messages on that connection; inbound
 connections are read-only. So each direction of a pair of nodes has its own ordered stream, and
@@ -214,8 +215,8 @@ class WebSocketTransport:
           its entry leaves ``statistics().peers``.
         * A member whose URL changed is dialled at the new one (as :meth:`set_peer_url`).
 
-        Unless ``max_connections`` was given, it becomes ``2 * len(peers) + 8`` again. After
-        the transport closed, this does nothing.
+        Unless ``max_connections`` was given, it becomes twice the new number of peers plus 8.
+        After the transport closed, this does nothing.
 
         Raises:
             ValueError: a member id is not a str of 1 to 128 characters (nothing changed).
@@ -317,11 +318,11 @@ class WebSocketTransport:
         fallback = self._fallback.get(peer)
         if fallback is None:
             logger.warning(
-                "%s: member %s has no ws:// or wss:// URL in its address %s; it is not dialled "
-                "(its own connections are accepted)",
+                "%s: member %s has no ws:// or wss:// URL in its address (%s); it is not "
+                "dialled (its own connections are accepted)",
                 self._id,
                 peer,
-                short(address),
+                _describe(address),
             )
         return fallback
 
@@ -528,6 +529,18 @@ def address_url(address: object) -> str | None:
 def default_max_connections(peers: int) -> int:
     """The default ``max_connections`` for ``peers`` peers."""
     return 2 * peers + 8
+
+
+def _describe(address: object) -> str:
+    """A bounded description of a configuration address, for logs; never raises."""
+    try:
+        if isinstance(address, Mapping):
+            if "peer" not in address:
+                return "a mapping without a 'peer' key"
+            return f"its 'peer' is {short(address['peer'])}"
+    except Exception:
+        return "an unreadable mapping"
+    return short(address)
 
 
 def _same(a: object, b: object) -> bool:
