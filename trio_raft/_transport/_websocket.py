@@ -293,7 +293,8 @@ class WebSocketTransport:
         )
 
     def _start(self, link: PeerLink) -> None:
-        """Run ``link`` in the transport's nursery (``run`` starts those it finds there)."""
+        """Run ``link`` in the transport's nursery. Before :meth:`run` this does nothing
+        (``run`` starts every link it finds); while the transport closes it stops the link."""
         if self._nursery is None:
             return
         try:
