@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
 from typing import Final, Protocol, final
 
@@ -55,7 +55,7 @@ from ._errors import (
 from ._messages import MESSAGE_TYPES, AppendRequest, AppendResponse, Message, SnapshotRequest
 from ._status import FollowerStatus, Status
 from ._sync import Broadcast, Signal, Waiter
-from ._types import Entry, EntryKind, NodeId, Role, SnapshotMeta, StoredState
+from ._types import Entry, EntryKind, Membership, NodeId, Role, SnapshotMeta, StoredState
 from ._util import unwrap_single_exception_group
 from ._wal._errors import StorageFullError
 
@@ -183,6 +183,13 @@ class Node:
         return self._id
 
     @property
+    def membership(self) -> Membership | None:
+        """The configuration in force on this node: the last in its log, committed or not
+        (see :attr:`Status.membership_committed`); ``None`` only for a node opened to join a
+        cluster (``members=None``) that has received none yet."""
+        return self._state.membership
+
+    @property
     def state_machine(self) -> StateMachine:
         """The state machine this node applies committed commands to.
 
@@ -204,7 +211,8 @@ class Node:
             commit_index=st.commit, last_applied=self._last_applied,
             last_log_index=st.log.last_index, last_log_term=st.log.last_term, followers=followers,
             log_start_index=st.log.start_index, snapshot_index=self._snapshot_index,
-            no_space=st.no_space,
+            no_space=st.no_space, membership=st.membership,
+            membership_index=st.membership_index, membership_committed=st.membership_committed,
         )  # fmt: skip
 
     async def propose(self, command: object, *, frees_space: bool = False) -> object:
@@ -290,6 +298,8 @@ class Node:
     def _start(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
         self._reset_election_timer()
+        if self._state.membership is not None:
+            self._update_transport()
         self._spawn(nursery, "pump", self._pump)
         self._spawn(nursery, "dispatcher", self._dispatch)
         self._spawn(nursery, "timer", self._run_election_timer)
@@ -433,6 +443,8 @@ class Node:
             ready = st.take_ready()
             if ready.role_changed:
                 self._on_role_changed()
+            if ready.membership_changed:
+                self._on_membership_changed()
             if ready.reset_election_timer:
                 self._reset_election_timer()
             self._route_reads(ready)
@@ -573,6 +585,18 @@ class Node:
                 self._changed.notify()
             await idle.wait()
 
+    def _update_transport(self) -> None:
+        """Tell a membership-aware transport whom to reach (every member but this node)."""
+        update = getattr(self._transport, "update_members", None)
+        m = self._state.membership
+        if update is not None and m is not None:
+            update({peer: m.addresses[peer] for peer in sorted(self._state.replica_ids)})
+
+    def _on_membership_changed(self) -> None:
+        st = self._state
+        self._update_transport()
+        self._notify("membership", (st.membership_index, st.membership))
+
     def _on_role_changed(self) -> None:
         st = self._state
         if self._role_scope is not None:
@@ -624,6 +648,8 @@ class Node:
         cfg = self._state.config
         if self._state.role is Role.LEADER:
             timeout = cfg.election_timeout_s_min  # the CheckQuorum period
+        elif not self._state.can_campaign:
+            timeout = math.inf  # a learner, a removed or a joining node never campaigns
         else:
             timeout = self._rng.uniform(cfg.election_timeout_s_min, cfg.election_timeout_s_max)
         self._election_deadline = trio.current_time() + timeout
@@ -645,9 +671,10 @@ class Node:
                 await trio.sleep_forever()
 
     async def _lead(self, term: int) -> None:
-        self._replicator_signals = {peer: Signal() for peer in self._state.peers}
+        peers = sorted(self._state.replica_ids)
+        self._replicator_signals = {peer: Signal() for peer in peers}
         async with trio.open_nursery() as nursery:
-            for peer in self._state.peers:
+            for peer in peers:
                 nursery.start_soon(
                     self._guard,
                     f"replicator {self._id}->{peer}",
@@ -781,6 +808,8 @@ async def _recover(storage: Storage, state_machine: StateMachine) -> StoredState
         stored.entries, start_index=stored.log_start_index, start_term=stored.log_start_term
     )
     if meta.index <= log.start_index:
+        if meta.index == log.start_index:  # the configuration where the log starts
+            return attrs.evolve(stored, membership=meta.membership)
         return stored
     if log.match_term(meta.index, meta.term):
         entries = tuple(log.slice(meta.index + 1, log.last_index + 1))
@@ -789,13 +818,13 @@ async def _recover(storage: Storage, state_machine: StateMachine) -> StoredState
         await storage.save(truncate_from=log.start_index + 1)
         await storage.sync()
     await storage.compact(meta.index, meta.term)
-    return StoredState(stored.hard_state, entries, meta.index, meta.term)
+    return StoredState(stored.hard_state, entries, meta.index, meta.term, meta.membership)
 
 
 @asynccontextmanager
 async def open_node(
     node_id: NodeId,
-    members: Sequence[NodeId],
+    members: Membership | Collection[NodeId] | None,
     *,
     state_machine: StateMachine,
     transport: Transport,
@@ -810,8 +839,15 @@ async def open_node(
     waiting fail with :class:`LeadershipLostError` and reads with :class:`NodeClosedError`.
 
     Args:
-        node_id: This node's id; must be one of ``members``.
-        members: The ids of every voting member, this node included (the same on every node).
+        node_id: This node's id; a member of ``members`` unless that is ``None``.
+        members: The *bootstrap* configuration, used only while ``storage`` holds none (a
+            new cluster, or one upgraded from a release without membership changes): the
+            ids of every voter, this node included, or a :class:`Membership` (not joint) with
+            learners and addresses. Give every node of a new cluster the same value. The
+            cluster's first leader writes it into the log; from then on the log (and its
+            snapshots) is the source of truth and this argument is ignored. ``None`` opens a
+            node that joins an existing cluster: it never campaigns, and waits for the leader
+            to replicate the configuration that adds it (see :doc:`membership`).
         state_machine: The replicated state; see :class:`StateMachine`.
         transport: Carries messages to and from peers; see :class:`Transport`.
         storage: Durable term, vote and log; see :class:`Storage`.
@@ -819,7 +855,7 @@ async def open_node(
         rng: Source of the election timeout jitter (seed it to make a run repeatable).
 
     Raises:
-        ValueError: ``node_id`` is not in ``members``.
+        ValueError: ``node_id`` is not a member of ``members``, or ``members`` is joint.
     """
     async with _open_node(
         node_id, members, state_machine=state_machine, transport=transport, storage=storage,
@@ -831,7 +867,7 @@ async def open_node(
 @asynccontextmanager
 async def _open_node(
     node_id: NodeId,
-    members: Sequence[NodeId],
+    members: Membership | Collection[NodeId] | None,
     *,
     state_machine: StateMachine,
     transport: Transport,
@@ -848,7 +884,11 @@ async def _open_node(
     )  # fmt: skip
     node._last_applied = state.log.start_index
     if observer is not None and stored.log_start_index:
-        observer(node, "restore", SnapshotMeta(stored.log_start_index, stored.log_start_term))
+        observer(
+            node,
+            "restore",
+            SnapshotMeta(stored.log_start_index, stored.log_start_term, stored.membership),
+        )
     try:
         with unwrap_single_exception_group():
             async with trio.open_nursery() as nursery:

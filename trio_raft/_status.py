@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import attrs
 
-from ._types import NodeId, Role
+from ._types import Membership, NodeId, Role
 
 
 @attrs.frozen
@@ -52,3 +52,11 @@ class Status:
     just refused an append). As leader it then refuses ordinary proposals with
     :exc:`~trio_raft.NoSpaceError`, accepting only ``frees_space`` ones; reads, snapshots and
     compaction go on. It clears once space is back (polled every second)."""
+    membership: Membership | None = None
+    """The configuration in force on the node (the last in its log, committed or not);
+    ``None`` only for a joining node that has received none yet."""
+    membership_index: int = 0
+    """The log index of that configuration's entry (the snapshot's index for one that came
+    with a snapshot; 0 for a bootstrap configuration not yet written to the log)."""
+    membership_committed: bool = False
+    """Whether that configuration is committed, as far as this node knows."""

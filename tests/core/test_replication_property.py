@@ -40,7 +40,7 @@ class Sim:
         self.snapshots: dict[NodeId, SnapshotMeta] = {}
         leader = self.leader = self.nodes["n1"]
         leader.on_election_timeout(0.0)
-        for peer in leader.peers:
+        for peer in sorted(leader.replica_ids):
             if leader.role is not Role.LEADER:
                 leader.step(VoteResponse(peer, "n1", leader.term, True), 0.0)
         assert leader.role is Role.LEADER
@@ -82,7 +82,7 @@ class Sim:
         or held back."""
         held: list[Message] = []
         for _ in range(50):
-            for peer in self.leader.peers:
+            for peer in sorted(self.leader.replica_ids):
                 self.replicate(peer, heartbeat_due=False)
             if not self.pool:
                 break
@@ -140,21 +140,21 @@ class Sim:
         """A healthy network: deliver everything in order, heartbeat, finish snapshots."""
         for _ in range(200):
             self.now += CONFIG.heartbeat_s
-            for peer in self.leader.peers:
+            for peer in sorted(self.leader.replica_ids):
                 self.tick(peer, heartbeat_due=True)
                 self.finish_snapshot(peer, stale=False)
             for _ in range(100):
                 while self.pool:
                     self.deliver(0)
                     self.flush()
-                for peer in self.leader.peers:
+                for peer in sorted(self.leader.replica_ids):
                     self.tick(peer, heartbeat_due=False)
                 if not self.pool:
                     break
             if all(
                 self.nodes[p].log.last_index == self.leader.log.last_index
                 and self.nodes[p].commit == self.leader.commit
-                for p in self.leader.peers
+                for p in sorted(self.leader.replica_ids)
             ):
                 return
         raise AssertionError(

@@ -65,7 +65,7 @@ class Chaos:
                 if ready.reset_election_timer:
                     self.deadline[node_id] = self._election_deadline(st.role)
             if st.role is Role.LEADER:
-                for peer in st.peers:
+                for peer in sorted(st.replica_ids):
                     due = self.heartbeat_due
                     while (m := st.next_append(peer, self.now, heartbeat_due=due)) is not None:
                         self.pool.append(m)

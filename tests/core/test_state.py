@@ -26,7 +26,16 @@ from trio_raft._messages import (
     VoteResponse,
     validate,
 )
-from trio_raft._types import MAX_TERM, Entry, EntryKind, HardState, NodeId, Role, StoredState
+from trio_raft._types import (
+    MAX_TERM,
+    Entry,
+    EntryKind,
+    HardState,
+    Membership,
+    NodeId,
+    Role,
+    StoredState,
+)
 
 CFG = Config(pre_vote=False, check_quorum=False)
 """Plain Raft of the paper: no PreVote, no CheckQuorum."""
@@ -111,12 +120,12 @@ def log_terms(st: RaftState) -> list[int]:
 def make_leader(st: RaftState, now: float = 0.0) -> Ready:
     """Elect ``st`` by stepping granted votes from its peers; returns the Ready it produced."""
     st.on_election_timeout(now)
-    for peer in st.peers:
+    for peer in sorted(st.replica_ids):
         if st.role is Role.LEADER:
             break
         pre = st.role is Role.PRE_CANDIDATE
         st.step(VoteResponse(peer, st.id, st.term + pre, True, pre_vote=pre), now)
-    for peer in st.peers:
+    for peer in sorted(st.replica_ids):
         if st.role is Role.LEADER:
             break
         st.step(VoteResponse(peer, st.id, st.term, True), now)
@@ -177,7 +186,7 @@ class Net:
                 self.flush(node_id)
                 moved = True
             if st.role is Role.LEADER:
-                for peer in st.peers:
+                for peer in sorted(st.replica_ids):
                     while (m := st.next_append(peer, self.now, heartbeat_due=False)) is not None:
                         self.queue.append(m)
                         moved = True
@@ -213,7 +222,7 @@ class Net:
 
     def heartbeat(self, leader_id: NodeId) -> None:
         st = self.nodes[leader_id]
-        for peer in st.peers:
+        for peer in sorted(st.replica_ids):
             m = st.next_append(peer, self.now, heartbeat_due=True)
             if m is not None:
                 self.queue.append(m)
@@ -1036,12 +1045,31 @@ def test_figure8_old_term_entry_commits_indirectly() -> None:
 
 
 def test_leader_appends_a_noop_on_election() -> None:
-    """§8: "each leader [commits] a blank no-op entry into the log at the start of its term"."""
-    st = node(terms=[1, 1], term=1)
+    """§8: "each leader [commits] a blank no-op entry into the log at the start of its term".
+    Here the configuration is already in the log, so the entry is a plain no-op."""
+    config = Membership(ids(3))
+    st = RaftState(
+        "n1", ids(3), CFG,
+        StoredState(HardState(1), (Entry(1, 1, config, EntryKind.CONFIG), Entry(1, 2, "x"))),
+    )  # fmt: skip
     ready = make_leader(st)
     noop = st.log.entry(3)
     assert (noop.term, noop.index, noop.kind, noop.command) == (2, 3, EntryKind.NOOP, None)
     assert ready.entries == [noop]
+
+
+def test_the_first_leader_writes_the_bootstrap_configuration_in_place_of_its_noop() -> None:
+    """Adoption: a bootstrap configuration is in no log, so the first leader appends it as its
+    term's first entry (where the no-op would be); from then on the log is the source of
+    truth and later leaders append no-ops."""
+    st = node(terms=[1, 1], term=1)
+    assert st.membership == Membership(ids(3)) and st.membership_index == 0
+    ready = make_leader(st)
+    first = st.log.entry(3)
+    assert (first.term, first.index, first.kind) == (2, 3, EntryKind.CONFIG)
+    assert first.command == Membership(ids(3))
+    assert ready.entries == [first]
+    assert st.membership_index == 3 and not st.membership_committed
 
 
 def test_noop_commits_and_reaches_every_follower() -> None:

@@ -80,7 +80,7 @@ def test_every_message_raft_state_emits_round_trips(config: Config, data: st.Dat
             leader.propose([f"c{step}"] * data.draw(st.integers(1, 3)))
         elif action == "append" and (leaders := cluster.leaders()):
             leader = data.draw(st.sampled_from(leaders))
-            peer = data.draw(st.sampled_from(leader.peers))
+            peer = data.draw(st.sampled_from(sorted(leader.replica_ids)))
             cluster.emit(leader.next_append(peer, cluster.now, data.draw(st.booleans())))
         cluster.collect()
     for message in cluster.emitted:

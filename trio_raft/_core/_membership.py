@@ -12,11 +12,11 @@ up learners, live quorums) is decided by :class:`~trio_raft._core._state.RaftSta
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Final
 
 from .._errors import InvalidMembershipError
-from .._types import FieldError, Membership, NodeId
+from .._types import Entry, EntryKind, FieldError, Membership, NodeId
 
 
 class _Keep(enum.Enum):
@@ -212,3 +212,103 @@ def choose_successor(
     if not candidates:
         return None
     return min(candidates, key=lambda v: (-match.get(v, 0), v))
+
+
+class MembershipLog:
+    """Which configuration is in force, at the end of the log and at any index (thesis §4.1:
+    a configuration takes effect when its entry is appended, committed or not).
+
+    It keeps the configuration at the start of the log (from a snapshot, or the bootstrap one)
+    and the configuration entries of the uncompacted log. :class:`RaftState` tells it about
+    every change of the log: append, truncate, compact, install a snapshot.
+    """
+
+    def __init__(
+        self,
+        bootstrap: Membership | None,
+        stored: Membership | None,
+        start_index: int,
+        entries: Iterable[Entry],
+    ) -> None:
+        self.bootstrap = bootstrap
+        """The configuration a node uses when its log and snapshot hold none (``None``: join
+        mode, until the leader replicates one)."""
+        self._base: tuple[int, Membership | None] = (
+            (start_index, stored) if stored is not None else (0, bootstrap)
+        )
+        self._configs: list[tuple[int, Membership]] = [
+            (e.index, e.command) for e in entries if isinstance(e.command, Membership)
+        ]
+
+    @property
+    def current(self) -> Membership | None:
+        """The configuration in force: the last in the log, else the base."""
+        return self._configs[-1][1] if self._configs else self._base[1]
+
+    @property
+    def index(self) -> int:
+        """The index of the entry ``current`` came from; for a configuration from a snapshot,
+        the snapshot's index; 0 for a bootstrap configuration (in no log and no snapshot)."""
+        return self._configs[-1][0] if self._configs else self._base[0]
+
+    def at(self, index: int) -> Membership | None:
+        """The configuration in force at ``index`` (at or after the start of the log)."""
+        for config_index, membership in reversed(self._configs):
+            if config_index <= index:
+                return membership
+        return self._base[1]
+
+    def entries(self) -> list[tuple[int, Membership]]:
+        """The configuration entries of the uncompacted log, ascending (a copy)."""
+        return list(self._configs)
+
+    def appended(self, entries: Iterable[Entry]) -> bool:
+        """Entries were appended; returns whether the configuration in force changed."""
+        changed = False
+        for e in entries:
+            if e.kind is EntryKind.CONFIG:
+                assert isinstance(e.command, Membership)
+                self._configs.append((e.index, e.command))
+                changed = True
+        return changed
+
+    def truncated(self, index: int) -> bool:
+        """The log was cut at ``index`` (that entry and after are gone); an uncommitted
+        configuration goes with its entry. Returns whether the configuration in force changed."""
+        before = len(self._configs)
+        while self._configs and self._configs[-1][0] >= index:
+            self._configs.pop()
+        return len(self._configs) != before
+
+    def compacted(self, index: int) -> None:
+        """The log up to ``index`` was compacted: fold its configurations into the base."""
+        folded = [c for c in self._configs if c[0] <= index]
+        if folded:
+            self._base = folded[-1]
+            self._configs = self._configs[len(folded) :]
+
+    def installed(self, index: int, membership: Membership | None, *, kept: bool) -> bool:
+        """A snapshot up to ``index`` carrying ``membership`` was installed; ``kept`` says the
+        log's suffix after it was kept. Returns whether the configuration in force changed.
+
+        Raises:
+            AssertionError: the log was kept (it matches the snapshot up to ``index``) but
+                its configuration there, read from its own entries, differs from the
+                snapshot's: Log Matching is broken.
+        """
+        before = self.current
+        if kept:
+            from_log = any(c[0] <= index for c in self._configs) or self._base[0] > 0
+            local = self.at(index)
+            if membership is not None and from_log and local != membership:
+                raise AssertionError(
+                    f"snapshot at {index} carries {membership!r} but the matching log has "
+                    f"{local!r} there"
+                )
+            self.compacted(index)
+            if membership is not None and not from_log:
+                self._base = (index, membership)  # replaces a bootstrap configuration
+        else:
+            self._configs = []
+            self._base = (index, membership) if membership is not None else (0, self.bootstrap)
+        return self.current is not before

@@ -8,7 +8,7 @@ once, in :meth:`RaftState.step`, before dispatching on the message type.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import attrs
 
@@ -35,8 +35,9 @@ from .._types import (
     StoredState,
 )
 from ._log import RaftLog, entry_size
+from ._membership import MembershipLog
 from ._progress import Progress, ProgressState
-from ._quorum import VoteResult, committed_index, vote_result
+from ._quorum import VoteResult, joint_committed_index, joint_vote_result
 
 
 @attrs.define
@@ -59,6 +60,9 @@ class Ready:
     """``(read_id, read_index)`` pairs whose leadership check passed."""
     failed_reads: list[int] = attrs.Factory(list)
     """Read ids that can no longer be confirmed (this node stopped leading)."""
+    membership_changed: bool = False
+    """The configuration in force changed (appended, rolled back or installed): the node
+    resizes its replicators and tells its transport."""
 
     @property
     def must_sync(self) -> bool:
@@ -76,13 +80,25 @@ class RaftState:
     """One node's Raft state: term, vote, log, commit index, role and (as leader) progress."""
 
     def __init__(
-        self, node_id: NodeId, voters: Sequence[NodeId], config: Config, stored: StoredState
+        self,
+        node_id: NodeId,
+        bootstrap: Membership | Collection[NodeId] | None,
+        config: Config,
+        stored: StoredState,
     ) -> None:
-        if node_id not in voters:
-            raise ValueError(f"node {node_id!r} is not among the voters {sorted(voters)}")
+        """``bootstrap`` is the configuration to use while the log and the snapshot hold none:
+        a :class:`Membership` (not joint), a collection of voter ids, or ``None`` for a node
+        joining an existing cluster (it never campaigns until it receives a configuration)."""
+        if bootstrap is not None and not isinstance(bootstrap, Membership):
+            bootstrap = Membership(bootstrap)
+        if bootstrap is not None:
+            if bootstrap.is_joint:
+                raise ValueError(f"a bootstrap configuration cannot be joint: {bootstrap!r}")
+            if node_id not in bootstrap.members:
+                raise ValueError(
+                    f"node {node_id!r} is not a member of the bootstrap configuration {bootstrap!r}"
+                )
         self.id = node_id
-        self.voters: tuple[NodeId, ...] = tuple(sorted(set(voters)))
-        self.peers: tuple[NodeId, ...] = tuple(v for v in self.voters if v != node_id)
         self.config = config
         self.term = stored.hard_state.term
         self.voted_for = stored.hard_state.voted_for
@@ -90,6 +106,10 @@ class RaftState:
             stored.entries, start_index=stored.log_start_index, start_term=stored.log_start_term
         )
         self.commit = self.log.start_index  # only committed entries are ever compacted
+        self._members = MembershipLog(
+            bootstrap, stored.membership, stored.log_start_index, stored.entries
+        )
+        self._could_campaign = self.can_campaign
         self.role = Role.FOLLOWER
         self.leader_id: NodeId | None = None
         self.leader_contact_at = float("-inf")
@@ -112,7 +132,7 @@ class RaftState:
         r = self._ready
         return bool(
             r.must_sync or r.messages or r.role_changed or r.reset_election_timer
-            or r.confirmed_reads or r.failed_reads
+            or r.confirmed_reads or r.failed_reads or r.membership_changed
         )  # fmt: skip
 
     def take_ready(self) -> Ready:
@@ -151,6 +171,8 @@ class RaftState:
     def _append(self, entries: Sequence[Entry]) -> None:
         self.log.append(entries)
         self._ready.entries.extend(entries)
+        if self._members.appended(entries):
+            self._membership_changed()
 
     def _truncate(self, index: int) -> None:
         if index <= self.commit:
@@ -160,12 +182,72 @@ class RaftState:
                 f"{self.id}: a leader never truncates its log (Leader Append-Only)"
             )
         self.log.truncate_from(index)
+        if self._members.truncated(index):
+            self._membership_changed()
         self._ready.entries = [e for e in self._ready.entries if e.index < index]
         if index <= self._saved_index:
             prev = self._ready.truncate_from
             self._ready.truncate_from = index if prev is None else min(prev, index)
             self._saved_index = index - 1
         self._durable_index = min(self._durable_index, index - 1)
+
+    # -- membership ------------------------------------------------------------------------
+
+    @property
+    def membership(self) -> Membership | None:
+        """The configuration in force: the last in the log, committed or not (thesis §4.1);
+        ``None`` only for a joining node that has received none yet."""
+        return self._members.current
+
+    @property
+    def membership_index(self) -> int:
+        """The index of the entry the configuration in force came from (the snapshot's index
+        for one from a snapshot, 0 for a bootstrap configuration written nowhere yet)."""
+        return self._members.index
+
+    @property
+    def membership_committed(self) -> bool:
+        """Whether the configuration in force is committed, as far as this node knows."""
+        return self._members.index <= self.commit
+
+    def membership_at(self, index: int) -> Membership | None:
+        """The configuration in force at ``index`` (for a snapshot taken or sent there)."""
+        return self._members.at(index)
+
+    @property
+    def can_campaign(self) -> bool:
+        """Whether this node may start elections: it is a voter (incoming or outgoing) of the
+        configuration in force. Learners, removed nodes and joining nodes never campaign."""
+        m = self._members.current
+        return m is not None and self.id in m.all_voters
+
+    @property
+    def replica_ids(self) -> frozenset[NodeId]:
+        """Where a leader replicates: every member of the configuration in force but itself."""
+        m = self._members.current
+        return frozenset() if m is None else m.members - {self.id}
+
+    def _sole_voter(self) -> bool:
+        m = self._members.current
+        return m is not None and m.all_voters == {self.id}
+
+    def _membership_changed(self) -> None:
+        """The configuration in force changed: bring roles, progress and timers in line."""
+        self._ready.membership_changed = True
+        if self.can_campaign != self._could_campaign:
+            self._could_campaign = self.can_campaign
+            self._ready.reset_election_timer = (
+                True  # a promoted node starts it, a removed one stops
+            )
+        if self.role is Role.LEADER:
+            last = self.log.last_index
+            wanted = self.replica_ids
+            for peer in wanted - self.progress.keys():
+                self.progress[peer] = Progress(next=last + 1)
+            for peer in self.progress.keys() - wanted:
+                del self.progress[peer]
+        elif self.role in (Role.PRE_CANDIDATE, Role.CANDIDATE) and not self.can_campaign:
+            self._become_follower(self.term, None)
 
     # -- roles -----------------------------------------------------------------------------
 
@@ -204,11 +286,13 @@ class RaftState:
         self._request_votes(pre_vote=False)
 
     def _request_votes(self, *, pre_vote: bool) -> None:
-        if vote_result(self.voters, self.votes) is VoteResult.WON:
+        m = self._members.current
+        assert m is not None  # only a node that can campaign gets here
+        if joint_vote_result(m, self.votes) is VoteResult.WON:
             self._on_vote_won()
             return
         term = self.term + 1 if pre_vote else self.term
-        for peer in self.peers:
+        for peer in sorted(m.all_voters - {self.id}):
             self._send(
                 VoteRequest(
                     self.id, peer, term, self.log.last_index, self.log.last_term, pre_vote=pre_vote
@@ -227,12 +311,18 @@ class RaftState:
         self.votes = {}
         self._ready.role_changed = True
         last = self.log.last_index
-        self.progress = {p: Progress(next=last + 1) for p in self.peers}
+        self.progress = {p: Progress(next=last + 1) for p in sorted(self.replica_ids)}
         self.seq = 0
         self._term_start_index = last + 1
         self._ready.reset_election_timer = True  # now the CheckQuorum period
-        # Raft §8: a no-op of the new term lets the leader commit (and learn the commit index).
-        self._append([Entry(self.term, last + 1, None, EntryKind.NOOP)])
+        # Raft §8: an entry of the new term lets the leader commit (and learn the commit
+        # index). A bootstrap configuration, in no log yet, is written into it instead of a
+        # no-op: from then on the log is the source of truth (adopting changes no voter).
+        m = self._members.current
+        if self._members.index == 0 and m is not None:
+            self._append([Entry(self.term, last + 1, m, EntryKind.CONFIG)])
+        else:
+            self._append([Entry(self.term, last + 1, None, EntryKind.NOOP)])
         self._maybe_commit()
 
     # -- inputs ----------------------------------------------------------------------------
@@ -259,8 +349,8 @@ class RaftState:
         if self.role is Role.LEADER:
             self._check_quorum()
             return
-        if self.terms_exhausted:
-            return  # no higher term exists to campaign in; the node stays a follower
+        if self.terms_exhausted or not self.can_campaign:
+            return  # no higher term to campaign in, or not a voter: the node stays a follower
         if self.config.pre_vote:
             self._become_pre_candidate()
         else:
@@ -274,10 +364,12 @@ class RaftState:
     def _check_quorum(self) -> None:
         if not self.config.check_quorum:
             return
-        active = 1 + sum(1 for p in self.progress.values() if p.recent_active)
+        active = {peer: pr.recent_active for peer, pr in self.progress.items()}
+        active[self.id] = True
         for p in self.progress.values():
             p.recent_active = False
-        if active < len(self.voters) // 2 + 1:
+        m = self._members.current
+        if m is None or joint_vote_result(m, active) is not VoteResult.WON:
             self._become_follower(self.term, None)
 
     def step(self, m: Message, now: float) -> None:
@@ -341,7 +433,9 @@ class RaftState:
         if not current:
             return  # stale, or for another round
         self.votes[m.src] = m.granted
-        result = vote_result(self.voters, self.votes)
+        membership = self._members.current
+        assert membership is not None  # a candidate can campaign
+        result = joint_vote_result(membership, self.votes)
         if result is VoteResult.WON:
             self._on_vote_won()
         elif result is VoteResult.LOST:
@@ -433,11 +527,6 @@ class RaftState:
 
     # -- snapshots -------------------------------------------------------------------------
 
-    def membership_at(self, index: int) -> Membership:
-        """The configuration in force at ``index`` (for a snapshot taken or sent there)."""
-        # Until the configuration is kept in the log (issue 8, slice 2) it is the voters.
-        return Membership(self.voters)
-
     def compact(self, index: int) -> int | None:
         """Drop the log up to ``index`` (covered by a durable snapshot). Returns the term of the
         entry at ``index`` for the storage's compaction, or ``None`` if nothing changed."""
@@ -448,6 +537,7 @@ class RaftState:
         term = self.log.term(index)
         assert term is not None
         self.log.compact(index)
+        self._members.compacted(index)
         self._drop_unsaved_through(index)
         return term
 
@@ -478,15 +568,20 @@ class RaftState:
         else:
             self.log.reset(meta.index, meta.term)
             self._ready.entries = []
+        if self._members.installed(meta.index, meta.membership, kept=matched):
+            self._membership_changed()
         self.commit = meta.index
         self._saved_index = max(self._saved_index, meta.index) if matched else meta.index
         self._durable_index = max(self._durable_index, meta.index) if matched else meta.index
         return matched
 
     def _maybe_commit(self) -> None:
+        m = self._members.current
+        if m is None:
+            return
         match = {p: pr.match for p, pr in self.progress.items()}
         match[self.id] = self._durable_index
-        index = committed_index(self.voters, match)
+        index = joint_committed_index(m, match)
         # Figure 8: only entries of the leader's own term are committed by counting replicas.
         if index > self.commit and self.log.term(index) == self.term:
             self.commit = index
@@ -523,7 +618,7 @@ class RaftState:
         last = self.log.last_index
         entries = [Entry(self.term, last + 1 + i, c) for i, c in enumerate(commands)]
         self._append(entries)
-        if not self.peers:
+        if self._sole_voter():
             self._maybe_commit()
         return entries
 
@@ -545,9 +640,12 @@ class RaftState:
     def _confirm_reads(self) -> None:
         if not self._reads or self.log.term(self.commit) != self.term:
             return  # until our no-op commits we do not know the latest commit index
+        m = self._members.current
+        if m is None:
+            return
         acked = {p: pr.acked_seq for p, pr in self.progress.items()}
         acked[self.id] = self.seq
-        quorum_seq = committed_index(self.voters, acked)
+        quorum_seq = joint_committed_index(m, acked)
         while self._reads and self._reads[0].seq <= quorum_seq:
             r = self._reads.pop(0)
             self._ready.confirmed_reads.append((r.read_id, r.index))
