@@ -246,6 +246,12 @@ async def test_a_newer_segment_version_is_refused_with_the_version() -> None:
             pass  # pragma: no cover
     assert info.value.reason.startswith("segment format version 3; this trio-raft reads 1 and 2")
     assert "newer release" in info.value.reason and info.value.path == path
+    none = frame(cbor2.dumps([2, 0, 1, 1]))  # damage, not a newer release
+    fs.put_file(path, none + data[len(none) :])
+    with pytest.raises(StorageCorruptError, match="version 0 does not exist") as info:
+        async with open_file_storage(D, fs=fs):
+            pass  # pragma: no cover
+    assert "newer release" not in info.value.reason
 
 
 async def test_a_reader_of_version_1_only_refuses_what_this_release_wrote(

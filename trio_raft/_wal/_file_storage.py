@@ -72,8 +72,9 @@ class FileStorage:
 
     All entries are also kept in memory (the node keeps its log in memory too), so
     :meth:`entries` and :meth:`last_index` are instant; :meth:`compact` releases them.
-    Commands come back from a restart as CBOR decodes them (a tuple comes back as a list);
-    the entries in memory are the objects that were saved.
+    Commands come back from a restart as CBOR decodes them (a tuple comes back as a list;
+    a configuration entry's :class:`~trio_raft.Membership` as an equal one); the entries in
+    memory are the objects that were saved.
 
     Disk work runs in worker threads, so the trio thread never waits for a fsync, and the
     threads touch the files one at a time. :meth:`save`, :meth:`sync` and :meth:`compact` are

@@ -198,12 +198,14 @@ def decode_record(payload: bytes, version: int = FORMAT_VERSION) -> Record:
             return Truncate(index)
         if kind == _HEADER and len(rest) == 3:
             header_version, seq, first_index = _ints(rest, 3)
-            if header_version not in READ_VERSIONS:
+            if header_version > max(READ_VERSIONS):
                 raise UnknownVersion(
                     f"segment format version {header_version}; this trio-raft reads "
                     f"{' and '.join(map(str, READ_VERSIONS))} (a newer release wrote it: run "
                     "that release, or start this node with an empty directory so it rejoins)"
                 )
+            if header_version not in READ_VERSIONS:
+                raise Malformed(f"segment format version {header_version} does not exist")
             return Header(seq, first_index, header_version)
     except (ValueError, TypeError) as exc:  # Entry / EntryKind / Membership validators
         raise Malformed(str(exc)) from exc
