@@ -134,6 +134,24 @@ async def test_configuration_entries_round_trip_in_a_version_2_segment() -> None
         assert all(type(e.command) is Membership for e in st.entries(1, 9) if e.kind == 2)
 
 
+@pytest.mark.parametrize("cut", [1, 20, 50])
+async def test_a_torn_configuration_record_at_the_tail_is_cut_off(cut: int) -> None:
+    fs = SimulatedFileSystem()
+    async with open_file_storage(D, fs=fs) as st:
+        await st.save(entries=[*commands(1, 2), config(3)])
+        await st.sync()
+    (path,) = segments(fs)
+    data = fs.files()[path]
+    assert len(frames(data)[-1][1]) > cut
+    fs.put_file(path, data[:-cut])
+    async with open_file_storage(D, fs=fs) as st:
+        assert (await st.load()).entries == tuple(commands(1, 2))
+        await st.save(entries=[config(3, ONE, term=2)])
+        await st.sync()
+    async with open_file_storage(D, fs=fs) as st:
+        assert (await st.load()).entries == (*commands(1, 2), config(3, ONE, term=2))
+
+
 async def test_a_configuration_entry_with_a_damaged_membership_is_corruption() -> None:
     fs = SimulatedFileSystem()
     async with open_file_storage(D, fs=fs) as st:
