@@ -104,12 +104,15 @@ class Storage(Protocol):
     async def save_snapshot(self, meta: SnapshotMeta, chunks: AsyncIterable[bytes]) -> None:
         """Store a snapshot, replacing the previous one, durably before returning.
 
-        If cancelled or failing midway, the previous snapshot must remain the current one.
+        The whole ``meta`` must be stored (its :attr:`~SnapshotMeta.membership` included:
+        the node recovers its configuration from it). If cancelled or failing midway, the
+        previous snapshot must remain the current one.
         """
         ...
 
     async def load_snapshot(self) -> tuple[SnapshotMeta, AsyncIterator[bytes]] | None:
-        """The current snapshot's metadata and an iterator over its bytes, or ``None``."""
+        """The current snapshot's metadata, unchanged from what :meth:`save_snapshot` was
+        given, and an iterator over its bytes; or ``None``."""
         ...
 
     async def compact(self, index: int, term: int) -> None:

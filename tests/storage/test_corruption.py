@@ -1,7 +1,8 @@
 """Damaged data directories: recover a prefix at the tail, or refuse with StorageCorruptError.
 
 A known directory (several segments, a truncation that started its own segment, a compacted
-prefix) is built once on a :class:`SimulatedFileSystem`. Hypothesis then truncates files and
+prefix, configuration entries among the commands) is built once on a
+:class:`SimulatedFileSystem`. Hypothesis then truncates files and
 flips bits in copies of it. Opening must either return exactly the true hard state and a
 prefix of the true log, losing entries only from a damaged last segment, or raise
 :class:`StorageCorruptError`; never a wrong log and never another exception. Cutting the last
@@ -20,7 +21,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trio_raft import Entry, HardState, StoredState
+from trio_raft import Entry, EntryKind, HardState, Membership, StoredState
 from trio_raft._types import SnapshotMeta
 from trio_raft._wal._errors import StorageCorruptError, StorageIdentityError
 from trio_raft._wal._file_storage import open_file_storage
@@ -49,9 +50,7 @@ async def _build() -> Truth:
         await s.save(hard_state=HardState(4, "n2"))
         for batch in range(12):
             first = s.last_index() + 1
-            await s.save(
-                entries=[Entry(1, i, [i, "c" * (batch + i % 5)]) for i in range(first, first + 5)]
-            )
+            await s.save(entries=[_entry(i, batch) for i in range(first, first + 5)])
             await s.sync()
         # A truncation reaching into an older segment starts a new one.
         await s.save(truncate_from=52, entries=[Entry(2, i, {"i": i}) for i in range(52, 62)])
@@ -65,6 +64,13 @@ async def _build() -> Truth:
         header_bytes = last.header_bytes
     assert len(segments) >= 4
     return Truth(fs.files(), state, segments, first_live, header_bytes)
+
+
+def _entry(index: int, batch: int) -> Entry:
+    if index % 7 == 0:  # configuration entries are damaged like any other record
+        voters = {f"n{k}" for k in range(1, 2 + index % 4)}
+        return Entry(1, index, Membership(voters, learners={"n9"}), EntryKind.CONFIG)
+    return Entry(1, index, [index, "c" * (batch + index % 5)])
 
 
 async def _one(data: bytes) -> AsyncIterator[bytes]:

@@ -2,8 +2,10 @@
 
 The workload (hard-state changes, batched appends with syncs, a truncation reaching into an
 older segment and one inside the active segment, rotation, two snapshots each followed by a
-compaction, a reopen) runs on
-a :class:`SimulatedFileSystem`. A first run counts its fault points (every write, fsync,
+compaction, a reopen) runs on a :class:`SimulatedFileSystem` that starts with a directory an
+older release wrote (version-1 segments and snapshot header), so its first append is the
+upgrade to a version-2 segment; every fifth entry it appends is a configuration entry, and its
+snapshots carry memberships. A first run counts its fault points (every write, fsync,
 directory fsync, create, rename, unlink). Then, for each point N and each survival mode, the
 workload runs again and crashes at N; the surviving file system is opened and must hold
 exactly the state after some prefix of the operations the workload started, no shorter than
@@ -21,14 +23,22 @@ from collections.abc import AsyncIterator, Sequence
 import attrs
 import pytest
 
-from trio_raft import Entry, HardState, StoredState
+from trio_raft import Entry, EntryKind, HardState, Membership, StoredState
 from trio_raft._types import SnapshotMeta
 from trio_raft._wal._file_storage import FileStorage, open_file_storage
+from trio_raft._wal._segments import parse_segment_name
 from trio_raft._wal._simfs import SimulatedCrash, SimulatedFileSystem, Survival
+
+from ._old_format import header_version, make_old
 
 DIR = "/node"
 SEGMENT_BYTES = 300
 TORN_SEEDS = 2
+MEMBERSHIPS = [
+    Membership({"n1", "n2", "n3"}),
+    Membership({"n1", "n2", "n4"}, learners={"n5"}, outgoing={"n1", "n2", "n3"}),
+    Membership({"n1", "n2", "n4"}, learners={"n5"}),
+]
 
 
 @attrs.frozen
@@ -60,23 +70,76 @@ def apply(state: StoredState, op: Op) -> StoredState:
 class Oracle:
     """What the workload asked for, and how much of it was durable for sure."""
 
+    initial: StoredState
+    """What the directory held before the workload (written by an older release)."""
+    snapshots: list[tuple[SnapshotMeta, bytes] | None]
+    """The durable snapshot, then the one being saved if a save_snapshot did not return."""
     ops: list[Op] = attrs.Factory(list)
     durable: int = 0  # ops[:durable] were covered by a completed sync/compact/hard-state save
-    snapshots: list[tuple[SnapshotMeta, bytes] | None] = attrs.Factory(lambda: [None])
-    """The durable snapshot, then the one being saved if a save_snapshot did not return."""
 
     def states(self) -> list[StoredState]:
-        out = [StoredState()]
+        out = [self.initial]
         for op in self.ops:
             out.append(apply(out[-1], op))
         return out
 
 
+OLD_SNAPSHOT = b"state at 2"
+
+
+_OLD: list[tuple[dict[str, bytes], StoredState]] = []
+
+
+async def old_directory() -> tuple[dict[str, bytes], StoredState]:
+    """The files of a directory an older release wrote (segment format 1, snapshot header 1,
+    the log compacted up to index 2), and what it holds. Built once."""
+    if not _OLD:
+        fs = SimulatedFileSystem()
+        async with open_file_storage(DIR, segment_bytes=SEGMENT_BYTES, fs=fs) as st:
+            await st.save(hard_state=HardState(1, "n1"), entries=entries(1, 4, term=1))
+            await st.sync()
+            await st.save_snapshot(SnapshotMeta(2, 1), _one(OLD_SNAPSHOT))
+            await st.compact(2, 1)
+            state = await st.load()
+        make_old(fs, DIR)
+        _OLD.append(({p: d for p, d in fs.files().items() if not p.endswith("/LOCK")}, state))
+    return _OLD[0]
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+def entries(first: int, count: int, term: int, size: int = 20) -> list[Entry]:
+    """Commands, and a configuration entry at every index divisible by five."""
+    return [
+        Entry(term, i, MEMBERSHIPS[i % 3], EntryKind.CONFIG)
+        if i % 5 == 0
+        else Entry(term, i, [i, "p" * (size + i % 13)])
+        for i in range(first, first + count)
+    ]
+
+
+async def prepared(crash_after: int | None = None) -> Workload:
+    """The workload on a file system holding the old directory (durably), which crashes at
+    the ``crash_after``-th fault point after that."""
+    files, state = await old_directory()
+    fs = SimulatedFileSystem()
+    fs.makedirs(DIR)
+    fs.fsync_dir("/")
+    for path, data in files.items():
+        fs.put_file(path, data)
+    if crash_after is not None:
+        fs.crash_at = fs.points + crash_after
+    return Workload(fs, state)
+
+
 class Workload:
-    def __init__(self, fs: SimulatedFileSystem) -> None:
+    def __init__(self, fs: SimulatedFileSystem, initial: StoredState) -> None:
         self.fs = fs
-        self.oracle = Oracle()
-        self.hard_state = HardState()
+        self.base_points = fs.points
+        self.oracle = Oracle(initial, [(SnapshotMeta(2, 1), OLD_SNAPSHOT)])
+        self.hard_state = initial.hard_state
 
     async def save(
         self,
@@ -123,9 +186,7 @@ class Workload:
         del self.oracle.snapshots[:-1]
 
     async def append(self, st: FileStorage, count: int, term: int, *, size: int = 20) -> None:
-        first = st.last_index() + 1
-        batch = [Entry(term, i, [i, "p" * (size + i % 13)]) for i in range(first, first + count)]
-        await self.save(st, entries=batch)
+        await self.save(st, entries=entries(st.last_index() + 1, count, term, size))
 
     async def run(self) -> None:
         async with open_file_storage(DIR, segment_bytes=SEGMENT_BYTES, fs=self.fs) as st:
@@ -148,7 +209,7 @@ class Workload:
             await self.sync(st)
             await self.append(st, 2, term=2)  # not synced: the hard state must not overtake it
             await self.save(st, hard_state=HardState(3, "n3"))  # durable at once
-            await self.save_snapshot(st, SnapshotMeta(6, 1), 400)
+            await self.save_snapshot(st, SnapshotMeta(6, 1, MEMBERSHIPS[2]), 400)
             await self.compact(st, 6, 1)
             await self.append(st, 5, term=3, size=60)
             await self.append(st, 5, term=3, size=5)
@@ -157,23 +218,22 @@ class Workload:
             await self.append(st, 2, term=3)
             await self.sync(st)
             last = st.last_index()
-            await self.save_snapshot(st, SnapshotMeta(last + 5, 4), 200)
+            await self.save_snapshot(st, SnapshotMeta(last + 5, 4, MEMBERSHIPS[1]), 200)
             await self.compact(st, last + 5, 4)  # a snapshot beyond the log
             await self.append(st, 3, term=4)
             await self.sync(st)
 
 
 async def count_points() -> tuple[int, Oracle]:
-    fs = SimulatedFileSystem()
-    workload = Workload(fs)
+    workload = await prepared()
     await workload.run()
-    return fs.points, workload.oracle
+    return workload.fs.points - workload.base_points, workload.oracle
 
 
 async def crash_and_check(point: int, survival: Survival, seed: int) -> str | None:
     """Run the workload crashing at ``point``; return a failure description or None."""
-    fs = SimulatedFileSystem(crash_at=point)
-    workload = Workload(fs)
+    workload = await prepared(crash_after=point)
+    fs = workload.fs
     try:
         await workload.run()
     except SimulatedCrash:
@@ -219,6 +279,11 @@ async def test_workload_has_many_fault_points() -> None:
     points, oracle = await count_points()
     assert points > 80, points
     assert len(oracle.ops) > 40 and oracle.durable == len(oracle.ops)
+    files, _ = await old_directory()
+    old = [d for p, d in files.items() if parse_segment_name(p.rsplit("/", 1)[1])]
+    assert old and {header_version(d) for d in old} == {1}
+    configs = [op for op in oracle.ops if op.entry and op.entry.kind is EntryKind.CONFIG]
+    assert len(configs) >= 8
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,11 @@
 """FileStorage round trips, compaction, the directory lock and misuse errors.
 
 The first half is a conformance check of the :class:`~trio_raft.Storage` contract,
-:func:`check_storage`, run against :class:`~trio_raft.MemoryStorage` and against
-:class:`FileStorage` on the real disk and on the simulated file system, so both
-implementations answer to one contract. A *place* is where a storage lives: opening the same
-place again must give back what was synced (for MemoryStorage, the same object).
+:func:`check_storage`, run against :class:`~trio_raft.MemoryStorage`, the simulator's
+:class:`~trio_raft.testing.SimulatedStorage` and :class:`FileStorage` on the real disk and on
+the simulated file system, so every implementation answers to one contract (configuration
+entries and snapshot memberships included). A *place* is where a storage lives: opening the
+same place again must give back what was synced (for the in-memory ones, the same object).
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ import trio.testing
 
 from trio_raft import Entry, EntryKind, HardState, MemoryStorage, RaftError, StoredState
 from trio_raft._abc import Storage
-from trio_raft._types import SnapshotMeta
+from trio_raft._types import Membership, SnapshotMeta
 from trio_raft._wal._errors import StorageCorruptError, StorageError, StorageLockedError
 from trio_raft._wal._file_storage import FileStorage, open_file_storage
 from trio_raft._wal._fs import AppendFile, FileLock, ReadFile
 from trio_raft._wal._simfs import SimulatedFileSystem, Survival
+from trio_raft.testing import SimulatedStorage
 
 Opener = Callable[[], AbstractAsyncContextManager[Storage]]
 
@@ -43,6 +45,22 @@ COMMANDS: list[object] = [
 ]
 
 
+CONFIGS = [
+    Membership({"n1"}),
+    Membership(
+        {"n1", "n2", "n4"},
+        learners={"n5"},
+        outgoing={"n1", "n2", "n3"},
+        addresses={
+            n: {"peer": f"wss://{n}.example:7000", "client": f"https://{n}.example"}
+            for n in ("n1", "n2", "n3", "n4", "n5")
+        },
+    ),
+    Membership({"a", "b"}, addresses={"a": "ws://a:1", "b": ["any", {"cbor": b"value"}, 3]}),
+]
+"""Memberships as CONFIG entries carry them: bootstrap, joint with learners, odd addresses."""
+
+
 def entries(first: int, count: int, term: int = 1) -> list[Entry]:
     return [Entry(term, i, ["cmd", i]) for i in range(first, first + count)]
 
@@ -57,6 +75,8 @@ async def check_storage(open_place: Opener) -> None:
         # Hard state and entries with every kind of command, in one batch.
         batch = [Entry(1, i + 1, c) for i, c in enumerate(COMMANDS)]
         batch.append(Entry(1, len(batch) + 1, None, EntryKind.NOOP))
+        batch += [Entry(1, len(batch) + 1 + i, m, EntryKind.CONFIG) for i, m in enumerate(CONFIGS)]
+        batch.append(Entry(1, len(batch) + 1, "after the configurations"))
         await st.save(hard_state=HardState(1, "n1"), entries=batch)
         assert st.last_index() == len(batch)  # visible before the sync
         await st.sync()
@@ -128,8 +148,9 @@ async def check_compaction_and_snapshots(open_place: Opener) -> None:
         assert await st.load_snapshot() is None
         await st.save(hard_state=HardState(2, "n1"), entries=entries(1, 30, term=2))
         await st.sync()
-        await st.save_snapshot(SnapshotMeta(20, 2), _chunks(b"state ", b"", b"at 20"))
-        assert await _read(await st.load_snapshot()) == (SnapshotMeta(20, 2), b"state at 20")
+        at_20 = SnapshotMeta(20, 2, CONFIGS[1])
+        await st.save_snapshot(at_20, _chunks(b"state ", b"", b"at 20"))
+        assert await _read(await st.load_snapshot()) == (at_20, b"state at 20")
         await st.compact(20, 2)
         assert st.last_index() == 30
         assert st.entries(1, 100) == entries(21, 10, term=2)
@@ -142,7 +163,7 @@ async def check_compaction_and_snapshots(open_place: Opener) -> None:
         state = await st.load()
         assert (state.log_start_index, state.log_start_term) == (20, 2)
         assert list(state.entries) == entries(21, 7, term=2) + entries(28, 2, term=3)
-        assert await _read(await st.load_snapshot()) == (SnapshotMeta(20, 2), b"state at 20")
+        assert await _read(await st.load_snapshot()) == (at_20, b"state at 20")
 
         # A snapshot from a leader, beyond the whole log: the log empties.
         await st.save_snapshot(SnapshotMeta(100, 5), _chunks(b"big" * 1000))
@@ -159,9 +180,30 @@ async def check_compaction_and_snapshots(open_place: Opener) -> None:
         assert list(state.entries) == entries(101, 2, term=5)
         assert await _read(await st.load_snapshot()) == (SnapshotMeta(100, 5), b"big" * 1000)
 
+        # Configuration entries go through truncation and compaction like any other; the
+        # snapshot's membership (whatever it is) comes back as it was saved.
+        config = [Entry(5, 103, CONFIGS[0], EntryKind.CONFIG)]
+        config += [Entry(5, 104, CONFIGS[1], EntryKind.CONFIG), *entries(105, 2, term=5)]
+        await st.save(entries=config)
+        await st.sync()
+        await st.save(truncate_from=104, entries=[Entry(6, 104, CONFIGS[2], EntryKind.CONFIG)])
+        await st.sync()
+        kept = [*entries(101, 2, term=5), config[0], Entry(6, 104, CONFIGS[2], EntryKind.CONFIG)]
+        assert st.entries(101, 110) == kept
+        at_103 = SnapshotMeta(103, 5, CONFIGS[0])
+        await st.save_snapshot(at_103, _chunks(b"at 103"))
+        await st.compact(103, 5)
+        assert st.entries(101, 110) == kept[3:]
+
+    async with open_place() as st:
+        state = await st.load()
+        assert (state.log_start_index, state.log_start_term) == (103, 5)
+        assert list(state.entries) == kept[3:]
+        assert await _read(await st.load_snapshot()) == (at_103, b"at 103")
+
 
 @asynccontextmanager
-async def _same(storage: MemoryStorage) -> AsyncIterator[Storage]:
+async def _same(storage: MemoryStorage | SimulatedStorage) -> AsyncIterator[Storage]:
     yield storage
 
 
@@ -171,6 +213,14 @@ CHECKS = [check_storage, check_compaction_and_snapshots]
 @pytest.mark.parametrize("check", CHECKS)
 async def test_memory_storage_conforms(check: Callable[[Opener], Awaitable[None]]) -> None:
     storage = MemoryStorage()
+    await check(lambda: _same(storage))
+
+
+@pytest.mark.parametrize("check", CHECKS)
+async def test_simulated_storage_conforms(
+    check: Callable[[Opener], Awaitable[None]], autojump_clock: trio.testing.MockClock
+) -> None:
+    storage = SimulatedStorage(random.Random(0))
     await check(lambda: _same(storage))
 
 
@@ -508,7 +558,8 @@ async def test_damaged_snapshot_is_corruption() -> None:
     async with open_file_storage("/d", fs=fs) as st:
         await st.save_snapshot(SnapshotMeta(3, 1), _chunks(b"x" * 50, b"y" * 50))
     data = fs.files()["/d/snapshot"]
-    for damaged in [data[:-1], data[:40], data[:30] + b"z" + data[31:], data + b"\0"]:
+    at = len(data) - 40  # in the second chunk: the header is intact, so the directory opens
+    for damaged in [data[:-1], data[:at], data[:at] + b"z" + data[at + 1 :], data + b"\0"]:
         fs.put_file("/d/snapshot", damaged)
         async with open_file_storage("/d", fs=fs) as st:
             with pytest.raises(StorageCorruptError) as info:

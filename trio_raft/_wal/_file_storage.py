@@ -22,6 +22,7 @@ from ._snapshot_file import (
     SNAPSHOT_TMP,
     SnapshotReader,
     SnapshotWriter,
+    encode_snapshot_header,
     verify_snapshot,
 )
 from ._wal import join_path
@@ -71,8 +72,9 @@ class FileStorage:
 
     All entries are also kept in memory (the node keeps its log in memory too), so
     :meth:`entries` and :meth:`last_index` are instant; :meth:`compact` releases them.
-    Commands come back from a restart as CBOR decodes them (a tuple comes back as a list);
-    the entries in memory are the objects that were saved.
+    Commands come back from a restart as CBOR decodes them (a tuple comes back as a list;
+    a configuration entry's :class:`~trio_raft.Membership` as an equal one); the entries in
+    memory are the objects that were saved.
 
     Disk work runs in worker threads, so the trio thread never waits for a fsync, and the
     threads touch the files one at a time. :meth:`save`, :meth:`sync` and :meth:`compact` are
@@ -322,13 +324,28 @@ class FileStorage:
         fsynced and renamed over the previous snapshot. If the iteration fails or is
         cancelled, or the process dies, the previous snapshot stays the current one.
 
+        The whole ``meta`` is stored (its membership included, in the file's header), and
+        :meth:`load_snapshot` returns it unchanged.
+
         Raises:
+            TypeError: ``meta`` is not a :class:`SnapshotMeta`; nothing was written.
+            ValueError: its header (with the membership) encodes to more than
+                ``max_record_bytes``; nothing was written.
             StorageFullError: the disk filled up before the snapshot was in place
                 (``operation == "snapshot"``); it was discarded, the previous one stays, and
                 the storage stays usable.
             StorageError: the disk failed; close and reopen.
             trio.ClosedResourceError: the storage was closed.
         """
+        if not isinstance(meta, SnapshotMeta):
+            raise TypeError(f"FileStorage.save_snapshot: expected a SnapshotMeta, got {meta!r}")
+        header = encode_snapshot_header(meta)
+        if len(header) > self._max_record_bytes:
+            raise ValueError(
+                f"FileStorage.save_snapshot: the snapshot header (with its membership) encodes "
+                f"to {len(header)} bytes, above max_record_bytes={self._max_record_bytes}; "
+                "open the storage with a larger max_record_bytes"
+            )
         directory = self._path
         writer = SnapshotWriter(
             self._wal.fs, join_path(directory, SNAPSHOT_TMP), join_path(directory, SNAPSHOT_FILE),
@@ -336,7 +353,7 @@ class FileStorage:
         )  # fmt: skip
         async with self._snapshot_lock:
             try:
-                await self._run(self._snapshot_io, writer, 0, writer.start, meta)
+                await self._run(self._snapshot_io, writer, 0, writer.start, header)
                 batch: list[bytes] = []
                 size = 0
                 async for chunk in chunks:
@@ -397,7 +414,9 @@ class FileStorage:
             )  # fmt: skip
 
     async def load_snapshot(self) -> tuple[SnapshotMeta, AsyncIterator[bytes]] | None:
-        """The current snapshot's metadata and an iterator over its bytes, or ``None``.
+        """The current snapshot's metadata (as saved, membership included; ``membership`` is
+        ``None`` for a snapshot an older release wrote) and an iterator over its bytes, or
+        ``None``.
 
         The whole file is verified before this returns, and each chunk again as it is read.
         The iterator keeps reading the snapshot that was current when this was called, even

@@ -138,8 +138,9 @@ def _replay(scanned: list[ScannedSegment], state: State) -> tuple[list[Entry], l
         ends = [offset for offset, _ in seg.records[1:]] + [seg.valid_bytes]
         starts_with_truncation = seg.records[1:2] == [(ends[0], Truncate(seg.first_index))]
         header_bytes = ends[1] if starts_with_truncation else ends[0]
+        size = seg.valid_bytes
         segments.append(
-            Segment(seg.seq, seg.first_index, seg.path, seg.valid_bytes, header_bytes, lo, hi)
+            Segment(seg.seq, seg.first_index, seg.path, size, header_bytes, lo, hi, seg.version)
         )
     return live, segments, next_index
 

@@ -8,9 +8,16 @@ with ``1 <= length <= max_record_bytes``. A WAL payload is a CBOR array whose fi
 what it is (the array length is fixed per kind, so the first two bytes of a payload are one of
 three markers, which :func:`scan_segment` uses to recognise frame starts):
 
-* ``[2, FORMAT_VERSION, seq, first_index]``: the header, first record of every segment;
+* ``[2, version, seq, first_index]``: the header, first record of every segment;
 * ``[0, index, term, kind, command]``: append an entry;
 * ``[1, index]``: truncate: drop every entry at ``index`` or later.
+
+Segments are written in format ``FORMAT_VERSION`` (2) and read in formats 1 and 2. They differ in
+one thing: only a version-2 segment may hold entries of kind 2 (:attr:`EntryKind.CONFIG`), whose
+command is stored as the membership's plain form (:meth:`Membership.to_plain`). The WAL
+never appends to a version-1 segment (it starts a new segment first), so an older release,
+which reads only version 1, refuses a directory this one wrote to with a message naming the
+version rather than with "unknown entry kind".
 
 The state file holds one frame whose payload is the CBOR map
 ``{"v": 2, "term": int, "vote": str | None, "start_index": int, "start_term": int,
@@ -27,14 +34,17 @@ import zlib
 import attrs
 import cbor2
 
-from .._types import MAX_TERM, Entry, EntryKind, HardState
+from .._types import MAX_TERM, Entry, EntryKind, HardState, Membership
 from ._errors import StorageCorruptError
 from ._fs import FileSystem, ReadFile
 
 FRAME = struct.Struct("<II")
 """A frame header: payload length, then the payload's crc32."""
-FORMAT_VERSION = 1
-"""Version of the segment format written by this code (and of the snapshot file)."""
+FORMAT_VERSION = 2
+"""Version of the segment format written by this code (version 1 is read too)."""
+READ_VERSIONS = (1, 2)
+"""The segment format versions this code reads."""
+_CONFIG_SINCE = 2  # the first segment version that may hold CONFIG entries
 STATE_VERSION = 2
 """Version of the state-file format written by this code (version 1 is read too)."""
 STATE_FILE = "state"
@@ -75,6 +85,8 @@ class Header:
 
     seq: int
     first_index: int
+    version: int = FORMAT_VERSION
+    """The segment's format version (one of :data:`READ_VERSIONS`)."""
 
 
 @attrs.frozen
@@ -94,9 +106,11 @@ class Truncate:
 Record = Header | Append | Truncate
 
 
-def encode_header(seq: int, first_index: int) -> bytes:
-    """The payload of a segment header."""
-    return cbor2.dumps([_HEADER, FORMAT_VERSION, seq, first_index])
+def encode_header(seq: int, first_index: int, version: int = FORMAT_VERSION) -> bytes:
+    """The payload of a segment header (``version`` other than the current one: for tests
+    that build the directories of older releases)."""
+    assert version in READ_VERSIONS
+    return cbor2.dumps([_HEADER, version, seq, first_index])
 
 
 def encode_truncate(index: int) -> bytes:
@@ -105,13 +119,17 @@ def encode_truncate(index: int) -> bytes:
 
 
 def encode_append(entry: Entry) -> bytes:
-    """The payload of an append record.
+    """The payload of an append record (a :attr:`EntryKind.CONFIG` entry's membership in its
+    plain form).
 
     Raises:
         TypeError: the command is not CBOR-encodable.
     """
+    command = entry.command
+    if isinstance(command, Membership):  # exactly when the kind is CONFIG (an Entry invariant)
+        command = command.to_plain()
     try:
-        return cbor2.dumps([_APPEND, entry.index, entry.term, int(entry.kind), entry.command])
+        return cbor2.dumps([_APPEND, entry.index, entry.term, int(entry.kind), command])
     except (cbor2.CBOREncodeError, ValueError, TypeError, RecursionError) as exc:
         raise TypeError(
             f"entry {entry.index}: the command cannot be stored, it is not CBOR-encodable "
@@ -122,6 +140,10 @@ def encode_append(entry: Entry) -> bytes:
 
 class Malformed(Exception):
     """A payload whose checksum is fine but whose content is not a valid record."""
+
+
+class UnknownVersion(Malformed):
+    """A header naming a format version this code does not read (a newer release wrote it)."""
 
 
 def decode_cbor(payload: bytes) -> object:
@@ -142,11 +164,14 @@ def _ints(values: list[object], count: int) -> list[int]:
     return out
 
 
-def decode_record(payload: bytes) -> Record:
-    """Decode a WAL payload.
+def decode_record(payload: bytes, version: int = FORMAT_VERSION) -> Record:
+    """Decode a WAL payload found in a segment of format ``version`` (that of the segment's
+    header; a header itself is read whatever ``version`` is).
 
     Raises:
-        Malformed: it is not a valid record.
+        UnknownVersion: a header names a version this code does not read.
+        Malformed: it is not a valid record (a configuration entry in a version-1 segment
+            is not).
     """
     value = decode_cbor(payload)
     if not isinstance(value, list) or not value or type(value[0]) is not int:
@@ -157,20 +182,32 @@ def decode_record(payload: bytes) -> Record:
             index, term, entry_kind = _ints(rest, 3)
             if term > MAX_TERM:
                 raise Malformed(f"entry {index} has term {term}, above the largest {MAX_TERM}")
-            return Append(Entry(term, index, rest[3], EntryKind(entry_kind)))
+            command = rest[3]
+            if entry_kind == EntryKind.CONFIG:
+                if version < _CONFIG_SINCE:
+                    raise Malformed(
+                        f"entry {index} is a configuration entry (kind 2), which a version-"
+                        f"{version} segment cannot hold"
+                    )
+                command = Membership.from_plain(command)
+            return Append(Entry(term, index, command, EntryKind(entry_kind)))
         if kind == _TRUNCATE and len(rest) == 1:
             (index,) = _ints(rest, 1)
             if index < 1:
                 raise Malformed("truncation index 0")
             return Truncate(index)
         if kind == _HEADER and len(rest) == 3:
-            version, seq, first_index = _ints(rest, 3)
-            if version != FORMAT_VERSION:
-                raise Malformed(
-                    f"segment format version {version}; this trio-raft reads {FORMAT_VERSION}"
+            header_version, seq, first_index = _ints(rest, 3)
+            if header_version > max(READ_VERSIONS):
+                raise UnknownVersion(
+                    f"segment format version {header_version}; this trio-raft reads "
+                    f"{' and '.join(map(str, READ_VERSIONS))} (a newer release wrote it: run "
+                    "that release, or start this node with an empty directory so it rejoins)"
                 )
-            return Header(seq, first_index)
-    except ValueError as exc:  # Entry / EntryKind validators
+            if header_version not in READ_VERSIONS:
+                raise Malformed(f"segment format version {header_version} does not exist")
+            return Header(seq, first_index, header_version)
+    except (ValueError, TypeError) as exc:  # Entry / EntryKind / Membership validators
         raise Malformed(str(exc)) from exc
     raise Malformed(f"unknown record type {kind} with {len(rest)} fields")
 
@@ -287,6 +324,8 @@ class ScannedSegment:
     """Offset just past the last valid record."""
     torn: str | None = None
     """Why the bytes after ``valid_bytes`` are a torn tail (to be cut off), if there are any."""
+    version: int = FORMAT_VERSION
+    """The format version its header names (until the header is read: the current one)."""
 
 
 def _rest_is_zero(file: ReadFile) -> bool:
@@ -364,11 +403,15 @@ def scan_segment(
                     path, offset, "checksum mismatch in a frame that is followed by more data"
                 )
             try:
-                record = decode_record(payload)
+                record = decode_record(payload, scanned.version)
+            except UnknownVersion as exc:
+                raise StorageCorruptError(path, offset, str(exc)) from exc
             except Malformed as exc:
                 raise StorageCorruptError(
                     path, offset, f"a frame with a valid checksum holds no valid record: {exc}"
                 ) from exc
+            if isinstance(record, Header) and not scanned.records:
+                scanned.version = record.version
             scanned.records.append((offset, record))
             offset += FRAME.size + length
             scanned.valid_bytes = offset

@@ -2,7 +2,10 @@
 
 A snapshot file is a sequence of frames (the WAL's framing) whose payload starts with a tag:
 
-* ``b"H"`` + CBOR ``{"v": 1, "index": int, "term": int}``: the header, first;
+* ``b"H"`` + CBOR ``{"v": 2, "index": int, "term": int, "membership": map | None}``: the
+  header, first (``membership``: the configuration at ``index`` in its plain form,
+  :meth:`Membership.to_plain`; version 1, written by older releases, has no ``membership``
+  and is read as ``membership=None``);
 * ``b"C"`` + bytes: one chunk of the state machine's serialization (at most
   ``max_record_bytes`` per frame; the writer splits larger chunks);
 * ``b"E"`` + CBOR ``{"chunks": int, "bytes": int}``: the trailer, last.
@@ -18,14 +21,56 @@ from collections.abc import Sequence
 
 import cbor2
 
-from .._types import MAX_TERM, SnapshotMeta
+from .._types import MAX_INDEX, MAX_TERM, Membership, SnapshotMeta
 from ._errors import StorageCorruptError
 from ._fs import AppendFile, FileSystem, ReadFile
-from ._segments import FORMAT_VERSION, FRAME, Malformed, decode_cbor, frame
+from ._segments import FRAME, Malformed, decode_cbor, frame
 
 SNAPSHOT_FILE = "snapshot"
 SNAPSHOT_TMP = "snapshot.tmp"
 _HEADER, _CHUNK, _END = b"H", b"C", b"E"
+SNAPSHOT_VERSION = 2
+"""Version of the snapshot header written by this code (version 1 is read too)."""
+_HEADER_KEYS = {1: {"v", "index", "term"}, 2: {"v", "index", "term", "membership"}}
+
+
+def encode_snapshot_header(meta: SnapshotMeta, version: int = SNAPSHOT_VERSION) -> bytes:
+    """The payload of a snapshot's header frame (tag included); ``version`` 1 (for tests that
+    build the files of older releases) leaves the membership out."""
+    header: dict[str, object] = {"v": version, "index": meta.index, "term": meta.term}
+    if version >= 2:
+        membership = meta.membership
+        header["membership"] = None if membership is None else membership.to_plain()
+    return _HEADER + cbor2.dumps(header)
+
+
+def decode_snapshot_header(body: bytes) -> SnapshotMeta:
+    """The metadata in a snapshot header (without its tag).
+
+    Raises:
+        Malformed: the header is not one this code writes (version 1 or 2, exactly its
+            fields, an index and a term in range, a valid membership or ``None``).
+    """
+    header = decode_cbor(body)
+    if not isinstance(header, dict):
+        raise Malformed(f"expected a map, got {type(header).__name__}")
+    version = header.get("v")
+    keys = _HEADER_KEYS.get(version) if type(version) is int else None
+    if keys is None:
+        raise Malformed(f"snapshot format version {version!r}; this trio-raft reads 1 and 2")
+    if set(header) != keys:
+        raise Malformed(f"fields {sorted(map(repr, header))}, expected {sorted(keys)}")
+    index, term = header["index"], header["term"]
+    if type(index) is not int or not 1 <= index <= MAX_INDEX:
+        raise Malformed(f"index {index!r} is not a log index")
+    if type(term) is not int or not 1 <= term <= MAX_TERM:
+        raise Malformed(f"term {term!r} is not a term")
+    plain = header.get("membership")
+    try:
+        membership = None if plain is None else Membership.from_plain(plain)
+    except (ValueError, TypeError) as exc:  # FieldError
+        raise Malformed(f"bad membership: {exc}") from exc
+    return SnapshotMeta(index, term, membership)
 
 
 class SnapshotWriter:
@@ -46,13 +91,13 @@ class SnapshotWriter:
         self.renamed = False
         """Whether :meth:`commit` got as far as renaming the file into place."""
 
-    def start(self, meta: SnapshotMeta) -> None:
-        """Create the temporary file (replacing a leftover one) and write the header."""
+    def start(self, header: bytes) -> None:
+        """Create the temporary file (replacing a leftover one) and write the header (from
+        :func:`encode_snapshot_header`)."""
         if self._fs.exists(self._tmp):
             self._fs.unlink(self._tmp)
         self._file = self._fs.open_append(self._tmp, create=True)
-        header = {"v": FORMAT_VERSION, "index": meta.index, "term": meta.term}
-        self._put(_HEADER + cbor2.dumps(header))
+        self._put(header)
 
     def write(self, chunks: Sequence[bytes]) -> None:
         """Append chunks (not durable yet)."""
@@ -106,13 +151,8 @@ class SnapshotReader:
         if tag != _HEADER:
             raise self._corrupt(0, "the snapshot does not start with its header")
         try:
-            header = decode_cbor(body)
-            if not isinstance(header, dict) or header.get("v") != FORMAT_VERSION:
-                raise Malformed(f"unexpected header {header!r}")
-            if type(header["term"]) is not int or header["term"] > MAX_TERM:
-                raise Malformed(f"term {header['term']!r} is not a term")
-            self.meta = SnapshotMeta(header["index"], header["term"])
-        except (Malformed, KeyError, TypeError, ValueError) as exc:
+            self.meta = decode_snapshot_header(body)
+        except Malformed as exc:
             raise self._corrupt(0, f"bad snapshot header: {exc}") from exc
 
     def next_chunk(self) -> bytes | None:

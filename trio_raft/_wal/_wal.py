@@ -22,6 +22,11 @@ Rules that keep recovery unambiguous (``docs/source/storage.rst`` explains them)
    would leave less than ``reserve_bytes`` free on the file system (appends marked
    ``use_reserve``: less than half of it); snapshots may use the reserve down to its last
    quarter, state changes, truncations and compaction all of it.
+6. Entries are appended only to a segment of the current format version: the first append
+   to a directory whose active segment is older (written by an older release) starts a new
+   segment first, as a rotation does. So a record kind that only the current format knows
+   never lands in an old segment, and an older release refuses the directory by the version
+   in the new segment's header.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from .._types import HardState
 from ._errors import StorageFullError
 from ._fs import AppendFile, FileSystem
 from ._segments import (
+    FORMAT_VERSION,
     FRAME,
     SEGMENT_TMP,
     STATE_FILE,
@@ -68,6 +74,9 @@ class Segment:
     live_lo: int
     """Live entries (kept, not compacted) in this segment: ``live_lo <= index < live_hi``."""
     live_hi: int
+    version: int = FORMAT_VERSION
+    """The segment's format version. Appends go only to a segment of the current version: a
+    directory an older release wrote continues in a new segment (rule 6)."""
 
     @property
     def live(self) -> bool:
@@ -208,6 +217,8 @@ class Wal:
         pending: list[bytes] = []
         pending_bytes = 0
         active = self.segments[-1]
+        if payloads and active.version != FORMAT_VERSION:  # rule 6
+            active = self._rotate(self.next_index, truncate=False)
         for payload in payloads:
             record = frame(payload)
             size = active.size + pending_bytes
