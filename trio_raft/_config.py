@@ -76,6 +76,14 @@ class Config:
     check_quorum: bool = True
     """CheckQuorum (thesis §6.2): a leader that has not heard from a majority within an election
     timeout steps down; followers ignore vote requests while they hear from a live leader."""
+    catch_up_entries: int = attrs.field(default=1_000, validator=_non_negative_int)
+    """A learner within this many entries of the leader's last index counts as caught up (0:
+    only a learner holding the whole log does); it may be promoted once it has stayed so for
+    ``election_timeout_s_max``."""
+    catch_up_timeout_s: float = attrs.field(default=60.0, validator=_positive_float)
+    """How long :meth:`Node.promote` (and the other calls that add voters) wait by default
+    for new voters to catch up before refusing with
+    :exc:`~trio_raft.LearnerNotCaughtUpError`."""
 
     def __attrs_post_init__(self) -> None:
         if self.election_timeout_s_max <= self.election_timeout_s_min:

@@ -145,6 +145,10 @@ class Node:
         self._reads_to_apply: list[tuple[int, Waiter[int]]] = []
         self._apply_signal = Signal()
         self._replicator_signals: dict[NodeId, Signal] = {}
+        self._replicator_scopes: dict[NodeId, trio.CancelScope] = {}
+        self._role_nursery: tuple[trio.Nursery, int] | None = None
+        self._addresses: dict[NodeId, object] = {}
+        """The last known address of every node that was a member (for retiring peers)."""
         self._changed = Broadcast()
         self._role_scope: trio.CancelScope | None = None
         self._election_deadline = math.inf
@@ -445,6 +449,9 @@ class Node:
                 self._on_role_changed()
             if ready.membership_changed:
                 self._on_membership_changed()
+            elif ready.replicas_changed:
+                self._sync_replicators()
+                self._update_transport()
             if ready.reset_election_timer:
                 self._reset_election_timer()
             self._route_reads(ready)
@@ -589,11 +596,14 @@ class Node:
         """Tell a membership-aware transport whom to reach (every member but this node)."""
         update = getattr(self._transport, "update_members", None)
         m = self._state.membership
+        if m is not None:
+            self._addresses.update(m.addresses)  # retiring peers keep their last address
         if update is not None and m is not None:
-            update({peer: m.addresses[peer] for peer in sorted(self._state.replica_ids)})
+            update({peer: self._addresses.get(peer) for peer in sorted(self._state.replica_ids)})
 
     def _on_membership_changed(self) -> None:
         st = self._state
+        self._sync_replicators()
         self._update_transport()
         self._notify("membership", (st.membership_index, st.membership))
 
@@ -671,27 +681,61 @@ class Node:
                 await trio.sleep_forever()
 
     async def _lead(self, term: int) -> None:
-        peers = sorted(self._state.replica_ids)
-        self._replicator_signals = {peer: Signal() for peer in peers}
-        async with trio.open_nursery() as nursery:
-            for peer in peers:
-                nursery.start_soon(
-                    self._guard,
-                    f"replicator {self._id}->{peer}",
-                    self._replicate,
-                    peer,
-                    term,
-                    name=f"trio_raft replicator {self._id}->{peer}@{term}",
-                )
+        """The leader's role nursery: open for the whole term (the replicators come and go
+        with the membership, each in a cancel scope of its own; see _sync_replicators)."""
+        self._replicator_signals = {}
+        self._replicator_scopes = {}
+        try:
+            async with trio.open_nursery() as nursery:
+                self._role_nursery = (nursery, term)
+                self._sync_replicators()
+                await trio.sleep_forever()
+        finally:
+            self._role_nursery = None
 
-    async def _replicate(self, peer: NodeId, term: int) -> None:
+    def _sync_replicators(self) -> None:
+        """Run exactly one replicator per replica of the configuration in force (members and
+        retiring peers): start the new ones in the role nursery, cancel those gone."""
+        if self._role_nursery is None:
+            return
+        nursery, term = self._role_nursery
+        st = self._state
+        if st.role is not Role.LEADER or st.term != term:
+            return  # the role scope is being cancelled
+        wanted = st.replica_ids
+        for peer in sorted(self._replicator_scopes.keys() - wanted):
+            self._replicator_scopes.pop(peer).cancel()
+            del self._replicator_signals[peer]
+        for peer in sorted(wanted - self._replicator_scopes.keys()):
+            scope = self._replicator_scopes[peer] = trio.CancelScope()
+            self._replicator_signals[peer] = Signal()
+            nursery.start_soon(
+                self._guard,
+                f"replicator {self._id}->{peer}",
+                self._replicate,
+                peer,
+                term,
+                scope,
+                name=f"trio_raft replicator {self._id}->{peer}@{term}",
+            )
+
+    async def _replicate(self, peer: NodeId, term: int, scope: trio.CancelScope) -> None:
+        with scope:
+            await self._replicate_in_scope(peer, term, scope)
+
+    async def _replicate_in_scope(self, peer: NodeId, term: int, scope: trio.CancelScope) -> None:
         st = self._state
         signal = self._replicator_signals[peer]
         heartbeat_s = st.config.heartbeat_s
         heartbeat_at = -math.inf
         while True:
-            if st.role is not Role.LEADER or st.term != term:
-                await trio.sleep_forever()  # our scope is being cancelled
+            if (
+                st.role is not Role.LEADER
+                or st.term != term
+                or scope.cancel_called
+                or peer not in st.progress
+            ):
+                await trio.sleep_forever()  # our scope (or the role's) is being cancelled
             if st.progress[peer].state is ProgressState.SNAPSHOT:
                 await _snapshot.send(self, peer, term)
                 continue

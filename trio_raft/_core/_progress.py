@@ -62,6 +62,23 @@ class Progress:
     """In SNAPSHOT: the last index of the snapshot being sent (0 until the stream starts)."""
     snapshot_offset: int = 0
     """In SNAPSHOT: bytes of it the follower has acknowledged."""
+    sent_commit: int = 0
+    """The highest commit index the follower can have learned from what was sent to it."""
+    last_heard_at: float = float("-inf")
+    """When the follower last answered (anything) in this term."""
+    caught_up_since: float | None = None
+    """Since when the follower has stayed within ``Config.catch_up_entries`` of the leader's
+    last index (``None`` while it is further behind): a learner may become a voter once this
+    is an election timeout old (thesis §4.2.1)."""
+
+    def on_heard(self, now: float, lag: int, catch_up_entries: int) -> None:
+        """The follower answered at ``now`` and is ``lag`` entries behind the leader's log."""
+        self.last_heard_at = now
+        self.recent_active = True
+        if lag > catch_up_entries:
+            self.caught_up_since = None
+        elif self.caught_up_since is None:
+            self.caught_up_since = now
 
     def become_probe(self) -> None:
         self.state = ProgressState.PROBE

@@ -13,7 +13,14 @@ from collections.abc import Collection, Sequence
 import attrs
 
 from .._config import Config
-from .._errors import NoSpaceError, NotLeaderError, TooManyUncommittedError
+from .._errors import (
+    LearnerNotCaughtUpError,
+    MembershipChangeInProgressError,
+    NoSpaceError,
+    NotLeaderError,
+    QuorumUnavailableError,
+    TooManyUncommittedError,
+)
 from .._messages import (
     AppendRequest,
     AppendResponse,
@@ -35,7 +42,14 @@ from .._types import (
     StoredState,
 )
 from ._log import RaftLog, entry_size
-from ._membership import MembershipLog
+from ._membership import (
+    MembershipLog,
+    already_in_force,
+    check_target,
+    choose_successor,
+    next_step,
+    unreachable_voters,
+)
 from ._progress import Progress, ProgressState
 from ._quorum import VoteResult, joint_committed_index, joint_vote_result
 
@@ -63,6 +77,8 @@ class Ready:
     membership_changed: bool = False
     """The configuration in force changed (appended, rolled back or installed): the node
     resizes its replicators and tells its transport."""
+    replicas_changed: bool = False
+    """A leader stopped replicating to a removed peer (it learned of its removal)."""
 
     @property
     def must_sync(self) -> bool:
@@ -110,6 +126,15 @@ class RaftState:
             bootstrap, stored.membership, stored.log_start_index, stored.entries
         )
         self._could_campaign = self.can_campaign
+        self._retiring: dict[NodeId, int] = {}
+        """Leader only: removed peers still replicated to until they learn of their removal,
+        each with the index of the configuration entry that removed it."""
+        self._retire_by: dict[NodeId, float] = {}
+        """Leader only: when each retiring peer is dropped at the latest."""
+        self._now = float("-inf")
+        """The time of the latest input that carried one."""
+        self.successor: NodeId | None = None
+        """The voter a leader that removed itself handed over to (when it stepped down)."""
         self.role = Role.FOLLOWER
         self.leader_id: NodeId | None = None
         self.leader_contact_at = float("-inf")
@@ -133,6 +158,7 @@ class RaftState:
         return bool(
             r.must_sync or r.messages or r.role_changed or r.reset_election_timer
             or r.confirmed_reads or r.failed_reads or r.membership_changed
+            or r.replicas_changed
         )  # fmt: skip
 
     def take_ready(self) -> Ready:
@@ -225,7 +251,8 @@ class RaftState:
     def replica_ids(self) -> frozenset[NodeId]:
         """Where a leader replicates: every member of the configuration in force but itself."""
         m = self._members.current
-        return frozenset() if m is None else m.members - {self.id}
+        members = frozenset() if m is None else m.members
+        return (members | self._retiring.keys()) - {self.id}
 
     def _sole_voter(self) -> bool:
         m = self._members.current
@@ -240,12 +267,17 @@ class RaftState:
                 True  # a promoted node starts it, a removed one stops
             )
         if self.role is Role.LEADER:
+            m = self._members.current
+            members = frozenset() if m is None else m.members
+            for peer in self.progress.keys() - members:
+                # Removed: replicate on until it learns (next_append drops it then).
+                self._retiring.setdefault(peer, self._members.index)
+            for peer in members & self._retiring.keys():
+                del self._retiring[peer]  # added back before it was dropped
+                self._retire_by.pop(peer, None)
             last = self.log.last_index
-            wanted = self.replica_ids
-            for peer in wanted - self.progress.keys():
+            for peer in self.replica_ids - self.progress.keys():
                 self.progress[peer] = Progress(next=last + 1)
-            for peer in self.progress.keys() - wanted:
-                del self.progress[peer]
         elif self.role in (Role.PRE_CANDIDATE, Role.CANDIDATE) and not self.can_campaign:
             self._become_follower(self.term, None)
 
@@ -260,6 +292,8 @@ class RaftState:
         self.role = Role.FOLLOWER
         self.leader_id = leader_id
         self.progress = {}
+        self._retiring = {}
+        self._retire_by = {}
         self.votes = {}
         self._fail_reads()
         self._ready.reset_election_timer = True
@@ -324,6 +358,7 @@ class RaftState:
         else:
             self._append([Entry(self.term, last + 1, None, EntryKind.NOOP)])
         self._maybe_commit()
+        self._maybe_leave_joint()
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -345,6 +380,7 @@ class RaftState:
 
     def on_election_timeout(self, now: float) -> None:
         """The election timer fired. A leader runs its CheckQuorum round instead."""
+        self._now = now
         self._ready.reset_election_timer = True
         if self.role is Role.LEADER:
             self._check_quorum()
@@ -374,6 +410,9 @@ class RaftState:
 
     def step(self, m: Message, now: float) -> None:
         """Handle one message from a peer."""
+        self._now = now
+        if isinstance(m, VoteRequest) and self._ignores_vote_request(m):
+            return
         if m.term > self.term:
             if isinstance(m, VoteRequest) and self.in_lease(now):
                 return  # a leader is alive: ignore the disruption, don't adopt the term
@@ -397,16 +436,27 @@ class RaftState:
             self._handle_append(m, now)
         elif isinstance(m, AppendResponse):
             if self.role is Role.LEADER:
-                self._handle_append_response(m)
+                self._handle_append_response(m, now)
         elif isinstance(m, SnapshotRequest):
             self._follow(m.src, now)  # the chunk itself is the node's business
         elif isinstance(m, SnapshotResponse):
             if self.role is Role.LEADER:
-                self._handle_snapshot_response(m)
+                self._handle_snapshot_response(m, now)
         elif isinstance(m, VoteRequest):
             self._handle_vote_request(m)
         elif isinstance(m, VoteResponse):
             self._handle_vote_response(m)
+
+    def _ignores_vote_request(self, m: VoteRequest) -> bool:
+        """A vote request from a node that is not a voter here and whose log is behind ours
+        would be refused anyway: drop it without adopting its term, so a removed node that
+        never learned of its removal cannot disrupt the cluster (see membership.rst, "Removed
+        nodes"). A non-voter with a log at least as new as ours is answered normally: our own
+        configuration may be the stale one."""
+        m_conf = self._members.current
+        if m_conf is not None and m.src in m_conf.all_voters:
+            return False
+        return not self.log.is_up_to_date(m.last_log_index, m.last_log_term)
 
     def _handle_vote_request(self, m: VoteRequest) -> None:
         can_vote = (
@@ -492,16 +542,17 @@ class RaftState:
             )
         )  # fmt: skip
 
-    def _handle_append_response(self, m: AppendResponse) -> None:
+    def _handle_append_response(self, m: AppendResponse, now: float) -> None:
         pr = self.progress.get(m.src)
         if pr is None:
             return
-        pr.recent_active = True
+        self._heard(pr, now)
         if m.seq > pr.acked_seq:
             pr.acked_seq = m.seq
             self._confirm_reads()
         if m.success:
             if pr.on_success(m.match_index, self.log.start_index):
+                self._heard(pr, now)
                 self._maybe_commit()
         elif m.rejected_index > 0:  # 0: refused for its term, not for a mismatch
             hint = m.conflict_index
@@ -511,14 +562,18 @@ class RaftState:
                     hint = last_of_term + 1
             pr.on_reject(m.rejected_index, hint)
 
-    def _handle_snapshot_response(self, m: SnapshotResponse) -> None:
+    def _heard(self, pr: Progress, now: float) -> None:
+        pr.on_heard(now, self.log.last_index - pr.match, self.config.catch_up_entries)
+
+    def _handle_snapshot_response(self, m: SnapshotResponse, now: float) -> None:
         pr = self.progress.get(m.src)
         if pr is None:
             return
-        pr.recent_active = True
+        self._heard(pr, now)
         if m.done:
             if m.index > pr.match:
                 pr.on_snapshot_installed(m.index)
+                self._heard(pr, now)
                 self._maybe_commit()
             elif pr.state is ProgressState.SNAPSHOT and m.index == pr.pending_snapshot:
                 pr.become_probe()
@@ -586,12 +641,139 @@ class RaftState:
         if index > self.commit and self.log.term(index) == self.term:
             self.commit = index
             self._confirm_reads()
+            self._maybe_leave_joint()
+            self._maybe_hand_over()
+
+    def _maybe_leave_joint(self) -> None:
+        """Leave a committed joint configuration toward its new voters (thesis §4.3): every
+        leader does, so no crash or leader change leaves a joint configuration behind."""
+        m = self._members.current
+        if (
+            self.role is Role.LEADER
+            and m is not None
+            and m.is_joint
+            and self._members.index <= self.commit
+        ):
+            last = self.log.last_index
+            self._append([Entry(self.term, last + 1, m.leave(), EntryKind.CONFIG)])
+            if self._sole_voter():
+                self._maybe_commit()
+
+    def _maybe_hand_over(self) -> None:
+        """A leader that is not a voter of its committed configuration steps down (thesis
+        §4.2.2), naming the most up-to-date live voter as its successor."""
+        m = self._members.current
+        if (
+            self.role is not Role.LEADER
+            or m is None
+            or self.id in m.all_voters
+            or self._members.index > self.commit
+        ):
+            return
+        match = {p: pr.match for p, pr in self.progress.items()}
+        self.successor = choose_successor(m, match, self._live_peers(), self.id)
+        self._become_follower(self.term, None)
+
+    def _live_peers(self) -> set[NodeId]:
+        """Peers heard from within the minimum election timeout (as of the latest input)."""
+        horizon = self._now - self.config.election_timeout_s_min
+        return {p for p, pr in self.progress.items() if pr.last_heard_at >= horizon}
 
     # -- leader API ------------------------------------------------------------------------
 
     def _require_leader(self) -> None:
         if self.role is not Role.LEADER:
             raise NotLeaderError(self.id, self.leader_id)
+        m = self._members.current
+        if m is not None and self.id not in m.all_voters:
+            # Leaving: it steps down once its removal commits; nothing new is started here,
+            # so nothing is left with an unknown outcome by that step-down.
+            raise NotLeaderError(self.id, None)
+
+    @property
+    def leader_ready(self) -> bool:
+        """Whether this leader has committed an entry of its own term (so it knows the
+        configuration it inherited is committed, and may start a change)."""
+        return self.role is Role.LEADER and self.commit >= self._term_start_index
+
+    def caught_up_for(self, peer: NodeId, now: float) -> float:
+        """How long ``peer`` has stayed within ``Config.catch_up_entries`` of this leader's
+        log (0 if it is not caught up, or not a replica)."""
+        pr = self.progress.get(peer)
+        if pr is None or pr.caught_up_since is None:
+            return 0.0
+        return max(0.0, now - pr.caught_up_since)
+
+    def lag(self, peer: NodeId) -> int | None:
+        """How many entries ``peer`` is behind this leader's last index (None if unknown)."""
+        pr = self.progress.get(peer)
+        return None if pr is None else self.log.last_index - pr.match
+
+    def propose_membership(self, target: Membership, now: float) -> Entry | None:
+        """Start the change to ``target``: append the configuration that leads to it (the
+        target itself when the voters do not change, else the joint configuration entering
+        it). Returns ``None`` if nothing needs appending (the target is in force, or the joint
+        configuration in force is already leaving toward it). Every check runs before
+        anything is appended (see membership.rst, "The checks").
+
+        Raises:
+            NotLeaderError: not the leader (or a leader on its way out).
+            InvalidMembershipError: ``target`` is not reachable from the configuration in
+                force (see :func:`~trio_raft._core._membership.check_target`).
+            MembershipChangeInProgressError: a change is in flight (joint, or its entry not
+                committed yet) or this leader has not committed an entry of its term.
+            LearnerNotCaughtUpError: a new voter has not kept up for an election timeout.
+            QuorumUnavailableError: the current or the target voters lack a live majority.
+        """
+        self._now = now
+        self._require_leader()
+        current = self._members.current
+        assert current is not None  # a leader has a configuration
+        if already_in_force(current, target):
+            return None
+        check_target(current, target)
+        if current.is_joint or self._members.index > self.commit:
+            raise MembershipChangeInProgressError(
+                f"a membership change is in flight ({current!r} at index "
+                f"{self._members.index}, committed up to {self.commit}); wait for it to finish "
+                "and retry",
+                current,
+                self._members.index,
+            )
+        if not self.leader_ready:
+            raise MembershipChangeInProgressError(
+                f"node {self.id!r} was just elected and has not committed an entry of its term "
+                "yet; retry in a moment"
+            )
+        cfg = self.config
+        for voter in sorted(target.voters - current.all_voters):
+            waited = self.caught_up_for(voter, now)
+            if waited < cfg.election_timeout_s_max:
+                lag = self.lag(voter)
+                raise LearnerNotCaughtUpError(
+                    f"learner {voter!r} is not caught up ({lag} entries behind, caught up for "
+                    f"{waited:.3f} s of the {cfg.election_timeout_s_max} s needed); wait or "
+                    "check the learner",
+                    voter,
+                    -1 if lag is None else lag,
+                    0.0,
+                )
+        unreachable = unreachable_voters(current, target, self._live_peers() | {self.id})
+        if unreachable is not None:
+            raise QuorumUnavailableError(
+                f"the current voters ({', '.join(sorted(current.voters))}) or the new ones "
+                f"({', '.join(sorted(target.voters))}) lack a majority that answered within "
+                f"{cfg.election_timeout_s_min} s (unreachable: {', '.join(sorted(unreachable))}); "
+                "bring them back first",
+                unreachable,
+            )
+        entry = Entry(
+            self.term, self.log.last_index + 1, next_step(current, target), EntryKind.CONFIG
+        )
+        self._append([entry])
+        if self._sole_voter():
+            self._maybe_commit()
+        return entry
 
     def propose(self, commands: Sequence[object], *, frees_space: bool = False) -> list[Entry]:
         """Append commands as new entries of this leader's term.
@@ -666,8 +848,11 @@ class RaftState:
         ``prev_term`` is the term there, and its entries are non-empty only if they run
         contiguously from ``prev_index + 1``.
         """
+        self._now = now
         pr = self.progress[peer]
         cfg = self.config
+        if peer in self._retiring and self._retired(peer, pr, now):
+            return None
         if heartbeat_due and pr.stalled(now, 2 * cfg.heartbeat_s):
             pr.on_stall()  # the probe, or the in-flight window, got lost
         if pr.state is not ProgressState.SNAPSHOT and pr.next <= self.log.start_index:
@@ -681,6 +866,7 @@ class RaftState:
             prev = pr.next - 1
             pr.sent_entries(entries[-1].index, size, now)
             pr.sent_seq = self.seq
+            pr.sent_commit = max(pr.sent_commit, min(self.commit, entries[-1].index))
             return AppendRequest(
                 self.id, peer, self.term, prev, self._known_term(prev), tuple(entries),
                 self.commit, self.seq,
@@ -690,11 +876,29 @@ class RaftState:
             # Where the logs are known to match; if that is compacted, the compaction point
             # (a follower without it rejects, and the rejection sends it a snapshot).
             prev = max(pr.match, self.log.start_index)
+            pr.sent_commit = max(pr.sent_commit, min(self.commit, prev))
             return AppendRequest(
                 self.id, peer, self.term, prev, self._known_term(prev), (),
                 min(self.commit, prev), self.seq,
             )  # fmt: skip
         return None
+
+    def _retired(self, peer: NodeId, pr: Progress, now: float) -> bool:
+        """Drop a removed peer once it has been told of its removal: its log holds the entry
+        that removed it, committed, and one more AppendEntries (carrying that commit) has gone
+        out; or one maximum election timeout after that entry committed, whichever is first."""
+        removed_at = self._retiring[peer]
+        if self.commit < removed_at:
+            return False
+        deadline = self._retire_by.setdefault(peer, now + self.config.election_timeout_s_max)
+        told = pr.match >= removed_at and pr.sent_commit >= removed_at
+        if not told and now < deadline:
+            return False
+        del self._retiring[peer]
+        self._retire_by.pop(peer, None)
+        del self.progress[peer]
+        self._ready.replicas_changed = True  # the node stops its replicator
+        return True
 
     def _known_term(self, index: int) -> int:
         term = self.log.term(index)
