@@ -30,6 +30,7 @@ from ._messages import AppendResponse as AppendResponse
 from ._messages import Message as Message
 from ._messages import SnapshotRequest as SnapshotRequest
 from ._messages import SnapshotResponse as SnapshotResponse
+from ._messages import TimeoutNow as TimeoutNow
 from ._messages import VoteRequest as VoteRequest
 from ._messages import VoteResponse as VoteResponse
 from ._node import Node as Node

@@ -15,7 +15,11 @@ key     value
 
 An :class:`~trio_raft.AppendRequest`'s entries are an array of compact arrays
 ``[term, index, kind, command]``, encoded once per message. Commands are plain CBOR values
-(see :func:`check_command` for the exact data model).
+(see :func:`check_command` for the exact data model), except that the command of a ``CONFIG``
+entry (kind 2) is a :class:`~trio_raft.Membership` in its plain form
+(:meth:`~trio_raft.Membership.to_plain`), as is a :class:`~trio_raft.SnapshotRequest`'s
+``membership``; the decoder rebuilds it with :meth:`~trio_raft.Membership.from_plain`, whose
+checks bound it (at most 64 members, addresses of at most 1024 bytes).
 
 Decoding is strict, because frames come from the network: the size cap is checked before a byte
 is decoded; the CBOR is decoded plainly (no tag or object hooks), definite lengths only, without
@@ -27,7 +31,12 @@ partly built message escapes.
 
 Canonical form: a message survives ``decode(encode(m))`` unchanged except inside commands, where
 tuples come back as lists (CBOR has one array type) and subclasses of the allowed types come
-back as the base type. Compare commands after a round trip, not before.
+back as the base type (a membership's addresses included). Compare commands after a round trip,
+not before.
+
+Protocol version 2 (this one) added :class:`~trio_raft.TimeoutNow`, ``VoteRequest.transfer``,
+``SnapshotRequest.membership`` and ``CONFIG`` entries; version 1 frames are refused, and so are
+version 1 peers in the handshake (see :doc:`wire`).
 """
 
 from __future__ import annotations
@@ -45,11 +54,12 @@ from ._messages import (
     Message,
     SnapshotRequest,
     SnapshotResponse,
+    TimeoutNow,
     VoteRequest,
     VoteResponse,
     validate,
 )
-from ._types import MAX_ID_CHARS, Entry, EntryKind, FieldError, short
+from ._types import MAX_ID_CHARS, Entry, EntryKind, FieldError, Membership, short
 
 __all__ = [
     "BODY_FIELDS",
@@ -64,13 +74,16 @@ __all__ = [
     "load_plain",
 ]
 
-PROTOCOL_VERSION: Final = 1
-"""The version of the envelope and body layout; a frame with any other ``v`` is rejected."""
+PROTOCOL_VERSION: Final = 2
+"""The version of the envelope and body layout; a frame with any other ``v`` is rejected.
+Version 2 added membership changes and leadership transfer; nodes of version 1 and 2 refuse
+each other (the handshake's subprotocol is ``trio-raft.<version>``)."""
 
 MAX_COMMAND_DEPTH: Final = 32
 """Commands may nest lists and maps at most this deep."""
 
 _ENVELOPE_DEPTH: Final = 4  # map > body array > entries array > entry array > command
+_PLAIN_DEPTH: Final = 2  # a membership's plain form > its addresses map > an address
 _COMMAND_INT_MIN: Final = -(2**64)  # the integers CBOR encodes without a bignum tag
 _COMMAND_INT_MAX: Final = 2**64 - 1
 _ENVELOPE_KEYS: Final = frozenset("vcsdtb")
@@ -83,11 +96,12 @@ TYPE_CODES: Final[dict[type[Message], int]] = {
     AppendResponse: 4,
     SnapshotRequest: 5,
     SnapshotResponse: 6,
+    TimeoutNow: 7,
 }
 """The ``t`` of each message type."""
 
 BODY_FIELDS: Final[dict[type[Message], tuple[str, ...]]] = {
-    VoteRequest: ("term", "last_log_index", "last_log_term", "pre_vote"),
+    VoteRequest: ("term", "last_log_index", "last_log_term", "pre_vote", "transfer"),
     VoteResponse: ("term", "granted", "pre_vote"),
     AppendRequest: ("term", "prev_index", "prev_term", "commit", "seq", "entries"),
     AppendResponse: (
@@ -100,8 +114,9 @@ BODY_FIELDS: Final[dict[type[Message], tuple[str, ...]]] = {
         "last_index",
         "seq",
     ),
-    SnapshotRequest: ("term", "index", "snapshot_term", "offset", "data", "done"),
+    SnapshotRequest: ("term", "index", "snapshot_term", "offset", "data", "done", "membership"),
     SnapshotResponse: ("term", "index", "offset", "done"),
+    TimeoutNow: ("term",),
 }
 """The body array of each message type: its attribute values in this order."""
 
@@ -135,7 +150,9 @@ def encode(message: Message, *, cluster_id: str) -> bytes:
     """
     cls = type(message)
     if cls not in TYPE_CODES:
-        raise FrameError(f"{cls.__name__} has no wire encoding (protocol version 1)")
+        raise FrameError(
+            f"{cls.__name__} has no wire encoding (protocol version {PROTOCOL_VERSION})"
+        )
     try:
         validate(message)  # the checks decode runs, for messages that skipped construction's
     except FieldError as exc:
@@ -144,9 +161,15 @@ def encode(message: Message, *, cluster_id: str) -> bytes:
     if isinstance(message, AppendRequest):
         entries = []
         for i, e in enumerate(message.entries):
-            check_command(e.command, where=f"AppendRequest.entries[{i}].command")
-            entries.append([e.term, e.index, int(e.kind), e.command])
+            where = f"AppendRequest.entries[{i}].command"
+            if e.kind is EntryKind.CONFIG:
+                entries.append([e.term, e.index, int(e.kind), _plain_membership(e.command, where)])
+            else:
+                check_command(e.command, where=where)
+                entries.append([e.term, e.index, int(e.kind), e.command])
         body[-1] = entries
+    elif isinstance(message, SnapshotRequest):
+        body[-1] = _plain_membership(message.membership, "SnapshotRequest.membership")
     envelope = {
         "v": PROTOCOL_VERSION,
         "c": cluster_id,
@@ -159,6 +182,19 @@ def encode(message: Message, *, cluster_id: str) -> bytes:
         return cbor2.dumps(envelope)
     except Exception as exc:  # e.g. a str with lone surrogates is not UTF-8 encodable
         raise FrameError(f"cannot encode {cls.__name__}: {exc}") from exc
+
+
+def _plain_membership(membership: object, where: str) -> object:
+    """The plain form of a membership to be framed, checked as the decoder will check it (so a
+    membership whose construction checks were bypassed is refused here, not by the peer)."""
+    try:
+        plain = membership.to_plain()  # type: ignore[attr-defined]  # validate() checked it
+        Membership.from_plain(plain)
+    except FieldError as exc:
+        raise FrameError(f"{where}: {exc}") from None
+    except Exception as exc:  # a bypassed membership may hold anything
+        raise FrameError(f"{where}: cannot be encoded: {exc!r:.200}") from None
+    return plain
 
 
 def check_command(command: object, *, where: str = "command") -> None:
@@ -309,14 +345,16 @@ def decode(data: bytes, *, cluster_id: str, max_bytes: int) -> Message:
         FrameError: the frame is invalid; the message names the rule broken. No other exception
             escapes.
     """
-    envelope = load_plain(data, max_bytes=max_bytes, max_depth=_ENVELOPE_DEPTH + MAX_COMMAND_DEPTH)
+    envelope = load_plain(
+        data, max_bytes=max_bytes, max_depth=_ENVELOPE_DEPTH + _PLAIN_DEPTH + MAX_COMMAND_DEPTH
+    )
     if not isinstance(envelope, dict):
         raise FrameError(f"envelope: expected a map, got {_kind(envelope)}")
     version = envelope.get("v")  # first: another version may have other keys
     if type(version) is not int or version != PROTOCOL_VERSION:
         raise FrameError(
             f"envelope: unsupported protocol version {short(version)} (this node speaks "
-            f"{PROTOCOL_VERSION})"
+            f"{PROTOCOL_VERSION}; all nodes of a cluster must speak the same version)"
         )
     keys = set(envelope)
     if keys != _ENVELOPE_KEYS:
@@ -343,12 +381,22 @@ def decode(data: bytes, *, cluster_id: str, max_bytes: int) -> Message:
             f"{name}: body has {len(body)} fields, expected {len(fields)} ({', '.join(fields)})"
         )
     values = dict(zip(fields, body, strict=True))
+    late: FrameError | None = None  # a bad membership, reported after the fields before it
     if cls is AppendRequest:
         values["entries"] = _entries(values["entries"], f"{name}.entries", [len(data)])
+    elif cls is SnapshotRequest:
+        try:
+            values["membership"] = _membership(
+                values["membership"], f"{name}.membership", [len(data)]
+            )
+        except FrameError as exc:
+            late = exc  # the constructor refuses the raw value too, but checks the others first
     try:
         # src and dst are the envelope's s and d; every field is checked by the constructor.
         return cls(src=envelope["s"], dst=envelope["d"], **values)
     except FieldError as exc:
+        if late is not None and exc.path == "membership":
+            raise late from None
         raise FrameError(str(exc)) from None
 
 
@@ -369,16 +417,40 @@ def _entries(value: object, where: str, budget: list[int]) -> tuple[Entry, ...]:
         kind = _ENTRY_KINDS.get(kind_code) if type(kind_code) is int else None
         if kind is None:
             raise FrameError(f"{where}[{i}].kind: unknown entry kind {short(kind_code)}")
+        late: FrameError | None = None  # a bad membership, reported after term and index
+        if kind is EntryKind.CONFIG:  # rare; its command is then checked here
+            try:
+                command = _membership(command, f"{where}[{i}].command", budget)
+            except FrameError as exc:
+                late = exc  # Entry refuses the raw value too, after checking term and index
         try:
             entries.append(Entry(term, index, command, kind))
         except FieldError as exc:
+            if late is not None and exc.path == "command":
+                raise late from None
             raise FrameError(f"{where}[{i}].{exc.path}: {exc.reason}") from None
+        if kind is EntryKind.CONFIG:
+            continue
         try:
             _walk(command, 0, budget)
         except _Invalid as exc:
             path = "".join(reversed(exc.path))
             raise FrameError(f"{where}[{i}].command{path}: {exc.reason}") from None
     return tuple(entries)
+
+
+def _membership(value: object, where: str, budget: list[int]) -> Membership:
+    """A membership in plain form, as decoded: its values are counted against ``budget`` and
+    checked against the command model first (addresses may nest as deep as a command), so
+    that :meth:`Membership.from_plain` only ever sees a small, plain tree."""
+    try:
+        _walk(value, -_PLAIN_DEPTH, budget)
+    except _Invalid as exc:
+        raise FrameError(f"{where}{''.join(reversed(exc.path))}: {exc.reason}") from None
+    try:
+        return Membership.from_plain(value)
+    except FieldError as exc:
+        raise FrameError(f"{where}: {exc}") from None
 
 
 def _kind(value: object) -> str:

@@ -18,16 +18,22 @@ node id (src, dst)        a :class:`str` of 1 to :data:`~trio_raft._types.MAX_ID
                           characters; ``src != dst``
 term                      an :class:`int` (not a bool) in ``[0, MAX_TERM]`` (:data:`MAX_TERM`)
 index, offset, seq        an :class:`int` (not a bool) in ``[0, MAX_INDEX]`` (``2**63 - 1``)
-snapshot index and term   as above, but at least 1
+snapshot index and term   as above, but at least 1 (so is a :class:`TimeoutNow`'s term)
 flag                      a :class:`bool`
 data                      :class:`bytes`
 entries                   a :class:`tuple` of :class:`~trio_raft.Entry`, indexes contiguous from
                           ``prev_index + 1``, terms non-decreasing from ``prev_term`` and at most
-                          ``term``
+                          ``term``; a ``CONFIG`` entry's command is a
+                          :class:`~trio_raft.Membership`, any other's is not
+membership                a :class:`~trio_raft.Membership` (its own constructor checked it)
 ========================  ======================================================================
 
+Whole-message rules: ``src != dst``; an AppendEntries' entries as above and ``prev_term <=
+term``; a snapshot's ``snapshot_term <= term``; a vote request with ``transfer`` is not a PreVote.
+
 Cost: the checks are type tests and comparisons, a few hundred nanoseconds per message; the
-entries of an AppendEntries are checked with C-level ``map`` calls, not a Python loop.
+entries of an AppendEntries are checked with C-level ``map`` calls, not a Python loop (a
+``CONFIG`` entry, which is rare, is checked on its own).
 """
 
 from __future__ import annotations
@@ -37,7 +43,17 @@ from typing import TypeAlias
 
 import attrs
 
-from ._types import MAX_ID_CHARS, MAX_INDEX, MAX_TERM, Entry, EntryKind, FieldError, NodeId, short
+from ._types import (
+    MAX_ID_CHARS,
+    MAX_INDEX,
+    MAX_TERM,
+    Entry,
+    EntryKind,
+    FieldError,
+    Membership,
+    NodeId,
+    short,
+)
 
 __all__ = [
     "MESSAGE_TYPES",
@@ -46,6 +62,7 @@ __all__ = [
     "Message",
     "SnapshotRequest",
     "SnapshotResponse",
+    "TimeoutNow",
     "VoteRequest",
     "VoteResponse",
     "validate",
@@ -108,9 +125,16 @@ def _entries(inst: object, attribute: attrs.Attribute[tuple[Entry, ...]], value:
         raise FieldError(type(inst).__name__, f"{attribute.name}[{i}]", reason)
 
 
+def _membership(inst: object, attribute: attrs.Attribute[Membership], value: object) -> None:
+    if not isinstance(value, Membership):
+        reason = f"expected a Membership, got {type(value).__name__}"
+        raise FieldError(type(inst).__name__, attribute.name, reason)
+
+
 _INDEXES = operator.attrgetter("index")
 _TERMS = operator.attrgetter("term")
 _KINDS = operator.attrgetter("kind")
+_COMMANDS = operator.attrgetter("command")
 
 
 # -- whole-message rules ----------------------------------------------------------------------
@@ -157,6 +181,13 @@ def _check_append(m: AppendRequest) -> None:
     raise AssertionError("unreachable: the fast check failed but no entry is invalid")
 
 
+def _check_vote(m: VoteRequest) -> None:
+    _check_endpoints(m)
+    if m.transfer and m.pre_vote:
+        reason = "a leadership transfer's vote request is never a PreVote"
+        raise FieldError("VoteRequest", "transfer", reason)
+
+
 def _check_snapshot(m: SnapshotRequest) -> None:
     _check_endpoints(m)
     if m.snapshot_term > m.term:
@@ -200,9 +231,16 @@ def _entries_look_valid(m: AppendRequest) -> bool:
         or max(indexes) > MAX_INDEX
     ):
         return False
-    return EntryKind.NOOP not in kinds or all(
-        e.command is None for e in entries if e.kind is EntryKind.NOOP
-    )
+    if EntryKind.NOOP in kinds and any(
+        e.command is not None for e in entries if e.kind is EntryKind.NOOP
+    ):
+        return False
+    if EntryKind.CONFIG in kinds:  # rare: each entry on its own
+        return all(
+            (e.kind is EntryKind.CONFIG) == isinstance(e.command, Membership) for e in entries
+        )
+    # No CONFIG entry: no command may be a Membership (checked once per distinct type).
+    return not any(issubclass(t, Membership) for t in {*map(type, map(_COMMANDS, entries))})
 
 
 # -- the messages -----------------------------------------------------------------------------
@@ -230,9 +268,12 @@ class VoteRequest:
     """Term of the candidate's last log entry (0 if empty)."""
     pre_vote: bool = attrs.field(default=False, validator=_bool)
     """True for a PreVote probe: receivers neither change term nor record a vote."""
+    transfer: bool = attrs.field(default=False, validator=_bool)
+    """Sent in answer to :class:`TimeoutNow` (a leadership transfer): receivers ignore their
+    lease for it. Never set on a PreVote."""
 
     def __attrs_post_init__(self) -> None:
-        _check_endpoints(self)
+        _check_vote(self)
 
 
 @attrs.frozen(slots=True)
@@ -354,6 +395,9 @@ class SnapshotRequest:
     """This chunk."""
     done: bool = attrs.field(validator=_bool)
     """Whether this is the last chunk."""
+    membership: Membership = attrs.field(validator=_membership)
+    """The configuration in force at ``index`` (the snapshot's, sent with every chunk so that
+    each chunk describes the snapshot whole)."""
 
     def __attrs_post_init__(self) -> None:
         _check_snapshot(self)
@@ -384,8 +428,37 @@ class SnapshotResponse:
         _check_endpoints(self)
 
 
+@attrs.frozen(slots=True)
+class TimeoutNow:
+    """Campaign now: the leader of ``term`` hands leadership to you (Raft thesis §3.10).
+
+    Sent once by a leader transferring its leadership, when the receiver's log is as long as
+    its own; the receiver starts an election at once, without PreVote, and its
+    :class:`VoteRequest` carries ``transfer=True``.
+
+    Raises:
+        ValueError: on construction, if a field breaks the schema (see the module docstring).
+    """
+
+    src: NodeId = attrs.field(validator=_node_id)
+    """Sender (the leader)."""
+    dst: NodeId = attrs.field(validator=_node_id)
+    """Receiver (the transfer's target)."""
+    term: int = attrs.field(validator=_positive_term)
+    """The leader's term."""
+
+    def __attrs_post_init__(self) -> None:
+        _check_endpoints(self)
+
+
 Message: TypeAlias = (
-    VoteRequest | VoteResponse | AppendRequest | AppendResponse | SnapshotRequest | SnapshotResponse
+    VoteRequest
+    | VoteResponse
+    | AppendRequest
+    | AppendResponse
+    | SnapshotRequest
+    | SnapshotResponse
+    | TimeoutNow
 )
 """Any Raft RPC."""
 
@@ -396,4 +469,5 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     AppendResponse,
     SnapshotRequest,
     SnapshotResponse,
+    TimeoutNow,
 )

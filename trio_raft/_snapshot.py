@@ -17,6 +17,13 @@ snapshot slot (so an older snapshot never replaces a newer one):
   A download holds the snapshot lock, so one the leader abandons half-way must not live on:
   it is dropped when a newer stream starts, when the follower's log moves past the snapshot
   (:func:`drop_stale_download`), and when no chunk has come for `abandon_after_s`.
+
+Every chunk carries the configuration in force at the snapshot's index
+(``SnapshotRequest.membership``), so each one describes the snapshot whole. The follower keeps
+the one of the stream's first chunk and installs the snapshot with it. A later chunk with
+another membership (which a correct leader never sends: the configuration at a committed index
+is fixed) counts as a different stream: it restarts the download from its first chunk, so the
+membership installed is always the one every chunk of the data carried.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import trio
 
 from ._core._progress import ProgressState
 from ._messages import SnapshotRequest, SnapshotResponse
-from ._types import NodeId, Role, SnapshotMeta
+from ._types import Membership, NodeId, Role, SnapshotMeta
 from ._wal._errors import StorageFullError
 
 if TYPE_CHECKING:
@@ -62,7 +69,8 @@ class SnapshotSaved:
 
 @attrs.frozen
 class SnapshotReceived:
-    """Dispatcher event: a snapshot from the leader is durable; install it."""
+    """Dispatcher event: a snapshot from the leader is durable; install it (``meta`` has the
+    membership the stream carried)."""
 
     meta: SnapshotMeta
     data: list[bytes]
@@ -74,6 +82,8 @@ class Receiver:
 
     key: tuple[int, int, int]
     """(snapshot index, snapshot term, leader term)."""
+    membership: Membership
+    """The configuration at the snapshot's index, from the stream's first chunk."""
     send: trio.MemorySendChannel[bytes]
     scope: trio.CancelScope
     received: int = 0
@@ -122,9 +132,8 @@ def maybe_take(node: Node) -> None:
     node._snapshotting = True
     node._applied_bytes = 0
     chunks: Iterable[bytes] = take()
-    node._spawn(
-        node._nursery, "snapshot taker", _save_taken, node, SnapshotMeta(index, term), chunks
-    )
+    meta = SnapshotMeta(index, term, node._state.membership_at(index))
+    node._spawn(node._nursery, "snapshot taker", _save_taken, node, meta, chunks)
 
 
 async def _save_taken(node: Node, meta: SnapshotMeta, chunks: Iterable[bytes]) -> None:
@@ -169,6 +178,13 @@ async def send(node: Node, peer: NodeId, term: int) -> None:
     if loaded is None:
         raise AssertionError(f"{node.id}: log compacted but storage holds no snapshot")
     meta, chunks = loaded
+    # A snapshot an older release wrote has no membership: it is the one at its index then.
+    membership = meta.membership if meta.membership is not None else st.membership_at(meta.index)
+
+    def request(offset: int, data: bytes, done: bool) -> SnapshotRequest:
+        return SnapshotRequest(
+            node.id, peer, term, meta.index, meta.term, offset, data, done, membership
+        )
 
     def current() -> bool:
         pr = st.progress.get(peer)
@@ -190,9 +206,7 @@ async def send(node: Node, peer: NodeId, term: int) -> None:
         """Send one chunk until acknowledged; False if the stream must stop or restart."""
         target = offset + len(data)
         while current():
-            node._transport.send(
-                SnapshotRequest(node.id, peer, term, meta.index, meta.term, offset, data, done)
-            )
+            node._transport.send(request(offset, data, done))
             with trio.move_on_after(2 * cfg.heartbeat_s):
                 while current() and st.progress[peer].snapshot_offset < target:
                     await signal.wait()
@@ -206,15 +220,13 @@ async def send(node: Node, peer: NodeId, term: int) -> None:
         return False
 
     async with aclosing(rechunk(chunks, cfg.snapshot_chunk_bytes)) as pieces:
-        async for chunk in pieces:
-            if not await deliver(chunk, False):
+        async for piece in pieces:
+            if not await deliver(piece, False):
                 return
-            offset += len(chunk)
+            offset += len(piece)
     # The empty last chunk: acknowledged (done) once the follower installed it durably.
     while current():
-        node._transport.send(
-            SnapshotRequest(node.id, peer, term, meta.index, meta.term, offset, b"", True)
-        )
+        node._transport.send(request(offset, b"", True))
         with trio.move_on_after(4 * cfg.heartbeat_s):
             while current() and st.progress[peer].snapshot_offset >= offset:
                 await signal.wait()
@@ -239,18 +251,19 @@ def on_chunk(node: Node, m: SnapshotRequest) -> None:
         return
     rx = node._receiver
     key = (m.index, m.snapshot_term, m.term)
-    if rx is None or rx.key != key:
+    # Another membership for the same snapshot is another stream (see the module docstring).
+    if rx is None or rx.key != key or rx.membership != m.membership:
         if m.offset != 0:
             reply(0)  # start over: we have no download of that snapshot
             return
         if rx is not None:
             rx.scope.cancel()
         send_channel, receive_channel = trio.open_memory_channel[bytes](RECEIVE_QUEUE)
-        rx = node._receiver = Receiver(key, send_channel, trio.CancelScope())
+        rx = node._receiver = Receiver(key, m.membership, send_channel, trio.CancelScope())
         assert node._nursery is not None
         node._spawn(
             node._nursery, "snapshot receiver", _write_received, node,
-            SnapshotMeta(m.index, m.snapshot_term), receive_channel, rx,
+            SnapshotMeta(m.index, m.snapshot_term, m.membership), receive_channel, rx,
         )  # fmt: skip
     if m.offset != rx.received:
         reply(rx.received)
@@ -317,7 +330,7 @@ def drop_stale_download(node: Node) -> None:
     would never snapshot or compact again."""
     rx = node._receiver
     if rx is not None and node._state.commit >= rx.key[0]:
-        node._notify("snapshot-abandoned", SnapshotMeta(rx.key[0], rx.key[1]))
+        node._notify("snapshot-abandoned", SnapshotMeta(rx.key[0], rx.key[1], rx.membership))
         rx.scope.cancel()
         node._receiver = None
 

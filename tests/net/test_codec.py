@@ -28,10 +28,11 @@ from trio_raft._messages import (
     Message,
     SnapshotRequest,
     SnapshotResponse,
+    TimeoutNow,
     VoteRequest,
     VoteResponse,
 )
-from trio_raft._types import MAX_INDEX, MAX_TERM, Entry, EntryKind, FieldError
+from trio_raft._types import MAX_INDEX, MAX_TERM, Entry, EntryKind, FieldError, Membership
 from trio_raft.testing import KVStateMachine, Verdict, open_simulated_cluster
 
 CLUSTER = "test-cluster"
@@ -81,6 +82,53 @@ commands = st.recursive(
 )
 node_ids = st.text(min_size=1, max_size=8)
 SRC, DST = "a", "b"
+# Addresses without tuples, so that memberships round trip exactly.
+addresses = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=8,
+) | st.builds(lambda h: {"peer": f"ws://{h}:1/raft", "client": f"ws://{h}:2/kv"}, node_ids)
+
+
+@st.composite
+def memberships(draw: st.DrawFn) -> Membership:
+    pool = draw(st.lists(node_ids, min_size=1, max_size=6, unique=True))
+    voters = draw(st.sets(st.sampled_from(pool), min_size=1))
+    learners = draw(st.sets(st.sampled_from(pool))) - voters
+    outgoing = draw(st.sets(st.sampled_from(pool)))
+    if outgoing == voters:
+        outgoing = set()
+    members = sorted(voters | learners | outgoing)
+    given = draw(st.none() | st.fixed_dictionaries({m: addresses for m in members}))
+    return Membership(voters, learners, outgoing, given or {})
+
+
+@st.composite
+def broken_plains(draw: st.DrawFn) -> object:
+    """Plain forms that :meth:`Membership.from_plain` refuses, most of them near misses."""
+    plain: dict[str, Any] = draw(memberships()).to_plain()
+    match draw(st.sampled_from(range(9))):
+        case 0:
+            del plain[draw(st.sampled_from(sorted(plain)))]
+        case 1:
+            plain["extra"] = []
+        case 2:
+            plain["voters"] = []
+        case 3:
+            plain["voters"] = plain["voters"] + plain["voters"]  # duplicates
+        case 4:
+            plain["learners"] = plain["learners"] + plain["voters"][:1]  # voter and learner
+        case 5:
+            plain["addresses"] = {**plain["addresses"], "stranger": None}
+        case 6:
+            plain["addresses"] = dict.fromkeys(plain["addresses"], b"x" * 1100)  # too big
+        case 7:
+            plain[draw(st.sampled_from(sorted(plain)))] = draw(wild_values)
+        case _:
+            return draw(wild_values)
+    return plain
 
 
 @st.composite
@@ -99,8 +147,13 @@ def append_requests(draw: st.DrawFn) -> AppendRequest:
     entry_term = max(prev_term, 1)
     for i in range(draw(st.integers(0, 5))):
         entry_term = draw(st.integers(entry_term, term))
-        kind = draw(st.sampled_from([EntryKind.COMMAND, EntryKind.NOOP]))
-        command = None if kind is EntryKind.NOOP else draw(commands)
+        kind = draw(st.sampled_from(EntryKind))
+        command = {
+            EntryKind.COMMAND: commands,
+            EntryKind.NOOP: st.none(),
+            EntryKind.CONFIG: memberships(),
+        }[kind]
+        command = draw(command)
         entries.append(Entry(entry_term, prev_index + 1 + i, command, kind))
     return AppendRequest(
         **draw(endpoints()), term=term, prev_index=prev_index, prev_term=prev_term,
@@ -115,17 +168,21 @@ def snapshot_requests(draw: st.DrawFn) -> SnapshotRequest:
         **draw(endpoints()), term=term, index=draw(st.integers(1, 2**63 - 1)),
         snapshot_term=draw(st.integers(1, term)), offset=draw(UINT),
         data=draw(st.binary(max_size=64)), done=draw(st.booleans()),
+        membership=draw(memberships()),
+    )  # fmt: skip
+
+
+@st.composite
+def vote_requests(draw: st.DrawFn) -> VoteRequest:
+    pre_vote = draw(st.booleans())
+    return VoteRequest(
+        SRC, draw(node_ids.filter(lambda d: d != SRC)), draw(TERM), draw(UINT), draw(TERM),
+        pre_vote=pre_vote, transfer=not pre_vote and draw(st.booleans()),
     )  # fmt: skip
 
 
 messages = st.one_of(
-    st.builds(
-        VoteRequest,
-        **{"term": TERM, "last_log_index": UINT, "last_log_term": TERM},
-        pre_vote=st.booleans(),
-        src=st.just(SRC),
-        dst=node_ids.filter(lambda d: d != SRC),
-    ),
+    vote_requests(),
     st.builds(
         VoteResponse,
         src=node_ids.filter(lambda d: d != DST),
@@ -157,6 +214,12 @@ messages = st.one_of(
         index=st.integers(1, 2**63 - 1),
         offset=UINT,
         done=st.booleans(),
+    ),
+    st.builds(
+        TimeoutNow,
+        src=st.just(SRC),
+        dst=node_ids.filter(lambda d: d != SRC),
+        term=st.integers(1, MAX_TERM),
     ),
 )
 
@@ -190,8 +253,25 @@ def test_nan_round_trips_as_nan() -> None:
 def test_envelope_layout() -> None:
     frame = encode(VoteRequest("n1", "n2", 5, 7, 4, pre_vote=True), cluster_id=CLUSTER)
     assert cbor2.loads(frame) == {
-        "v": 1, "c": CLUSTER, "s": "n1", "d": "n2", "t": 1, "b": [5, 7, 4, True],
+        "v": 2, "c": CLUSTER, "s": "n1", "d": "n2", "t": 1, "b": [5, 7, 4, True, False],
     }  # fmt: skip
+    frame = encode(VoteRequest("n1", "n2", 5, 7, 4, transfer=True), cluster_id=CLUSTER)
+    assert cbor2.loads(frame)["b"] == [5, 7, 4, False, True]
+    assert cbor2.loads(encode(TimeoutNow("n1", "n2", 5), cluster_id=CLUSTER)) == {
+        "v": 2, "c": CLUSTER, "s": "n1", "d": "n2", "t": 7, "b": [5],
+    }  # fmt: skip
+    membership = Membership({"n1", "n2"}, {"n3"}, (), {"n1": "ws://a", "n2": None, "n3": None})
+    plain = {
+        "voters": ["n1", "n2"], "learners": ["n3"], "outgoing": [],
+        "addresses": {"n1": "ws://a", "n2": None, "n3": None},
+    }  # fmt: skip
+    frame = encode(
+        SnapshotRequest("n1", "n2", 5, 9, 4, 0, b"ab", False, membership), cluster_id=CLUSTER
+    )
+    assert cbor2.loads(frame)["b"] == [5, 9, 4, 0, b"ab", False, plain]
+    entries = (Entry(5, 10, membership, EntryKind.CONFIG),)
+    frame = encode(AppendRequest("n1", "n2", 5, 9, 4, entries, 9), cluster_id=CLUSTER)
+    assert cbor2.loads(frame)["b"][-1] == [[5, 10, 2, plain]]
     entries = (Entry(2, 5, ("put", "k", "v")), Entry(3, 6, None, EntryKind.NOOP))
     frame = encode(AppendRequest("n1", "n2", 3, 4, 2, entries, 4, 9), cluster_id=CLUSTER)
     assert cbor2.loads(frame)["b"] == [
@@ -223,7 +303,8 @@ async def test_real_cluster_traffic_round_trips(autojump_clock: trio.testing.Moc
                 await cluster.propose(("put", f"k{i % 7}", f"v{i}"))
             await cluster.start("n3")
             await cluster.wait_converged()
-    assert seen == {t.__name__ for t in codec.TYPE_CODES}
+    # Every type but TimeoutNow (no leadership transfer in this run).
+    assert seen == {t.__name__ for t in codec.TYPE_CODES} - {"TimeoutNow"}
 
 
 # -- rejections -------------------------------------------------------------------------------
@@ -231,19 +312,36 @@ async def test_real_cluster_traffic_round_trips(autojump_clock: trio.testing.Moc
 
 def envelope(**changes: Any) -> dict[str, Any]:
     env: dict[str, Any] = {
-        "v": 1,
+        "v": 2,
         "c": CLUSTER,
         "s": "n1",
         "d": "n2",
         "t": 1,
-        "b": [5, 7, 4, False],
+        "b": [5, 7, 4, False, False],
     }
     env.update(changes)
     return env
 
 
+def vote_frame(*body: object) -> bytes:
+    return cbor2.dumps(envelope(b=list(body)))
+
+
 def append_body(*entries: list[Any], term: int = 5, prev_index: int = 3, prev_term: int = 2) -> Any:
     return [term, prev_index, prev_term, 0, 0, list(entries)]
+
+
+PLAIN: dict[str, Any] = {
+    "voters": ["n1", "n2"], "learners": [], "outgoing": [], "addresses": {"n1": 1, "n2": 2}
+}  # fmt: skip
+
+
+def plain(**changes: Any) -> dict[str, Any]:
+    return {**PLAIN, **changes}
+
+
+def snapshot_body(membership: object = PLAIN, *, term: int = 5, snapshot_term: int = 2) -> Any:
+    return [term, 3, snapshot_term, 0, b"", False, membership]
 
 
 def nested(depth: int) -> object:
@@ -263,6 +361,9 @@ def test_valid_hand_built_frame_is_accepted() -> None:
     assert decode(cbor2.dumps(envelope()), cluster_id=CLUSTER, max_bytes=MAX) == VoteRequest(
         "n1", "n2", 5, 7, 4, pre_vote=False
     )
+    assert decode(
+        cbor2.dumps(envelope(t=5, b=snapshot_body())), cluster_id=CLUSTER, max_bytes=MAX
+    ) == SnapshotRequest("n1", "n2", 5, 3, 2, 0, b"", False, Membership.from_plain(PLAIN))
 
 
 def test_size_cap_is_checked_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -285,7 +386,10 @@ def test_size_cap_is_checked_before_decoding(monkeypatch: pytest.MonkeyPatch) ->
         (b"\xbf\x61v\x01\xff", r"^not well-formed CBOR: .*indefinite"),  # indefinite-length map
         (b"\xa1\x01\x01", r"^not well-formed CBOR"),  # an integer map key
         (cbor2.dumps([1, 2]), r"^envelope: expected a map, got list$"),
-        (cbor2.dumps(envelope(v=2)), r"^envelope: unsupported protocol version 2 "),
+        (cbor2.dumps(envelope(v=1)),
+         r"^envelope: unsupported protocol version 1 \(this node speaks 2; all nodes of a "
+         r"cluster must speak the same version\)$"),
+        (cbor2.dumps(envelope(v=3)), r"^envelope: unsupported protocol version 3 "),
         (cbor2.dumps(envelope(v=True)), r"^envelope: unsupported protocol version True "),
         (cbor2.dumps({"c": CLUSTER}), r"^envelope: unsupported protocol version None "),
         (cbor2.dumps(envelope(x=1)),
@@ -299,35 +403,46 @@ def test_size_cap_is_checked_before_decoding(monkeypatch: pytest.MonkeyPatch) ->
         (cbor2.dumps(envelope(s="x" * 129)), r"^VoteRequest.src: expected a str"),
         (cbor2.dumps(envelope(d="n1")), r"^VoteRequest.dst: sender and receiver are both 'n1'$"),
         (cbor2.dumps(envelope(t=9)), r"^envelope: unknown message type 9$"),
+        (cbor2.dumps(envelope(t=8)), r"^envelope: unknown message type 8$"),
         (cbor2.dumps(envelope(t=True)), r"^envelope: unknown message type True$"),
         (cbor2.dumps(envelope(t="VoteRequest")), r"^envelope: unknown message type 'VoteReq"),
         (cbor2.dumps(envelope(b={"term": 1})), r"^VoteRequest: body must be an array, got dict$"),
-        (cbor2.dumps(envelope(b=[5, 7, 4])),
-         r"^VoteRequest: body has 3 fields, expected 4 \(term, last_log_index, last_log_term, "
-         r"pre_vote\)$"),
-        (cbor2.dumps(envelope(b=[5, 7, 4, False, 0])), r"^VoteRequest: body has 5 fields"),
-        (cbor2.dumps(envelope(b=[True, 7, 4, False])),
+        (vote_frame(5, 7, 4, False),
+         r"^VoteRequest: body has 4 fields, expected 5 \(term, last_log_index, last_log_term, "
+         r"pre_vote, transfer\)$"),
+        (vote_frame(5, 7, 4, False, False, 0), r"^VoteRequest: body has 6 fields"),
+        (vote_frame(5, 7, 4, False, 1),
+         r"^VoteRequest.transfer: expected a bool, got 1$"),
+        (vote_frame(5, 7, 4, True, True),
+         r"^VoteRequest.transfer: a leadership transfer's vote request is never a PreVote$"),
+        (cbor2.dumps(envelope(t=7, b=[0])),
+         r"^TimeoutNow.term: expected an integer in \[1, 2\*\*62 \(MAX_TERM\)\], got 0$"),
+        (cbor2.dumps(envelope(t=7, b=[5, 0])), r"^TimeoutNow: body has 2 fields, expected 1 "),
+        (cbor2.dumps(envelope(t=7, d="n1", b=[5])), r"^TimeoutNow.dst: sender and receiver are "),
+        (vote_frame(True, 7, 4, False, False),
          r"^VoteRequest.term: expected an integer in \[0, 2\*\*62 \(MAX_TERM\)\], got True$"),
-        (cbor2.dumps(envelope(b=[2**62 + 1, 7, 4, False])), r"^VoteRequest.term: .*, got 4611"),
-        (cbor2.dumps(envelope(b=[2**63 - 1, 7, 4, False])), r"^VoteRequest.term: .*, got 9223"),
-        (cbor2.dumps(envelope(b=[5, 2**63, 4, False])),
+        (vote_frame(2**62 + 1, 7, 4, False, False), r"^VoteRequest.term: .*, got 4611"),
+        (vote_frame(2**63 - 1, 7, 4, False, False), r"^VoteRequest.term: .*, got 9223"),
+        (vote_frame(5, 2**63, 4, False, False),
          r"^VoteRequest.last_log_index: expected an integer in \[0, 2\*\*63 - 1\], got 9223"),
         (cbor2.dumps(envelope(t=4, b=[5, False, 0, -1, 0, 0, 0, 0])),
          r"^AppendResponse.rejected_index: .*, got -1$"),
-        (cbor2.dumps(envelope(b=[-1, 7, 4, False])), r"^VoteRequest.term: .*, got -1$"),
-        (cbor2.dumps(envelope(b=[2**63, 7, 4, False])), r"^VoteRequest.term: .*, got 922337"),
-        (cbor2.dumps(envelope(b=[2**64, 7, 4, False])), r"^VoteRequest.term: .*, got 18446"),
-        (cbor2.dumps(envelope(b=[10**400, 7, 4, False])), r"^VoteRequest.term: .*a huge int$"),
-        (cbor2.dumps(envelope(b=[5.0, 7, 4, False])), r"^VoteRequest.term: .*, got 5.0$"),
-        (cbor2.dumps(envelope(b=[5, None, 4, False])), r"^VoteRequest.last_log_index: .*None$"),
-        (cbor2.dumps(envelope(b=[5, 7, 4, 1])), r"^VoteRequest.pre_vote: expected a bool, got 1$"),
+        (vote_frame(-1, 7, 4, False, False), r"^VoteRequest.term: .*, got -1$"),
+        (vote_frame(2**63, 7, 4, False, False), r"^VoteRequest.term: .*, got 922337"),
+        (vote_frame(2**64, 7, 4, False, False), r"^VoteRequest.term: .*, got 18446"),
+        (vote_frame(10**400, 7, 4, False, False), r"^VoteRequest.term: .*a huge int$"),
+        (vote_frame(5.0, 7, 4, False, False), r"^VoteRequest.term: .*, got 5.0$"),
+        (vote_frame(5, None, 4, False, False), r"^VoteRequest.last_log_index: .*None$"),
+        (vote_frame(5, 7, 4, 1, False), r"^VoteRequest.pre_vote: expected a bool, got 1$"),
         (cbor2.dumps(envelope(t=2, b=[5, "yes", False])), r"^VoteResponse.granted: expected a b"),
         (cbor2.dumps(envelope(t=6, b=[5, 0, 0, True])),
          r"^SnapshotResponse.index: expected an integer in \[1, 2\*\*63 - 1\], got 0$"),
-        (cbor2.dumps(envelope(t=5, b=[5, 3, 2, 0, "data", False])),
+        (cbor2.dumps(envelope(t=5, b=[5, 3, 2, 0, "data", False, PLAIN])),
          r"^SnapshotRequest.data: expected a byte string, got str$"),
-        (cbor2.dumps(envelope(t=5, b=[5, 3, 6, 0, b"", False])),
+        (cbor2.dumps(envelope(t=5, b=snapshot_body(snapshot_term=6))),
          r"^SnapshotRequest.snapshot_term: 6 exceeds the term 5$"),
+        (cbor2.dumps(envelope(t=5, b=snapshot_body()[:-1])),
+         r"^SnapshotRequest: body has 6 fields, expected 7 \(.*, done, membership\)$"),
     ],
 )  # fmt: skip
 def test_invalid_frames_are_rejected(data: bytes, match: str) -> None:
@@ -368,7 +483,9 @@ def test_invalid_frames_are_rejected(data: bytes, match: str) -> None:
          r"^AppendRequest.entries\[0\].command\[0\]: datetime is not allowed"),
         (append_body([2, 4, 0, cbor2.CBORSimpleValue(99)]), r"CBORSimpleValue is not allowed"),
         (append_body([2, 4, 0, cbor2.undefined]), r"UndefinedType is not allowed"),
-        (append_body([2, 4, 0, nested(33)]), r"^not well-formed CBOR: .*depth \(36\) exceeded"),
+        (append_body([2, 4, 0, nested(33)]),
+         r"^AppendRequest.entries\[0\].command(\[0\]){32}: nested deeper than 32 levels$"),
+        (append_body([2, 4, 0, nested(35)]), r"^not well-formed CBOR: .*depth \(38\) exceeded"),
         ([5, 3, 2, 0, 0, "entries"], r"^AppendRequest.entries: expected an array, got str$"),
     ],
 )  # fmt: skip
@@ -510,19 +627,66 @@ wild_values = st.one_of(
     st.sampled_from(["", "n1", "n2", "x" * 129]),
     st.binary(max_size=2),
 )
+wild_plains = memberships().map(Membership.to_plain) | broken_plains()
+"""Membership plain forms, valid or not."""
 raw_entries = st.lists(
-    st.tuples(wild_values, wild_values, st.sampled_from([0, 1]), st.none() | st.just("c")).map(
-        list
-    ),
+    st.tuples(
+        wild_values, wild_values, st.sampled_from([0, 1, 2]), st.none() | st.just("c") | wild_plains
+    ).map(list),
     max_size=3,
 )
 
 
+_FLAGS = {"pre_vote", "transfer", "granted", "success", "done"}
+
+
+def _plausible(name: str) -> st.SearchStrategy[object]:
+    """Values of the right type, small enough to form valid messages often."""
+    if name in _FLAGS:
+        return st.booleans()
+    if name == "data":
+        return st.binary(max_size=3)
+    if name == "membership":
+        return memberships().map(Membership.to_plain)
+    return st.integers(1, 4) if "term" in name else st.integers(0, 4)
+
+
+def _plausible_entries(draw: st.DrawFn, body: dict[str, Any]) -> list[list[object]]:
+    """Entries that follow prev_index and prev_term, of every kind (a CONFIG entry carries a
+    plain form, valid or not), with an occasional wild value."""
+    entries: list[list[object]] = []
+    term = max(body["prev_term"], 1) if type(body["prev_term"]) is int else 1
+    top = body["term"] if type(body["term"]) is int and body["term"] >= term else term
+    index = body["prev_index"] if type(body["prev_index"]) is int else 0
+    for _ in range(draw(st.integers(0, 3))):
+        term, index = draw(st.integers(term, top)), index + 1
+        kind = draw(st.sampled_from([0, 1, 2]))
+        command = {0: st.just("c"), 1: st.none(), 2: wild_plains}[kind]
+        entry: list[object] = [term, index, kind, draw(command)]
+        if draw(st.integers(0, 9)) == 0:  # a wild term or index (the kinds and commands
+            entry[draw(st.integers(0, 1))] = draw(wild_values)  # are those of raw_entries)
+        entries.append(entry)
+    return entries
+
+
 def _raw_body(draw: st.DrawFn, cls: type[Message]) -> dict[str, object]:
-    return {
-        name: draw(raw_entries if name == "entries" else wild_values)
-        for name in codec.BODY_FIELDS[cls]
-    }
+    """A body, each field wild or (mostly) plausible, so that both outcomes are common."""
+    body: dict[str, Any] = {}
+    for name in codec.BODY_FIELDS[cls]:
+        plausible = draw(st.integers(0, 5)) > 0
+        if name == "entries":
+            body[name] = _plausible_entries(draw, body) if plausible else draw(raw_entries)
+        elif name == "membership":
+            body[name] = draw(_plausible(name) if plausible else wild_plains | wild_values)
+        else:
+            body[name] = draw(_plausible(name) if plausible else wild_values)
+    return body
+
+
+def _from_plain(command: object, kind: int) -> object:
+    """What the constructor is given for a decoded command: a membership for a CONFIG entry
+    (raises FieldError if the plain form is wrong), the value itself otherwise."""
+    return Membership.from_plain(command) if kind == 2 else command
 
 
 def _bypassed(cls: type[Any], **values: object) -> Any:
@@ -541,7 +705,7 @@ def test_construction_decode_and_encode_check_the_same_rules(
     """For arbitrary field values: the constructor accepts them iff a frame carrying them
     decodes, iff a message holding them (validators bypassed) encodes; and the errors name the
     same rule. This is what keeps the core from emitting anything the wire refuses."""
-    src, dst = data.draw(wild_values), data.draw(wild_values)
+    src, dst = (n if data.draw(st.integers(0, 5)) else data.draw(wild_values) for n in ("n1", "n2"))
     body = _raw_body(data.draw, cls)
     frame = cbor2.dumps(envelope(s=src, d=dst, t=codec.TYPE_CODES[cls], b=list(body.values())))
     decoded: Message | None
@@ -552,27 +716,40 @@ def test_construction_decode_and_encode_check_the_same_rules(
         decoded, decode_error = None, str(exc)
 
     values = dict(body)
+    plain_error = None  # why a SnapshotRequest's membership is not a plain form
     if cls is AppendRequest:
         raw = values["entries"]
         assert isinstance(raw, list)
         try:
-            values["entries"] = tuple(Entry(t, i, c, EntryKind(k)) for t, i, k, c in raw)
+            values["entries"] = tuple(
+                Entry(t, i, _from_plain(c, k), EntryKind(k)) for t, i, k, c in raw
+            )
         except FieldError:
             assert decode_error is not None and ".entries[" in decode_error
             return
+    elif cls is SnapshotRequest:
+        try:
+            values["membership"] = Membership.from_plain(values["membership"])
+        except FieldError as exc:
+            plain_error = f"SnapshotRequest.membership: {exc}"  # the decoder's precise reason
+    failed_field = None
     try:
         built = cls(src=src, dst=dst, **values)  # type: ignore[arg-type]
         build_error = None
     except FieldError as exc:
-        built, build_error = None, str(exc)
-    assert build_error == decode_error
+        built, build_error, failed_field = None, str(exc), exc.path
+    if plain_error is not None and failed_field == "membership":
+        assert decode_error == plain_error
+    else:
+        assert build_error == decode_error
     assert built == decoded
 
     bypassed_entries = values.get("entries", ())
     if cls is AppendRequest:
         assert isinstance(raw, list)
         bypassed_entries = tuple(
-            _bypassed(Entry, term=t, index=i, command=c, kind=EntryKind(k)) for t, i, k, c in raw
+            _bypassed(Entry, term=t, index=i, command=_from_plain(c, k), kind=EntryKind(k))
+            for t, i, k, c in raw
         )
         values["entries"] = bypassed_entries
     forged = _bypassed(cls, src=src, dst=dst, **values)
@@ -609,3 +786,145 @@ def test_stale_term_rejection_is_a_valid_message() -> None:
         AppendResponse("n2", "n1", 7, False, rejected_index=-1)
     reply = AppendResponse("n2", "n1", 7, False, rejected_index=0)
     assert round_trip(reply) == reply
+
+
+# -- protocol version 2: memberships, transfers -----------------------------------------------
+
+
+def config_body(command: object, *, term: int = 2, index: int = 4) -> Any:
+    return append_body([term, index, 2, command])
+
+
+def deep_address(depth: int) -> dict[str, Any]:
+    return plain(addresses={"n1": nested(depth), "n2": None})
+
+
+@pytest.mark.parametrize(
+    ("command", "match"),
+    [
+        (None, r"^Membership.plain: expected a map, got None$"),
+        (["n1"], r"^Membership.plain: expected a map, got a list$"),
+        ({k: v for k, v in PLAIN.items() if k != "outgoing"},
+         r"^Membership.plain: expected the keys \['voters', 'learners', 'outgoing', 'addresses'\]"),
+        (plain(extra=1), r"^Membership.plain: expected the keys "),
+        (plain(voters=[]), r"^Membership.voters: a configuration needs at least one voter$"),
+        (plain(voters=["n2", "n1"]), r"^Membership.voters: ids must be sorted and unique$"),
+        (plain(voters=["n1", "n1"]), r"^Membership.voters: ids must be sorted and unique$"),
+        (plain(voters=["n1", 2]), r"^Membership.voters: expected ids, got 2$"),
+        (plain(voters="n1"), r"^Membership.voters: expected an array of at most 64 ids"),
+        (plain(learners=["n1"], addresses={"n1": 1, "n2": 2}),
+         r"^Membership.learners: n1 cannot be voter and learner$"),
+        (plain(outgoing=["n1", "n2"]),
+         r"^Membership.outgoing: a joint configuration must change the voters$"),
+        (plain(voters=[f"n{i:03}" for i in range(65)]),
+         r"^Membership.voters: expected an array of at most 64 ids"),
+        (plain(addresses={"n1": 1}), r"^Membership.addresses: expected one per member; missing"),
+        (plain(addresses={}), r"^Membership.addresses: expected a map with one address per memb"),
+        (plain(addresses={"n1": b"x" * 1100, "n2": None}),
+         r"^Membership.addresses\['n1'\]: 1103 bytes encoded \(at most 1024\)$"),
+    ],
+)  # fmt: skip
+def test_malformed_memberships_in_frames_are_frame_errors(command: object, match: str) -> None:
+    """The same plain forms are refused as a CONFIG entry's command and as a snapshot's
+    membership, with Membership.from_plain's reason after the place they sat."""
+    reason = match.removeprefix("^")
+    rejects(cbor2.dumps(envelope(t=3, b=config_body(command))),
+            rf"^AppendRequest.entries\[0\].command: {reason}")  # fmt: skip
+    rejects(cbor2.dumps(envelope(t=5, b=snapshot_body(command))),
+            rf"^SnapshotRequest.membership: {reason}")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("command", "match"),
+    [
+        (plain(addresses={"n1": cbor2.CBORTag(1000, 1), "n2": None}),
+         r"\['addresses'\]\['n1'\]: CBORTag is not allowed in a command"),
+        (plain(addresses={"n1": 2**64, "n2": None}),
+         r"\['addresses'\]\['n1'\]: integer out of range"),
+        (deep_address(33), r"\['addresses'\]\['n1'\](\[0\]){32}: nested deeper than 32 levels$"),
+    ],
+)  # fmt: skip
+def test_memberships_in_frames_follow_the_command_model(command: object, match: str) -> None:
+    # Too deep an address may instead exceed the decoder's container limit (as a too deep
+    # command does), which is checked first: a FrameError all the same.
+    too_deep = r"not well-formed CBOR: maximum container nesting depth \(38\) exceeded$"
+    rejects(cbor2.dumps(envelope(t=3, b=config_body(command))),
+            rf"^(AppendRequest.entries\[0\].command{match}|{too_deep})")  # fmt: skip
+    rejects(cbor2.dumps(envelope(t=5, b=snapshot_body(command))),
+            rf"^(SnapshotRequest.membership{match}|{too_deep})")  # fmt: skip
+
+
+def test_addresses_may_nest_as_deep_as_commands() -> None:
+    membership = Membership.from_plain(deep_address(32))
+    for message in (
+        AppendRequest("n1", "n2", 5, 3, 2, (Entry(2, 4, membership, EntryKind.CONFIG),), 0),
+        SnapshotRequest("n1", "n2", 5, 3, 2, 0, b"", False, membership),
+    ):
+        assert round_trip(message) == message
+
+
+def test_a_shared_reference_explosion_in_a_membership_is_rejected() -> None:
+    levels = 25
+    cbor = b"\xd8\x1c\x82\x01\x02"
+    for k in range(1, levels + 1):
+        cbor = b"\xd8\x1c\x82" + cbor + b"\xd8\x1d" + cbor2.dumps(levels - (k - 1))
+    placeholder = cbor2.dumps("PLACEHOLDER")
+    command = plain(addresses={"n1": "PLACEHOLDER", "n2": None})
+    for t, body, where in (
+        (3, config_body(command), r"AppendRequest.entries\[0\].command"),
+        (5, snapshot_body(command), "SnapshotRequest.membership"),
+    ):
+        data = cbor2.dumps(envelope(t=t, b=body)).replace(placeholder, cbor)
+        rejects(data, rf"^{where}\['addresses'\]\['n1'\].*: command has more values than the fr")
+
+
+def test_a_bad_membership_is_reported_after_the_fields_before_it() -> None:
+    """As the constructors check them: an entry's term and index first, a snapshot's other
+    field checks first (so construction and decoding name the same rule)."""
+    rejects(cbor2.dumps(envelope(t=3, b=config_body(None, term=0))),
+            r"^AppendRequest.entries\[0\].term: ")  # fmt: skip
+    rejects(cbor2.dumps(envelope(t=5, b=snapshot_body(None, term=-1))),
+            r"^SnapshotRequest.term: .*, got -1$")  # fmt: skip
+
+
+def test_construction_refuses_what_the_wire_refuses() -> None:
+    with pytest.raises(ValueError, match=r"^VoteRequest.transfer: .* never a PreVote$"):
+        VoteRequest("n1", "n2", 3, 0, 0, pre_vote=True, transfer=True)
+    with pytest.raises(ValueError, match=r"^TimeoutNow.term: expected an integer in \[1, "):
+        TimeoutNow("n1", "n2", 0)
+    with pytest.raises(ValueError, match=r"^TimeoutNow.dst: sender and receiver are both"):
+        TimeoutNow("n1", "n1", 1)
+    with pytest.raises(ValueError, match=r"^SnapshotRequest.membership: expected a Membership, "):
+        SnapshotRequest("n1", "n2", 5, 3, 2, 0, b"", False, PLAIN)  # type: ignore[arg-type]
+
+
+def test_encode_refuses_a_membership_whose_checks_were_bypassed() -> None:
+    membership = Membership({"n1"})
+    object.__setattr__(membership, "voters", frozenset())
+    with pytest.raises(FrameError, match=r"^SnapshotRequest.membership: Membership.voters: a c"):
+        encode(SnapshotRequest("n1", "n2", 5, 3, 2, 0, b"", False, membership), cluster_id=CLUSTER)
+    entry = Entry(2, 4, membership, EntryKind.CONFIG)
+    with pytest.raises(FrameError, match=r"^AppendRequest.entries\[0\].command: Membership.vot"):
+        encode(AppendRequest("n1", "n2", 5, 3, 2, (entry,), 0), cluster_id=CLUSTER)
+
+
+def test_encode_refuses_a_command_entry_holding_a_membership() -> None:
+    """validate()'s fast path for entries still sees a Membership in a COMMAND entry."""
+    entry = Entry(2, 4, "x")
+    object.__setattr__(entry, "command", Membership({"n1"}))
+    message = AppendRequest("n1", "n2", 5, 3, 2, (entry,), 0)
+    with pytest.raises(FrameError, match=r"only a configuration entry carries a Membership"):
+        encode(message, cluster_id=CLUSTER)
+    config = Entry(2, 4, Membership({"n1"}), EntryKind.CONFIG)
+    object.__setattr__(config, "command", "x")
+    message = AppendRequest("n1", "n2", 5, 3, 2, (config,), 0)
+    with pytest.raises(FrameError, match=r"a configuration entry carries a Membership, got 'x'"):
+        encode(message, cluster_id=CLUSTER)
+
+
+def test_a_version_1_frame_names_both_versions() -> None:
+    """What a node of the previous release would send (the handshake refuses such a peer
+    first; this is the codec's own guard)."""
+    old = {"v": 1, "c": CLUSTER, "s": "n1", "d": "n2", "t": 1, "b": [5, 7, 4, False]}
+    error = rejects(cbor2.dumps(old), r"^envelope: unsupported protocol version 1 ")
+    assert "this node speaks 2" in str(error)

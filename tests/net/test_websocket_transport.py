@@ -18,6 +18,7 @@ from trio_websocket import ConnectionRejected
 from trio_raft._codec import encode
 from trio_raft._messages import AppendRequest, Message, VoteResponse
 from trio_raft._transport import WebSocketTransport, open_websocket_transport
+from trio_raft._transport._auth import SUBPROTOCOL
 from trio_raft._types import Entry
 
 from . import (
@@ -272,7 +273,8 @@ async def test_an_invalid_frame_drops_the_connection_and_the_node_carries_on() -
                 await ws.send_message(b"\xa0")  # an empty map
                 code, reason = await closed_with(ws)
             assert (code, reason) == (1007, "envelope: unsupported protocol version None (this "
-                                             "node speaks 1)")  # fmt: skip
+                                             "node speaks 2; all nodes of a cluster must speak "
+                                             "the same version)")  # fmt: skip
             async with raw_client(b.url, client_id="a") as ws:  # b still serves
                 await ws.send_message(encode(vote("a", "b"), cluster_id=CLUSTER))
                 assert await b.receive_channel.receive() == vote("a", "b")
@@ -291,6 +293,19 @@ async def test_wrong_path_and_missing_subprotocol_are_rejected_at_upgrade() -> N
                     pass  # pragma: no cover
             assert info.value.status_code == 400
             await b.wait_statistics(lambda s: s.handshake_failures == 2)
+
+
+async def test_a_node_of_protocol_version_1_is_refused_at_upgrade() -> None:
+    """An older node offers ``trio-raft.1``; this one speaks only ``trio-raft.2`` (protocol
+    version 2): the upgrade fails, and the refusal is counted as a handshake failure."""
+    assert SUBPROTOCOL == "trio-raft.2"
+    with trio.fail_after(5):
+        async with transport("b", {"a": None}) as b:
+            with pytest.raises(ConnectionRejected) as info:
+                async with raw_client(b.url, client_id=None, subprotocols=["trio-raft.1"]):
+                    pass  # pragma: no cover
+            assert info.value.status_code == 400
+            await b.wait_statistics(lambda s: s.handshake_failures == 1)
 
 
 async def test_a_silent_client_is_closed_after_the_handshake_timeout() -> None:

@@ -27,6 +27,7 @@ from .._messages import (
     Message,
     SnapshotRequest,
     SnapshotResponse,
+    TimeoutNow,
     VoteRequest,
     VoteResponse,
 )
@@ -421,7 +422,9 @@ class RaftState:
             elif isinstance(m, VoteResponse) and m.pre_vote and m.granted:
                 pass  # a granted PreVote carries the term we asked about, not the voter's
             else:
-                leader = m.src if isinstance(m, (AppendRequest, SnapshotRequest)) else None
+                leader = (
+                    m.src if isinstance(m, (AppendRequest, SnapshotRequest, TimeoutNow)) else None
+                )
                 self._become_follower(m.term, leader)
         elif m.term < self.term:
             if isinstance(m, (AppendRequest, SnapshotRequest)):
@@ -446,6 +449,7 @@ class RaftState:
             self._handle_vote_request(m)
         elif isinstance(m, VoteResponse):
             self._handle_vote_response(m)
+        # TimeoutNow (leadership transfer) is accepted and ignored until transfers exist.
 
     def _ignores_vote_request(self, m: VoteRequest) -> bool:
         """A vote request from a node that is not a voter here and whose log is behind ours

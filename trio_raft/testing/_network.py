@@ -50,8 +50,8 @@ import attrs
 import trio
 
 from .._codec import FrameError, decode, encode
-from .._messages import AppendRequest, Message
-from .._types import NodeId
+from .._messages import AppendRequest, Message, SnapshotRequest
+from .._types import Membership, NodeId
 
 __all__ = [
     "EventKind",
@@ -93,12 +93,20 @@ class WireCodecError(AssertionError):
 
 
 def _canonical(value: object) -> object:
-    """A command as it comes back from the codec: tuples as lists, at any depth."""
+    """A command as it comes back from the codec: tuples as lists, at any depth (in a
+    membership's addresses too)."""
     if isinstance(value, (list, tuple)):
         return [_canonical(v) for v in value]
     if isinstance(value, dict):
         return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, Membership):
+        return _canonical_membership(value)
     return value
+
+
+def _canonical_membership(value: Membership) -> Membership:
+    addresses = {k: _canonical(v) for k, v in value.addresses.items()}
+    return Membership(value.voters, value.learners, value.outgoing, addresses)
 
 
 def _wire_round_trip(message: Message) -> None:
@@ -117,6 +125,8 @@ def _wire_round_trip(message: Message) -> None:
             message,
             entries=tuple(attrs.evolve(e, command=_canonical(e.command)) for e in message.entries),
         )
+    elif isinstance(message, SnapshotRequest):
+        expected = attrs.evolve(message, membership=_canonical_membership(message.membership))
     if decoded != expected:
         raise WireCodecError(f"{message!r} comes back from the wire codec as {decoded!r}")
 
