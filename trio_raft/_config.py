@@ -84,6 +84,11 @@ class Config:
     """How long :meth:`Node.promote` (and the other calls that add voters) wait by default
     for new voters to catch up before refusing with
     :exc:`~trio_raft.LearnerNotCaughtUpError`."""
+    transfer_on_close: bool = True
+    """A leader leaving :func:`~trio_raft.open_node`'s block gracefully (normally or by an
+    exception of the body, not by a cancellation) first hands leadership to another voter,
+    waiting at most ``election_timeout_s_max + election_timeout_s_min``; then the cluster
+    elects no new leader from scratch."""
 
     def __attrs_post_init__(self) -> None:
         if self.election_timeout_s_max <= self.election_timeout_s_min:

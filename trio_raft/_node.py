@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
 from typing import Final, Protocol, final
 
@@ -37,14 +37,16 @@ import attrs
 import cbor2
 import trio
 
-from . import _snapshot
+from . import _changes, _snapshot
 from ._abc import StateMachine, Storage, Transport
 from ._codec import FrameError, check_command
 from ._config import Config
+from ._core import _membership
 from ._core._log import RaftLog, entry_size
 from ._core._progress import ProgressState
 from ._core._state import RaftState, Ready
 from ._errors import (
+    InvalidMembershipError,
     LeadershipLostError,
     NodeClosedError,
     NodeCrashedError,
@@ -96,12 +98,15 @@ class _Retry:
     """Process the Ready again: an append refused for disk space is due for a retry."""
 
 
+_WAITING_EVENTS = (_Propose, _Read, _changes.ChangeMembership, _changes.TransferLeadership)
 _TIMEOUT = _Timeout()
 _RETRY = _Retry()
 _Event = (
     Message
     | _Propose
     | _Read
+    | _changes.ChangeMembership
+    | _changes.TransferLeadership
     | _Timeout
     | _Retry
     | _snapshot.SnapshotSaved
@@ -216,6 +221,7 @@ class Node:
             last_log_index=st.log.last_index, last_log_term=st.log.last_term, followers=followers,
             log_start_index=st.log.start_index, snapshot_index=self._snapshot_index,
             no_space=st.no_space, membership=st.membership,
+            transfer_target=None if st.transfer is None else st.transfer.target,
             membership_index=st.membership_index, membership_committed=st.membership_committed,
         )  # fmt: skip
 
@@ -280,6 +286,141 @@ class Node:
             if predicate(status):
                 return status
             await self._changed.wait()
+
+    # -- membership ---------------------------------------------------------------------------
+
+    async def add_learner(self, node_id: NodeId, address: object = _membership.KEEP) -> Membership:
+        """Add ``node_id`` as a learner (it receives the log but does not vote), or change a
+        member's address; one configuration entry. A voter stays a voter.
+
+        Args:
+            node_id: The node to add. Open it with ``members=None`` (join mode) and a
+                transport that accepts this cluster's members (their addresses are in
+                ``leader.membership.addresses``).
+            address: What the transports need to reach it (trio-raft's tools use
+                ``{"peer": URL, "client": URL}``). Default: keep the current one (``None``
+                for a new member).
+
+        Returns:
+            The configuration, once committed.
+
+        Raises:
+            NotLeaderError: not the leader; nothing changed.
+            MembershipError: refused (a change in flight, an invalid request, ...); nothing
+                changed. See :doc:`membership` for what each subclass means.
+            LeadershipLostError: leadership was lost after the change was appended: unknown
+                outcome; retrying is safe (membership calls are idempotent).
+            NodeClosedError: the node shut down before anything was submitted.
+        """
+        return await _changes.change(
+            self, lambda m: _membership.with_learner(m, node_id, address), None
+        )
+
+    async def promote(
+        self, node_id: NodeId, *, catch_up_timeout_s: float | None = None
+    ) -> Membership:
+        """Make learner ``node_id`` a voter, through a joint configuration (Raft thesis §4.3),
+        once it has stayed within :attr:`Config.catch_up_entries` of this leader for
+        ``election_timeout_s_max``.
+
+        Args:
+            node_id: A learner (a voter: nothing to do).
+            catch_up_timeout_s: How long to wait for it to catch up
+                (:attr:`Config.catch_up_timeout_s` if ``None``).
+
+        Returns:
+            The configuration, once committed (the joint phase is left automatically).
+
+        Raises:
+            LearnerNotCaughtUpError: it did not catch up in time; it stays a learner.
+            InvalidMembershipError: ``node_id`` is not a member.
+            NotLeaderError, MembershipError, LeadershipLostError, NodeClosedError: as for
+                :meth:`add_learner`.
+        """
+        return await _changes.change(
+            self, lambda m: _membership.promoted(m, node_id), catch_up_timeout_s
+        )
+
+    async def add_voter(
+        self,
+        node_id: NodeId,
+        address: object = _membership.KEEP,
+        *,
+        catch_up_timeout_s: float | None = None,
+    ) -> Membership:
+        """:meth:`add_learner`, then :meth:`promote`. If the promotion fails, the node stays a
+        learner (remove it, or promote it later)."""
+        await self.add_learner(node_id, address)
+        return await self.promote(node_id, catch_up_timeout_s=catch_up_timeout_s)
+
+    async def demote(self, node_id: NodeId) -> Membership:
+        """Make voter ``node_id`` a learner (joint consensus). The leader may demote itself:
+        it leads until the change commits, then hands over and steps down.
+
+        Raises:
+            InvalidMembershipError: ``node_id`` is not a member, or is the last voter.
+            NotLeaderError, MembershipError, LeadershipLostError, NodeClosedError: as for
+                :meth:`add_learner`.
+        """
+        return await _changes.change(self, lambda m: _membership.demoted(m, node_id), None)
+
+    async def remove(self, node_id: NodeId) -> Membership:
+        """Remove ``node_id``: a voter through a joint configuration, a learner with one entry.
+        Removing a node that is not a member returns at once. The leader may remove itself:
+        it leads (without counting itself) until the change commits, then hands leadership
+        to the most up-to-date remaining voter (TimeoutNow) and steps down.
+
+        Raises:
+            InvalidMembershipError: ``node_id`` is the last voter.
+            NotLeaderError, MembershipError, LeadershipLostError, NodeClosedError: as for
+                :meth:`add_learner`.
+        """
+        return await _changes.change(self, lambda m: _membership.without(m, node_id), None)
+
+    async def change_membership(
+        self,
+        *,
+        voters: Collection[NodeId],
+        learners: Collection[NodeId] = (),
+        addresses: Mapping[NodeId, object] | None = None,
+        catch_up_timeout_s: float | None = None,
+    ) -> Membership:
+        """Make the configuration exactly ``voters`` and ``learners`` (the general case: grow,
+        shrink, replace several nodes at once). New voters must already be learners; they are
+        waited for as in :meth:`promote`. Addresses default to the current ones (``None`` for
+        a new learner).
+
+        Raises:
+            InvalidMembershipError: the request is impossible (no voter, a new voter that is
+                not a learner, limits).
+            LearnerNotCaughtUpError, NotLeaderError, MembershipError, LeadershipLostError,
+            NodeClosedError: as for :meth:`promote`.
+        """
+        voters, learners = _as_ids(voters, "voters"), _as_ids(learners, "learners")
+        return await _changes.change(
+            self,
+            lambda m: _membership.exactly(m, voters, learners, addresses),
+            catch_up_timeout_s,
+        )
+
+    async def transfer_leadership(self, target: NodeId | None = None) -> NodeId:
+        """Hand leadership to ``target`` (default: the voter with the most log among those
+        that answered recently) and return the node that leads next (normally ``target``).
+
+        New proposals get :exc:`NotLeaderError` naming the target meanwhile; proposals
+        already appended commit first. The target campaigns at once (TimeoutNow), past
+        PreVote and the other nodes' CheckQuorum leases.
+
+        Raises:
+            LeadershipTransferError: this node still leads after ``election_timeout_s_max``
+                (it accepts proposals again), or it stepped down but learned of no new leader
+                in time (``exc.moved``).
+            InvalidMembershipError: ``target`` is not a voter, or there is no other voter.
+            MembershipChangeInProgressError: a membership change or another transfer is in
+                flight.
+            NotLeaderError: not the leader.
+        """
+        return await _changes.transfer(self, target)
 
     async def wait_leader(self) -> NodeId:
         """Block until this node knows a leader (possibly itself) and return its id."""
@@ -348,7 +489,7 @@ class Node:
     def _fail_waiters(self) -> None:
         """The node crashed: fail everything waiting on it (they would wait forever)."""
         for event in self._drain_inbox():
-            if isinstance(event, (_Propose, _Read)):
+            if isinstance(event, _WAITING_EVENTS):
                 event.waiter.fail(self._crash_error())
         for _, waiter in self._proposals.values():
             waiter.fail(self._crash_error())
@@ -372,7 +513,7 @@ class Node:
         self._inbox_send.close()
         # Requests that never reached the dispatcher were never appended.
         for event in self._drain_inbox():
-            if isinstance(event, (_Propose, _Read)):
+            if isinstance(event, _WAITING_EVENTS):
                 event.waiter.fail(NodeClosedError(f"node {self._id!r} shut down; not appended"))
         for _, waiter in self._proposals.values():
             waiter.fail(LeadershipLostError(f"node {self._id!r} shut down; outcome unknown"))
@@ -436,6 +577,8 @@ class Node:
                 event.waiter.fail(exc)
         elif isinstance(event, _Retry):
             pass  # the Ready is processed after every batch
+        elif isinstance(event, (_changes.ChangeMembership, _changes.TransferLeadership)):
+            _changes.handle(self, event, now)
         else:
             st.on_election_timeout(now)
             if st.terms_exhausted and st.role is not Role.LEADER:
@@ -656,13 +799,15 @@ class Node:
 
     def _reset_election_timer(self) -> None:
         cfg = self._state.config
+        now = trio.current_time()
         if self._state.role is Role.LEADER:
-            timeout = cfg.election_timeout_s_min  # the CheckQuorum period
+            # The CheckQuorum round, or a leadership transfer's deadline if that is sooner.
+            self._election_deadline = max(now, self._state.leader_deadline)
         elif not self._state.can_campaign:
-            timeout = math.inf  # a learner, a removed or a joining node never campaigns
+            self._election_deadline = math.inf  # learners, removed and joining nodes
         else:
             timeout = self._rng.uniform(cfg.election_timeout_s_min, cfg.election_timeout_s_max)
-        self._election_deadline = trio.current_time() + timeout
+            self._election_deadline = now + timeout
         if self._timer_scope is not None:
             self._timer_scope.deadline = self._election_deadline
 
@@ -804,6 +949,12 @@ class Node:
             )
 
 
+def _as_ids(ids: Collection[NodeId], what: str) -> frozenset[NodeId]:
+    if isinstance(ids, str):
+        raise InvalidMembershipError(f"{what} must be a collection of ids, not a str", "limits")
+    return frozenset(ids)
+
+
 def _check_command(command: object, max_bytes: int) -> None:
     """Refuse, before anything is appended, a command no storage or transport could carry (it
     would block replication of every entry behind it)."""
@@ -939,6 +1090,11 @@ async def _open_node(
                 node._start(nursery)
                 try:
                     yield node
+                except Exception:
+                    await _changes.transfer_on_close(node)  # a graceful exit (not a cancel)
+                    raise
+                else:
+                    await _changes.transfer_on_close(node)
                 finally:
                     nursery.cancel_scope.cancel()
     except BaseException as exc:

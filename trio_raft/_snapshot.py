@@ -180,6 +180,8 @@ async def send(node: Node, peer: NodeId, term: int) -> None:
     meta, chunks = loaded
     # A snapshot an older release wrote has no membership: it is the one at its index then.
     membership = meta.membership if meta.membership is not None else st.membership_at(meta.index)
+    if membership is None:  # a leader always has a configuration (it campaigned in one)
+        raise AssertionError(f"{node.id}: leading without a configuration")
 
     def request(offset: int, data: bytes, done: bool) -> SnapshotRequest:
         return SnapshotRequest(

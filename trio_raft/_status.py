@@ -60,3 +60,5 @@ class Status:
     with a snapshot; 0 for a bootstrap configuration not yet written to the log)."""
     membership_committed: bool = False
     """Whether that configuration is committed, as far as this node knows."""
+    transfer_target: NodeId | None = None
+    """The node a leadership transfer in progress hands over to (leader only)."""

@@ -14,6 +14,8 @@ import attrs
 
 from .._config import Config
 from .._errors import (
+    InvalidMembershipError,
+    LeadershipTransferError,
     LearnerNotCaughtUpError,
     MembershipChangeInProgressError,
     NoSpaceError,
@@ -86,6 +88,19 @@ class Ready:
         return self.hard_state is not None or self.truncate_from is not None or bool(self.entries)
 
 
+@attrs.define
+class Transfer:
+    """A leadership transfer in progress (leader only)."""
+
+    target: NodeId
+    deadline: float
+    """When the leader gives up and accepts proposals again."""
+    lag: int
+    """How far behind the target was when the transfer began."""
+    sent: bool = False
+    """Whether ``TimeoutNow`` went out."""
+
+
 @attrs.frozen
 class _PendingRead:
     read_id: int
@@ -136,6 +151,12 @@ class RaftState:
         """The time of the latest input that carried one."""
         self.successor: NodeId | None = None
         """The voter a leader that removed itself handed over to (when it stepped down)."""
+        self.transfer: Transfer | None = None
+        """The leadership transfer in progress (leader only)."""
+        self.transfer_failure: str | None = None
+        """Why the last transfer this node started was abandoned."""
+        self._quorum_check_due = float("-inf")
+        """Leader: when the next CheckQuorum round is due."""
         self.role = Role.FOLLOWER
         self.leader_id: NodeId | None = None
         self.leader_contact_at = float("-inf")
@@ -295,6 +316,7 @@ class RaftState:
         self.progress = {}
         self._retiring = {}
         self._retire_by = {}
+        self.transfer = None
         self.votes = {}
         self._fail_reads()
         self._ready.reset_election_timer = True
@@ -309,7 +331,7 @@ class RaftState:
         self._ready.reset_election_timer = True
         self._request_votes(pre_vote=True)
 
-    def _campaign(self) -> None:
+    def _campaign(self, *, transfer: bool = False) -> None:
         self.term += 1
         self.voted_for = self.id
         self._hard_state_changed()
@@ -318,9 +340,9 @@ class RaftState:
         self.votes = {self.id: True}
         self._ready.role_changed = True
         self._ready.reset_election_timer = True
-        self._request_votes(pre_vote=False)
+        self._request_votes(pre_vote=False, transfer=transfer)
 
-    def _request_votes(self, *, pre_vote: bool) -> None:
+    def _request_votes(self, *, pre_vote: bool, transfer: bool = False) -> None:
         m = self._members.current
         assert m is not None  # only a node that can campaign gets here
         if joint_vote_result(m, self.votes) is VoteResult.WON:
@@ -330,9 +352,10 @@ class RaftState:
         for peer in sorted(m.all_voters - {self.id}):
             self._send(
                 VoteRequest(
-                    self.id, peer, term, self.log.last_index, self.log.last_term, pre_vote=pre_vote
+                    self.id, peer, term, self.log.last_index, self.log.last_term,
+                    pre_vote=pre_vote, transfer=transfer,
                 )
-            )
+            )  # fmt: skip
 
     def _on_vote_won(self) -> None:
         if self.role is Role.PRE_CANDIDATE:
@@ -350,6 +373,8 @@ class RaftState:
         self.seq = 0
         self._term_start_index = last + 1
         self._ready.reset_election_timer = True  # now the CheckQuorum period
+        self._quorum_check_due = self._now + self.config.election_timeout_s_min
+        self.transfer_failure = None
         # Raft §8: an entry of the new term lets the leader commit (and learn the commit
         # index). A bootstrap configuration, in no log yet, is written into it instead of a
         # no-op: from then on the log is the source of truth (adopting changes no voter).
@@ -384,7 +409,17 @@ class RaftState:
         self._now = now
         self._ready.reset_election_timer = True
         if self.role is Role.LEADER:
-            self._check_quorum()
+            t = self.transfer
+            if t is not None and now >= t.deadline:
+                self.transfer = None
+                self.transfer_failure = (
+                    f"leadership transfer to {t.target!r} timed out: it was {t.lag} entries "
+                    f"behind when the transfer began, and TimeoutNow "
+                    f"{'was sent' if t.sent else 'was never sent (it did not catch up)'}"
+                )
+            if now >= self._quorum_check_due:
+                self._quorum_check_due = now + self.config.election_timeout_s_min
+                self._check_quorum()
             return
         if self.terms_exhausted or not self.can_campaign:
             return  # no higher term to campaign in, or not a voter: the node stays a follower
@@ -415,7 +450,7 @@ class RaftState:
         if isinstance(m, VoteRequest) and self._ignores_vote_request(m):
             return
         if m.term > self.term:
-            if isinstance(m, VoteRequest) and self.in_lease(now):
+            if isinstance(m, VoteRequest) and not m.transfer and self.in_lease(now):
                 return  # a leader is alive: ignore the disruption, don't adopt the term
             if isinstance(m, VoteRequest) and m.pre_vote:
                 pass  # a PreVote never changes our term
@@ -449,7 +484,18 @@ class RaftState:
             self._handle_vote_request(m)
         elif isinstance(m, VoteResponse):
             self._handle_vote_response(m)
-        # TimeoutNow (leadership transfer) is accepted and ignored until transfers exist.
+        elif isinstance(m, TimeoutNow) and self._obeys_timeout_now(m):
+            # The leader of this term hands over: campaign at once, skipping PreVote; the
+            # request's transfer flag gets it past the others' leases (etcd's campaignTransfer).
+            self._campaign(transfer=True)
+
+    def _obeys_timeout_now(self, m: TimeoutNow) -> bool:
+        return (
+            self.role is Role.FOLLOWER
+            and m.src == self.leader_id
+            and self.can_campaign
+            and not self.terms_exhausted
+        )
 
     def _ignores_vote_request(self, m: VoteRequest) -> bool:
         """A vote request from a node that is not a voter here and whose log is behind ours
@@ -558,6 +604,7 @@ class RaftState:
             if pr.on_success(m.match_index, self.log.start_index):
                 self._heard(pr, now)
                 self._maybe_commit()
+                self._maybe_send_timeout_now()
         elif m.rejected_index > 0:  # 0: refused for its term, not for a mismatch
             hint = m.conflict_index
             if m.conflict_term > 0:
@@ -647,6 +694,7 @@ class RaftState:
             self._confirm_reads()
             self._maybe_leave_joint()
             self._maybe_hand_over()
+            self._maybe_send_timeout_now()
 
     def _maybe_leave_joint(self) -> None:
         """Leave a committed joint configuration toward its new voters (thesis §4.3): every
@@ -676,7 +724,85 @@ class RaftState:
             return
         match = {p: pr.match for p, pr in self.progress.items()}
         self.successor = choose_successor(m, match, self._live_peers(), self.id)
+        if self.successor is not None and match[self.successor] == self.log.last_index:
+            self._send(TimeoutNow(self.id, self.successor, self.term))
         self._become_follower(self.term, None)
+
+    # -- leadership transfer ---------------------------------------------------------------
+
+    def transfer_leadership(self, target: NodeId | None, now: float) -> NodeId:
+        """Start handing leadership to ``target`` (``None``: the live voter with the most log).
+        Returns the chosen target (this node's id: nothing to do). Until the transfer ends,
+        :meth:`propose` raises :exc:`NotLeaderError` naming the target.
+
+        Raises:
+            NotLeaderError: not the leader.
+            MembershipChangeInProgressError: a membership change or another transfer is in
+                flight.
+            InvalidMembershipError: ``target`` is not a voter (rule ``not_a_voter``), or there
+                is no other voter (``no_other_voter``).
+            LeadershipTransferError: ``target`` is None and no other voter is live.
+        """
+        self._now = now
+        self._require_leader()
+        m = self._members.current
+        assert m is not None
+        if target == self.id:
+            return self.id
+        if self.transfer is not None or m.is_joint or self._members.index > self.commit:
+            raise MembershipChangeInProgressError(
+                "a membership change or another leadership transfer is in flight; wait for it "
+                "to finish and retry",
+                None if self.transfer is not None else m,
+                0 if self.transfer is not None else self._members.index,
+            )
+        others = m.voters - {self.id}
+        if not others:
+            raise InvalidMembershipError(
+                f"{self.id!r} is the only voter: there is no one to hand leadership to (add "
+                "and promote another node first)",
+                "no_other_voter",
+            )
+        if target is None:
+            match = {p: pr.match for p, pr in self.progress.items()}
+            target = choose_successor(m, match, self._live_peers(), self.id)
+            if target is None:
+                raise LeadershipTransferError(
+                    f"no other voter ({', '.join(sorted(others))}) answered within "
+                    f"{self.config.election_timeout_s_min} s; leadership stays here",
+                    None,
+                    moved=False,
+                )
+        elif target not in m.voters:
+            raise InvalidMembershipError(
+                f"{target!r} is not a voter (voters: {', '.join(sorted(m.voters))}); only a "
+                "voter can lead",
+                "not_a_voter",
+            )
+        lag = self.log.last_index - self.progress[target].match
+        self.transfer = Transfer(target, now + self.config.election_timeout_s_max, lag)
+        self.transfer_failure = None
+        self._ready.reset_election_timer = True  # wake up at the transfer's deadline
+        self._maybe_send_timeout_now()
+        return target
+
+    @property
+    def leader_deadline(self) -> float:
+        """Leader: when the timer must fire next (CheckQuorum round, or transfer deadline)."""
+        t = self.transfer
+        return self._quorum_check_due if t is None else min(self._quorum_check_due, t.deadline)
+
+    def _maybe_send_timeout_now(self) -> None:
+        """Send TimeoutNow once the target holds the whole log and all of it is committed (so
+        no proposal of this leader is still pending when it steps down)."""
+        t = self.transfer
+        if t is None or t.sent or self.role is not Role.LEADER:
+            return
+        last = self.log.last_index
+        pr = self.progress.get(t.target)
+        if pr is not None and pr.match == last and self.commit == last:
+            t.sent = True
+            self._send(TimeoutNow(self.id, t.target, self.term))
 
     def _live_peers(self) -> set[NodeId]:
         """Peers heard from within the minimum election timeout (as of the latest input)."""
@@ -736,6 +862,10 @@ class RaftState:
         if already_in_force(current, target):
             return None
         check_target(current, target)
+        if self.transfer is not None:
+            raise MembershipChangeInProgressError(
+                f"a leadership transfer to {self.transfer.target!r} is in progress; retry after it"
+            )
         if current.is_joint or self._members.index > self.commit:
             raise MembershipChangeInProgressError(
                 f"a membership change is in flight ({current!r} at index "
@@ -789,6 +919,8 @@ class RaftState:
             TooManyUncommittedError: the uncommitted backlog is full; nothing was appended.
         """
         self._require_leader()
+        if self.transfer is not None:
+            raise NotLeaderError(self.id, self.transfer.target)
         if self.no_space and not frees_space:
             raise NoSpaceError(
                 f"node {self.id!r} (the leader) is low on disk space, so it accepts only "
