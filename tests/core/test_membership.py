@@ -299,3 +299,50 @@ def test_choose_successor_prefers_the_live_voter_with_the_most_log() -> None:
     assert mb.choose_successor(m, match, {"n2", "n3", "n4", "n5"}, "n1") == "n3"  # tie: lower id
     assert mb.choose_successor(m, match, {"n2", "n4", "n5"}, "n1") == "n4"
     assert mb.choose_successor(m, match, {"n5"}, "n1") is None  # learners never lead
+
+
+# -- which configuration is in force (MembershipLog) -----------------------------------------
+
+
+def _config(index: int, m: Membership) -> Entry:
+    return Entry(1, index, m, EntryKind.CONFIG)
+
+
+def test_membership_log_follows_append_truncate_compact_and_install() -> None:
+    boot = Membership({"n1"})
+    c2 = Membership({"n1"}, {"n2"})
+    c3 = Membership({"n1", "n2"}, (), {"n1"})
+    log = mb.MembershipLog(boot, None, 0, [Entry(1, 1, "x")])
+    assert (log.current, log.index) == (boot, 0)
+    assert log.appended([Entry(1, 2, "y"), _config(3, c2)])
+    assert (log.current, log.index) == (c2, 3)
+    assert log.appended([_config(5, c3)])
+    assert log.at(4) == c2 and log.at(2) == boot and log.at(9) == c3
+    assert log.truncated(5) and log.current == c2  # rolled back with its entry
+    assert not log.truncated(6)
+    log.compacted(4)  # folds c2 (index 3) into the base
+    assert (log.current, log.index) == (c2, 3) and log.entries() == []
+    assert log.appended([_config(6, c3)])
+    assert not log.installed(7, c3, kept=True)  # the log matched: same configuration
+    assert (log.current, log.index) == (c3, 6)
+    assert log.installed(20, Membership({"n1", "n2"}), kept=False)
+    assert (log.current, log.index) == (Membership({"n1", "n2"}), 20)
+    assert not log.installed(30, None, kept=False) or log.current == boot  # an old snapshot
+
+
+def test_membership_log_refuses_a_snapshot_that_contradicts_a_matching_log() -> None:
+    log = mb.MembershipLog(C3, None, 0, [_config(1, C3)])
+    with pytest.raises(AssertionError, match="Log Matching"):
+        log.installed(5, Membership({"n1"}), kept=True)
+
+
+def test_a_snapshot_replaces_a_bootstrap_configuration() -> None:
+    """A node whose log never held a configuration (bootstrap in force) takes the one a
+    matching snapshot carries."""
+    log = mb.MembershipLog(C3, None, 0, [])
+    new = Membership({"n1", "n2", "n3"}, {"n4"})
+    assert log.installed(5, new, kept=True)
+    assert (log.current, log.index) == (new, 5)
+    joining = mb.MembershipLog(None, None, 0, [])
+    assert joining.current is None
+    assert joining.installed(9, new, kept=False) and joining.current == new

@@ -16,7 +16,14 @@ from hypothesis import HealthCheck, given, settings
 from trio_raft._codec import decode, encode
 from trio_raft._config import Config
 from trio_raft._core._state import RaftState
-from trio_raft._messages import AppendRequest, AppendResponse, Message, TimeoutNow, VoteResponse
+from trio_raft._messages import (
+    AppendRequest,
+    AppendResponse,
+    Message,
+    TimeoutNow,
+    VoteRequest,
+    VoteResponse,
+)
 from trio_raft._types import Entry, EntryKind, HardState, Membership, NodeId, Role, StoredState
 
 CLUSTER = "wire-round-trip"
@@ -144,14 +151,13 @@ def test_configuration_entries_are_replicated_through_the_codec() -> None:
     assert entry.kind is EntryKind.CONFIG and entry.command == MEMBERSHIP
 
 
-def test_timeout_now_is_accepted_and_its_term_adopted() -> None:
-    """Until leadership transfer is built, a TimeoutNow only does what any message of a
-    leader does: a higher term makes the receiver follow its sender in that term."""
+def test_timeout_now_through_the_codec_starts_a_transfer_election() -> None:
+    """A TimeoutNow from the leader the receiver follows makes it campaign at once, and its
+    vote requests carry the transfer flag through the codec; a stale one is ignored."""
     node = RaftState("n2", IDS, Config(), StoredState())
-    node.step(round_trip(TimeoutNow("n1", "n2", 3)), 0.0)
-    assert (node.term, node.role, node.leader_id) == (3, Role.FOLLOWER, "n1")
-    node.take_ready()
-    node.step(round_trip(TimeoutNow("n1", "n2", 3)), 0.0)  # the same term: ignored for now
-    node.step(round_trip(TimeoutNow("n3", "n2", 2)), 0.0)  # a stale one: ignored
-    assert (node.term, node.role, node.leader_id) == (3, Role.FOLLOWER, "n1")
-    assert not node.has_ready() or not node.take_ready().messages
+    node.step(round_trip(TimeoutNow("n3", "n2", 2)), 0.0)
+    assert (node.term, node.role, node.leader_id) == (3, Role.CANDIDATE, None)  # 2 + 1
+    requests = [round_trip(m) for m in node.take_ready().messages]
+    assert requests and all(isinstance(m, VoteRequest) and m.transfer for m in requests)
+    node.step(round_trip(TimeoutNow("n1", "n2", 1)), 0.0)  # a stale one: ignored
+    assert node.term == 3 and not node.take_ready().messages

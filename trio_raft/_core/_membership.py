@@ -303,7 +303,7 @@ class MembershipLog:
             if membership is not None and from_log and local != membership:
                 raise AssertionError(
                     f"snapshot at {index} carries {membership!r} but the matching log has "
-                    f"{local!r} there"
+                    f"{local!r} there: Log Matching is broken"
                 )
             self.compacted(index)
             if membership is not None and not from_log:

@@ -297,9 +297,10 @@ class RaftState:
             for peer in members & self._retiring.keys():
                 del self._retiring[peer]  # added back before it was dropped
                 self._retire_by.pop(peer, None)
-            last = self.log.last_index
+            # A new replica is sent the entry that added it first (then probed backwards).
+            first = max(self._members.index, self.log.start_index + 1)
             for peer in self.replica_ids - self.progress.keys():
-                self.progress[peer] = Progress(next=last + 1)
+                self.progress[peer] = Progress(next=min(first, self.log.last_index + 1))
         elif self.role in (Role.PRE_CANDIDATE, Role.CANDIDATE) and not self.can_campaign:
             self._become_follower(self.term, None)
 
@@ -417,9 +418,10 @@ class RaftState:
                     f"behind when the transfer began, and TimeoutNow "
                     f"{'was sent' if t.sent else 'was never sent (it did not catch up)'}"
                 )
-            if now >= self._quorum_check_due:
-                self._quorum_check_due = now + self.config.election_timeout_s_min
-                self._check_quorum()
+                if now < self._quorum_check_due:
+                    return  # the timer fired for the transfer, before the CheckQuorum round
+            self._quorum_check_due = now + self.config.election_timeout_s_min
+            self._check_quorum()
             return
         if self.terms_exhausted or not self.can_campaign:
             return  # no higher term to campaign in, or not a voter: the node stays a follower
