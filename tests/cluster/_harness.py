@@ -310,9 +310,14 @@ class ProcessCluster:
 
     def snapshot_meta(self, node_id: str) -> SnapshotMeta | None:
         """The (index, term) of the node's snapshot on disk, read while it runs (the file only
-        appears once complete, by rename)."""
+        appears once complete, by rename); its membership is checked and left out, so it
+        compares equal to the metas the trace lines give."""
         path = os.fspath(self.data_dir(node_id) / SNAPSHOT_FILE)
-        return verify_snapshot(OsFileSystem(), path, DEFAULT_MAX_RECORD_BYTES)
+        meta = verify_snapshot(OsFileSystem(), path, DEFAULT_MAX_RECORD_BYTES)
+        if meta is None:
+            return None
+        assert meta.membership is not None, f"{node_id}: snapshot without a membership: {meta}"
+        return SnapshotMeta(meta.index, meta.term)
 
     def log(self, node_id: str) -> str:
         path = self.local.directory / f"{node_id}.log"
