@@ -211,10 +211,15 @@ class Node:
     def status(self) -> Status:
         """A consistent snapshot of this node's state (cheap; computed on access)."""
         st = self._state
+        now = _now_or_zero() if st.progress else 0.0
+        voters = st.membership.all_voters if st.membership is not None else frozenset()
         followers = {
-            peer: FollowerStatus(pr.match, pr.next, pr.state is ProgressState.PROBE)
+            peer: FollowerStatus(
+                pr.match, pr.next, pr.state is ProgressState.PROBE, peer in voters,
+                st.caught_up_for(peer, now),
+            )
             for peer, pr in st.progress.items()
-        }
+        }  # fmt: skip
         return Status(
             node_id=self._id, role=st.role, term=st.term, leader_id=st.leader_id,
             commit_index=st.commit, last_applied=self._last_applied,
@@ -947,6 +952,14 @@ class Node:
                     f"of term {entry.term}; it was not applied, retry"
                 )
             )
+
+
+def _now_or_zero() -> float:
+    """The trio clock, or 0 outside a run (a status read after the node's run ended)."""
+    try:
+        return trio.current_time()
+    except RuntimeError:
+        return 0.0
 
 
 def _as_ids(ids: Collection[NodeId], what: str) -> frozenset[NodeId]:

@@ -19,6 +19,12 @@ class FollowerStatus:
     """Next log index the leader will send."""
     probing: bool
     """True while the leader is still searching for where the logs agree."""
+    voter: bool = True
+    """Whether it votes in the configuration in force (False for learners and for removed
+    peers the leader still tells about their removal)."""
+    caught_up_s: float = 0.0
+    """How long it has stayed within ``Config.catch_up_entries`` of the leader (0 if it is
+    further behind): a learner may be promoted once this reaches ``election_timeout_s_max``."""
 
 
 @attrs.frozen
