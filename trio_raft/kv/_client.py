@@ -12,10 +12,11 @@ the hint (or tries the next URL); on a lost connection, ``outcome_unknown``, ``d
 :class:`random.Random`). A write keeps its session and sequence number through its retries, so
 the state machine applies it at most once however often it is sent.
 
-The client follows the cluster's membership: whenever it opens a connection, at most every
-:data:`REFRESH_INTERVAL_S`, it asks that node for ``members`` in the background (one try, no
-redirect) and from then on dials the members' client URLs first, the URLs it was opened with
-last. Every membership result it receives (``members``, ``add_learner`` ...) updates the list.
+The client follows the cluster's membership: whenever it opens a connection, unless it learned
+the membership less than :data:`REFRESH_INTERVAL_S` ago, it asks that node for ``members`` in
+the background (one try, no redirect: a follower's refusal leaves it to the next connection)
+and from then on dials the members' client URLs first, the URLs it was opened with last.
+Every membership result it receives (``members``, ``add_learner`` ...) updates the list.
 """
 
 from __future__ import annotations
@@ -180,6 +181,7 @@ class KVClient:
         self._urls, self._nursery, self._token = tuple(urls), nursery, token
         self._learned: tuple[str, ...] = ()  # members' client URLs, from the last membership
         self._refresh_at = -math.inf  # when a new connection may refresh them
+        self._refreshing = False
         self._timeout_s, self._connect_timeout_s = timeout_s, connect_timeout_s
         self._rng, self._ssl_context = rng, ssl_context
         self._slots = trio.Semaphore(max_concurrent_requests)
@@ -518,21 +520,27 @@ class KVClient:
         return self._learned + tuple(u for u in self._urls if u not in self._learned)
 
     async def _refresh(self, link: _Link) -> None:
-        """Ask ``link``'s node for ``members`` (once, no redirect) and learn its URLs; any
-        failure (a follower, an old server, a lost link, a slow answer) is ignored."""
+        """Ask ``link``'s node for ``members`` (once, no redirect) and learn its URLs. Any
+        failure is ignored: a follower's ``not_leader`` leaves the next connection (to the
+        leader, usually) to try again; anything else (an old server, a lost link, no answer
+        within ``connect_timeout_s``) waits :data:`REFRESH_INTERVAL_S`."""
         self._next_id += 1
         request_id = self._next_id  # taken before any checkpoint: ids are never shared
         response: p.Response | None = None
-        with trio.move_on_after(self._connect_timeout_s):
-            try:
+        try:
+            with trio.move_on_after(self._connect_timeout_s):
                 async with self._slots:
                     response = await link.request(request_id, p.Members())
-            except _LinkLost:
-                return
+        except _LinkLost:
+            pass
+        finally:
+            self._refreshing = False
         if isinstance(response, p.Ok):
             result = _membership_result(response.result)
             if result is not None:
-                self._learn(result)
+                return self._learn(result)
+        if not (isinstance(response, p.Failure) and response.code is p.ErrorCode.NOT_LEADER):
+            self._refresh_at = trio.current_time() + REFRESH_INTERVAL_S
 
     # -- calls ---------------------------------------------------------------------------------
 
@@ -661,8 +669,8 @@ class KVClient:
                 except _ConnectFailed as exc:
                     attempts.last_error = str(exc)
                 else:
-                    if trio.current_time() >= self._refresh_at:
-                        self._refresh_at = trio.current_time() + REFRESH_INTERVAL_S
+                    if trio.current_time() >= self._refresh_at and not self._refreshing:
+                        self._refreshing = True
                         self._nursery.start_soon(self._refresh, link)
                     continue
             attempts.misses += 1
