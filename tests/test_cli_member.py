@@ -8,15 +8,19 @@ from __future__ import annotations
 import json
 import re
 from functools import partial
+from pathlib import Path
 
 import pytest
 import trio
 
 from trio_raft._cli import _status_command, build_parser, main
 from trio_raft._cli_member import run_member_command
+from trio_raft._serve import ConfigError, load_cluster_file, serve
 from trio_raft.kv import open_client
 
+from . import _ports
 from .kv.test_server_client import TEST_S, Cluster, kv_cluster
+from .test_cli_real import DEADLINE_S
 
 PEER = "ws://127.0.0.1:1/raft"
 """The peer URL given to the new members: the nodes talk over a MemoryNetwork."""
@@ -181,3 +185,49 @@ async def test_status_shows_the_configuration_and_learners(
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 2
     assert "usage:" in capsys.readouterr().err
+
+
+# -- the cluster file's admin_token, through trio-raft serve ------------------------------------
+
+FILE = """
+cluster_id = "t"
+secret = "0123456789abcdef0123"
+{extra}
+[nodes.n1]
+peer = "ws://127.0.0.1:{peer}/raft"
+client = "ws://127.0.0.1:{client}/kv"
+"""
+
+
+def test_the_cluster_file_reads_admin_token(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.toml"
+    path.write_text(FILE.format(extra='admin_token = "adm"', peer=7001, client=8001))
+    assert load_cluster_file(path).admin_token == "adm"
+    path.write_text(FILE.format(extra="", peer=7001, client=8001))
+    assert load_cluster_file(path).admin_token is None
+    for wrong in ("admin_token = 5", 'admin_token = ""'):
+        path.write_text(FILE.format(extra=wrong, peer=7001, client=8001))
+        with pytest.raises(ConfigError, match="admin_token must be a non-empty string"):
+            load_cluster_file(path)
+
+
+@pytest.mark.process
+async def test_serve_requires_the_admin_token_for_changes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    peer, client = _ports.allocate(2)
+    path = tmp_path / "cluster.toml"
+    path.write_text(
+        FILE.format(extra='token = "tok"\nadmin_token = "adm"', peer=peer, client=client)
+    )
+    cluster = load_cluster_file(path)
+    url = cluster.nodes["n1"].client
+    with trio.fail_after(DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve, cluster, "n1")
+            assert await cli("member", "list", "--url", url, "--token", "tok") == 0
+            assert "peer" in capsys.readouterr().out
+            assert await cli("member", "remove", "n9", "--url", url, "--token", "tok") == 1
+            assert "admin_token" in capsys.readouterr().err
+            assert await cli("member", "remove", "n9", "--url", url, "--token", "adm") == 0
+            nursery.cancel_scope.cancel()

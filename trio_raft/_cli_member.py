@@ -168,6 +168,8 @@ async def run_member_command(args: argparse.Namespace) -> int:
         _fail(name, str(exc), "raise --timeout if the cluster is slow or electing")
     except KVError as exc:
         _fail(name, str(exc), None)
+    except OSError as exc:  # e.g. the --ca file
+        _fail(name, str(exc), None)
     return EXIT_FAILED
 
 
