@@ -508,3 +508,34 @@ async def test_concurrent_calls_each_get_their_answer() -> None:
                     nursery.start_soon(one)
                 nursery.start_soon(kv.members)
             assert results == [b"v"] * 50
+
+
+async def test_a_lost_connection_refreshes_the_members_at_most_every_interval() -> None:
+    """Another client adds a member; this one learns it only when it reconnects, and only once
+    the refresh interval has passed since it last learned the membership."""
+    with trio.fail_after(3 * TEST_S):
+        async with kv_cluster() as cluster, trio.open_nursery() as nursery:
+            urls = dict(cluster.urls)
+            leader = await cluster.leader()
+            async with open_client(urls[leader.id]) as kv, open_client(urls[leader.id]) as admin:
+                await admin.add_learner(leader.id, peer=PEER, client=urls[leader.id])
+                await kv.get("k")
+                await wait_until(lambda: kv._dial_urls() == (urls[leader.id],))
+                url4 = await join(cluster, nursery, "n4")
+                await admin.add_learner("n4", peer=PEER, client=url4)
+
+                link = kv._link
+                assert link is not None
+                kv._drop(link)  # lost: it reconnects, but learned less than 10 s ago
+                await kv.get("k")
+                assert kv._link is not link
+                assert url4 not in kv._dial_urls()
+
+                kv._refresh_at = trio.current_time()  # as if the interval had passed
+                link = kv._link
+                assert link is not None
+                kv._drop(link)
+                await kv.get("k")
+                await wait_until(lambda: url4 in kv._dial_urls())
+                assert kv._dial_urls() == (urls[leader.id], url4)
+            nursery.cancel_scope.cancel()
