@@ -13,7 +13,10 @@ Subcommands:
 ``kv``
     get / put / delete / cas / list against a running cluster.
 ``status``
-    The status of each node of a running cluster.
+    The status of each node of a running cluster, and its configuration.
+``member``, ``transfer-leader``
+    Change the membership of a running cluster, hand leadership over (see
+    :mod:`trio_raft._cli_member`).
 
 Exit codes: 0 on success, 1 when the command ran but failed (the output says why), 2 for a usage
 error (argparse prints what is wrong), 130 when interrupted with Ctrl-C.
@@ -32,6 +35,7 @@ from pathlib import Path
 
 import trio
 
+from ._cli_member import add_member_commands, configuration_line, run_member_command
 from ._demo import MAX_NODES, MIN_NODES, run_demo
 from ._errors import RaftError
 from ._local_cluster import render, run_local_cluster
@@ -188,6 +192,7 @@ def _add_real_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
 
     status = commands.add_parser("status", help="show each node's role, term and progress")
     client_options(status)
+    add_member_commands(commands)
 
 
 def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
@@ -232,6 +237,9 @@ async def _status_command(args: argparse.Namespace) -> int:
             statuses[url] = None
             print(f"{url}: no answer ({exc})", file=sys.stderr)
     print(render(statuses))
+    configuration = configuration_line(statuses)
+    if configuration is not None:
+        print(configuration)
     return EXIT_OK if all(statuses.values()) else EXIT_FAILED
 
 
@@ -278,6 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )  # fmt: skip
             return EXIT_OK if ok else EXIT_FAILED
+        if args.command in ("member", "transfer-leader"):
+            return trio.run(run_member_command, args)
         try:
             if args.command == "kv":
                 return trio.run(_kv_command, args)

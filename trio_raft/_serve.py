@@ -5,6 +5,7 @@ A cluster is described by one TOML file that every node reads::
     cluster_id = "local"
     secret = "a long random string, the same on every node"  # or secret_file = "path"
     token = "what clients must present"  # optional
+    admin_token = "what membership changes need"  # optional (else token grants them)
     data_dir = "data"  # a node uses data_dir/<id>
 
     [tls]  # optional: serve wss:// to peers and clients (then every URL is wss://)
@@ -90,6 +91,9 @@ class ClusterFile:
     nodes: Mapping[NodeId, NodeAddress]
     raft: Config
     tls: TlsFiles | None = None
+    admin_token: str | None = None
+    """What clients must present (in their hello) to change the membership; if None, the
+    ``token`` grants that too."""
 
 
 @attrs.frozen
@@ -112,6 +116,7 @@ class TlsFiles:
 
 
 _TOP_KEYS = {"cluster_id", "secret", "secret_file", "token", "data_dir", "raft", "nodes", "tls"}
+_TOP_KEYS |= {"admin_token"}
 _TLS_KEYS = {"cert", "key", "ca"}
 _NODE_KEYS = {"peer", "client", "listen", "dial"}
 
@@ -143,6 +148,12 @@ def load_cluster_file(path: str | os.PathLike[str]) -> ClusterFile:
     token = data.get("token")
     if token is not None and (not isinstance(token, str) or not token):
         raise fail("token must be a non-empty string (or left out: no client authentication)")
+    admin_token = data.get("admin_token")
+    if admin_token is not None and (not isinstance(admin_token, str) or not admin_token):
+        raise fail(
+            "admin_token must be a non-empty string (or left out: the token, if any, also "
+            "grants membership changes)"
+        )
     data_dir = data.get("data_dir", "data")
     if not isinstance(data_dir, str):
         raise fail('data_dir must be a string, e.g. data_dir = "/var/lib/trio-raft"')
@@ -209,8 +220,9 @@ def load_cluster_file(path: str | os.PathLike[str]) -> ClusterFile:
                     f"({'a [tls] table is' if secure else 'no [tls] table is'} configured)"
                 )
     return ClusterFile(
-        file, cluster_id, secret, token, (file.parent / data_dir).resolve(), nodes, config, tls
-    )
+        file, cluster_id, secret, token, (file.parent / data_dir).resolve(), nodes, config, tls,
+        admin_token=admin_token,
+    )  # fmt: skip
 
 
 def _tls(table: object, file: Path) -> TlsFiles | None:
@@ -338,6 +350,7 @@ async def serve(
                 cluster.token,
                 server_tls,
                 max_clients,
+                cluster.admin_token,
             )
             print(
                 f"{node_id}: serving peers on {me.peer}, clients on {me.client} (at most "
@@ -360,6 +373,7 @@ async def _serve_clients(
     token: str | None,
     ssl_context: ssl.SSLContext | None,
     max_connections: int,
+    admin_token: str | None = None,
     *,
     task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -369,6 +383,7 @@ async def _serve_clients(
         port=port,
         leader_urls=leader_urls,
         token=token,
+        admin_token=admin_token,
         ssl_context=ssl_context,
         max_connections=max_connections,
         task_status=task_status,

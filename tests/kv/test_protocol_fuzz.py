@@ -17,11 +17,14 @@ from hypothesis import given, settings
 
 from trio_raft.kv._protocol import (
     MAX_REQUEST_BYTES,
+    AddLearner,
     BadRequest,
     FrameError,
     Get,
     Hello,
+    Promote,
     Put,
+    TransferLeader,
     decode_request,
     decode_response,
     encode_request,
@@ -33,8 +36,10 @@ MAX_MESSAGE_CHARS = 1000
 
 HUGE = 10**5000  # over the 4,300 digits int -> str conversions allow
 OPS = ["hello", "open_session", "get", "list", "put", "delete", "cas", "status"]
+OPS += ["members", "add_learner", "promote", "demote", "remove", "transfer_leader"]
 FIELDS = ["id", "op", "key", "value", "session", "seq", "token", "v", "prefix", "limit"]
 FIELDS += ["start_after", "consistency", "expected", "new"]
+FIELDS += ["node", "peer", "client", "catch_up_timeout_s", "to"]
 
 
 def power_of_ten(digits: int) -> int:
@@ -120,6 +125,9 @@ VALID = [
     encode_request(7, Get(key="k")),
     encode_request(8, Put(session=b"s" * 16, seq=3, key="key", value=b"v" * 30)),
     encode_request(9, Hello(token="t")),
+    encode_request(10, AddLearner(node="n4", peer="ws://10.0.0.4:7100/raft", client="ws://h/kv")),
+    encode_request(11, Promote(node="n4", catch_up_timeout_s=12.5)),
+    encode_request(12, TransferLeader(to="n2")),
 ]
 
 

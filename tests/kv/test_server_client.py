@@ -97,15 +97,18 @@ class Cluster:
         node_id: str,
         serve_options: dict[str, object],
         *,
+        join: bool = False,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        """Run ``node_id`` and its KV server until :meth:`crash`; with ``join``, open it in
+        join mode (``members=None``) to be added with ``add_learner``."""
         self.stopped[node_id] = trio.Event()
         machine = KVStateMachine(max_sessions=self.max_sessions)
         try:
             with trio.CancelScope() as self.scopes[node_id]:
                 async with open_node(
                     node_id,
-                    self.ids,
+                    None if join else self.ids,
                     state_machine=machine,
                     transport=self.network.transport(node_id),
                     storage=self.storages.get(node_id) or MemoryStorage(),

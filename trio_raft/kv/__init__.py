@@ -22,6 +22,8 @@ The errors, all :class:`~trio_raft.RaftError`::
         ├── SessionExpiredError   the session was evicted: its write may have been applied
         ├── KVNoSpaceError        the leader is low on disk: only deletes are accepted
         ├── KVServerError         the server failed unexpectedly: report a bug
+        ├── MembershipRefusedError   a membership change was refused: NOTHING changed (.code)
+        ├── TransferFailedError   a leadership transfer did not complete
         └── ClientClosedError     the client was used after its ``async with`` block ended
 """
 
@@ -41,8 +43,10 @@ from ._protocol import KVNoSpaceError as KVNoSpaceError
 from ._protocol import KVRequestError as KVRequestError
 from ._protocol import KVServerError as KVServerError
 from ._protocol import KVTimeoutError as KVTimeoutError
+from ._protocol import MembershipRefusedError as MembershipRefusedError
 from ._protocol import SessionExpiredError as SessionExpiredError
 from ._protocol import StaleSequenceError as StaleSequenceError
+from ._protocol import TransferFailedError as TransferFailedError
 from ._server import KVServer as KVServer
 from ._server import serve_kv as serve_kv
 from ._state_machine import KVStateMachine as KVStateMachine

@@ -11,6 +11,12 @@ the hint (or tries the next URL); on a lost connection, ``outcome_unknown``, ``d
 ``unavailable`` it backs off (exponentially, with jitter from the client's
 :class:`random.Random`). A write keeps its session and sequence number through its retries, so
 the state machine applies it at most once however often it is sent.
+
+The client follows the cluster's membership: whenever it opens a connection, unless it learned
+the membership less than :data:`REFRESH_INTERVAL_S` ago, it asks that node for ``members`` in
+the background (one try, no redirect: a follower's refusal leaves it to the next connection)
+and from then on dials the members' client URLs first, the URLs it was opened with last.
+Every membership result it receives (``members``, ``add_learner`` ...) updates the list.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import math
 import random
 import ssl
 import urllib.parse
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from types import NoneType
 from typing import Final, Literal, TypeVar, final
@@ -50,6 +56,9 @@ FREE_HOPS: Final = 3
 """Leader hints a call follows at once; past that it backs off between hops (a hint loop)."""
 CLOSE_TIMEOUT_S: Final = 1.0
 """How long closing a connection waits for the server's closing handshake."""
+REFRESH_INTERVAL_S: Final = 10.0
+"""Least time between two background refreshes of the members' URLs (each new connection
+triggers one once this has passed since the last)."""
 
 T = TypeVar("T")
 
@@ -135,6 +144,7 @@ class _Attempts:
     last_error: str = "no answer yet"
     uncertain: bool = False  # a write attempt may have been applied
     in_flight: bool = False
+    membership: bool = False  # a membership op: an old server does not know it
 
 
 @final
@@ -169,6 +179,9 @@ class KVClient:
         max_concurrent_requests: int,
     ) -> None:
         self._urls, self._nursery, self._token = tuple(urls), nursery, token
+        self._learned: tuple[str, ...] = ()  # members' client URLs, from the last membership
+        self._refresh_at = -math.inf  # when a new connection may refresh them
+        self._refreshing = False
         self._timeout_s, self._connect_timeout_s = timeout_s, connect_timeout_s
         self._rng, self._ssl_context = rng, ssl_context
         self._slots = trio.Semaphore(max_concurrent_requests)
@@ -311,13 +324,223 @@ class KVClient:
         Answered by that node itself, never redirected.
 
         Returns:
-            A dict with keys ``node``, ``role``, ``term``, ``leader``, ``commit``,
-            ``applied``, ``last_index``, ``last_term``, ``log_start`` (last compacted index),
-            ``snapshot`` (index of its durable snapshot) and ``followers`` (peer -> ``match``,
-            ``next``, ``probing``).
+            A dict with keys ``node``, ``role`` (``"leader"``, ``"follower"``, ``"learner"``
+            for a follower that is not a voter, ``"candidate"``, ``"pre-candidate"``),
+            ``term``, ``leader``, ``commit``, ``applied``, ``last_index``, ``last_term``,
+            ``log_start`` (last compacted index), ``snapshot`` (index of its durable
+            snapshot), ``no_space``, ``followers`` (peer -> ``match``, ``next``, ``probing``,
+            ``voter``), and its configuration: ``voters``, ``learners``, ``outgoing`` (lists
+            of ids), ``config_index`` and ``config_committed``. A server older than membership
+            changes leaves out ``voter`` and the configuration keys.
         """
         result = await self._read(p.NodeStatus(), "status", timeout_s)
         return _expect(result, (dict,), "status")
+
+    # -- membership ----------------------------------------------------------------------------
+    # The ops are answered by the leader (the client follows redirects) and run without a
+    # time limit on the server: the call's timeout_s applies. The admin token is needed for
+    # every one but members() if the servers have one (pass it as open_client's token).
+
+    async def members(self, *, timeout_s: Timeout = USE_CLIENT_DEFAULT) -> dict[str, object]:
+        """The cluster's configuration, as its leader holds it.
+
+        Returns:
+            ``{"index": int, "committed": bool, "leader": id, "voters": {id: address},
+            "learners": {id: address}, "outgoing": [id, ...]}``: the log index of the
+            configuration's entry and whether it is committed, the leader's id, the voters
+            and learners with their addresses (trio-raft's own tools store ``{"peer": URL,
+            "client": URL}``), and, while a change of the voters is in progress (joint
+            consensus), the voters being left.
+
+        Raises:
+            KVRequestError: the server predates membership operations.
+        """
+        return await self._membership(p.Members(), "members", timeout_s)
+
+    async def add_learner(
+        self, node: str, *, peer: str, client: str, timeout_s: Timeout = USE_CLIENT_DEFAULT
+    ) -> dict[str, object]:
+        """Add ``node`` as a learner (it receives the log but does not vote), or change the
+        addresses of a member (a voter stays a voter). Start the node first, in join mode
+        (``trio-raft serve --join``, or ``open_node`` with ``members=None``).
+
+        Args:
+            node: The node's id.
+            peer: Where the other nodes reach it (``ws://host:port/raft``).
+            client: Where KV clients reach it (``ws://host:port/kv``).
+            timeout_s: See the class documentation.
+
+        Returns:
+            The configuration once committed, as :meth:`members` returns it.
+
+        Raises:
+            MembershipRefusedError: refused (``change_in_progress``, ``invalid_membership``,
+                ...): nothing changed.
+            KVTimeoutError: no answer in time: the change may or may not have been made
+                (retrying is safe: membership operations are idempotent).
+            KVAuthError: the connection lacks the admin token.
+        """
+        with _invalid_arguments():
+            request = p.AddLearner(node=node, peer=peer, client=client)
+        return await self._membership(request, f"add_learner {node!r}", timeout_s)
+
+    async def promote(
+        self,
+        node: str,
+        *,
+        catch_up_timeout_s: float | None = None,
+        timeout_s: Timeout = USE_CLIENT_DEFAULT,
+    ) -> dict[str, object]:
+        """Make learner ``node`` a voter, once it has caught up with the leader (joint
+        consensus; the leader leaves the joint configuration by itself).
+
+        Args:
+            node: A learner (a voter: nothing to do).
+            catch_up_timeout_s: How long the leader waits for it to catch up (the leader's
+                ``Config.catch_up_timeout_s``, 60 s by default, if None).
+            timeout_s: See the class documentation; make it longer than the catch-up wait
+                (the command line uses ``catch_up_timeout_s`` + 10 s).
+
+        Returns:
+            The configuration once committed, as :meth:`members` returns it.
+
+        Raises:
+            MembershipRefusedError: ``not_caught_up`` (it stays a learner: check it, retry
+                with a longer ``catch_up_timeout_s``, or remove it), or another refusal.
+            KVTimeoutError, KVAuthError: as for :meth:`add_learner`.
+        """
+        with _invalid_arguments():
+            request = p.Promote(node=node, catch_up_timeout_s=catch_up_timeout_s)
+        return await self._membership(request, f"promote {node!r}", timeout_s)
+
+    async def demote(
+        self, node: str, *, timeout_s: Timeout = USE_CLIENT_DEFAULT
+    ) -> dict[str, object]:
+        """Make voter ``node`` a learner (joint consensus). The leader may demote itself: it
+        hands leadership over once the change is committed.
+
+        Returns:
+            The configuration once committed, as :meth:`members` returns it.
+
+        Raises:
+            MembershipRefusedError, KVTimeoutError, KVAuthError: as for :meth:`add_learner`.
+        """
+        with _invalid_arguments():
+            request = p.Demote(node=node)
+        return await self._membership(request, f"demote {node!r}", timeout_s)
+
+    async def remove(
+        self, node: str, *, timeout_s: Timeout = USE_CLIENT_DEFAULT
+    ) -> dict[str, object]:
+        """Remove ``node`` from the cluster (nothing to do if it is not a member). The leader
+        may remove itself: it hands leadership over once the change is committed.
+
+        Returns:
+            The configuration once committed, as :meth:`members` returns it.
+
+        Raises:
+            MembershipRefusedError, KVTimeoutError, KVAuthError: as for :meth:`add_learner`.
+        """
+        with _invalid_arguments():
+            request = p.Remove(node=node)
+        return await self._membership(request, f"remove {node!r}", timeout_s)
+
+    async def transfer_leader(
+        self, to: str | None = None, *, timeout_s: Timeout = USE_CLIENT_DEFAULT
+    ) -> str:
+        """Hand leadership to ``to`` (None: the leader picks the most up-to-date voter).
+
+        Writes sent meanwhile are redirected to the new leader (the client retries them).
+        If the answer is lost and the client retries, a transfer to ``None`` may move
+        leadership once more (harmless); one to a named node does not.
+
+        Returns:
+            The id of the node that leads now.
+
+        Raises:
+            TransferFailedError: the transfer did not complete.
+            MembershipRefusedError: ``invalid_membership`` (``to`` is not a voter, or there is
+                no other voter) or ``change_in_progress``.
+            KVTimeoutError, KVAuthError: as for :meth:`add_learner`.
+        """
+        with _invalid_arguments():
+            request = p.TransferLeader(to=to)
+        result = await self._membership(request, "transfer_leader", timeout_s, shape=_leader)
+        leader = result["leader"]
+        assert isinstance(leader, str)
+        return leader
+
+    async def _membership(
+        self,
+        request: p.Request,
+        what: str,
+        timeout_s: Timeout,
+        *,
+        shape: Callable[[object], dict[str, object] | None] | None = None,
+    ) -> dict[str, object]:
+        attempts = _Attempts(what, membership=True)
+        check = shape or _membership_result
+        with trio.move_on_at(self._deadline(timeout_s)):
+            answer = await self._execute(request, attempts)
+            result = check(answer)
+            if result is None:
+                raise p.KVServerError(f"the server answered {what} with {describe(answer)}")
+            if shape is None:
+                self._learn(result)
+            return result
+        if isinstance(request, p.Members):
+            outcome = "raise timeout_s if the cluster is slow or electing"
+        else:
+            outcome = (
+                "the change may or may not have been made; retrying is safe (membership "
+                "operations are idempotent): check with members"
+            )
+            if isinstance(request, p.Promote):
+                outcome += ", and give the call a timeout_s longer than catch_up_timeout_s"
+        raise p.KVTimeoutError(
+            f"{what}: no answer in time (last: {attempts.last_error}); {outcome}"
+        )
+
+    def _learn(self, membership: dict[str, object]) -> None:
+        """Dial the client URLs of ``membership``'s voters and learners from now on."""
+        urls: list[str] = []
+        for group in ("voters", "learners"):
+            members = membership[group]
+            assert isinstance(members, dict)
+            for address in members.values():
+                url = p.client_url(address)
+                if url is not None and url not in urls:
+                    urls.append(url)
+        self._learned = tuple(urls)
+        self._refresh_at = trio.current_time() + REFRESH_INTERVAL_S
+
+    def _dial_urls(self) -> tuple[str, ...]:
+        """The URLs to dial, in turn: the members' learned ones, then those the client was
+        opened with (a last resort)."""
+        return self._learned + tuple(u for u in self._urls if u not in self._learned)
+
+    async def _refresh(self, link: _Link) -> None:
+        """Ask ``link``'s node for ``members`` (once, no redirect) and learn its URLs. Any
+        failure is ignored: a follower's ``not_leader`` leaves the next connection (to the
+        leader, usually) to try again; anything else (an old server, a lost link, no answer
+        within ``connect_timeout_s``) waits :data:`REFRESH_INTERVAL_S`."""
+        self._next_id += 1
+        request_id = self._next_id  # taken before any checkpoint: ids are never shared
+        response: p.Response | None = None
+        try:
+            with trio.move_on_after(self._connect_timeout_s):
+                async with self._slots:
+                    response = await link.request(request_id, p.Members())
+        except _LinkLost:
+            pass
+        finally:
+            self._refreshing = False
+        if isinstance(response, p.Ok):
+            result = _membership_result(response.result)
+            if result is not None:
+                return self._learn(result)
+        if not (isinstance(response, p.Failure) and response.code is p.ErrorCode.NOT_LEADER):
+            self._refresh_at = trio.current_time() + REFRESH_INTERVAL_S
 
     # -- calls ---------------------------------------------------------------------------------
 
@@ -362,10 +585,11 @@ class KVClient:
         while True:
             link = await self._connected(attempts)
             self._next_id += 1
+            request_id = self._next_id  # taken before any checkpoint: ids are never shared
             try:
                 async with self._slots:
                     attempts.in_flight = True
-                    response = await link.request(self._next_id, request)
+                    response = await link.request(request_id, request)
                     attempts.in_flight = False
             except _LinkLost as exc:
                 attempts.in_flight = False
@@ -396,6 +620,12 @@ class KVClient:
             case p.ErrorCode.UNAVAILABLE:
                 self._drop(link)
             case p.ErrorCode.BAD_REQUEST:
+                if attempts.membership and failure.message.startswith("unknown op"):
+                    raise p.KVRequestError(
+                        f"{attempts.what}: {link.url} predates membership operations (it "
+                        f"answered: {failure.message[:60]}...); upgrade the cluster to a "
+                        "trio-raft release with membership changes"
+                    )
                 raise p.KVRequestError(message)
             case p.ErrorCode.UNAUTHORIZED:
                 raise p.KVAuthError(message)
@@ -405,6 +635,15 @@ class KVClient:
                 raise p.KVServerError(message)
             case p.ErrorCode.NO_SPACE:
                 raise p.KVNoSpaceError(message)
+            case (
+                p.ErrorCode.CHANGE_IN_PROGRESS
+                | p.ErrorCode.INVALID_MEMBERSHIP
+                | p.ErrorCode.NOT_CAUGHT_UP
+                | p.ErrorCode.QUORUM_UNAVAILABLE
+            ):
+                raise p.MembershipRefusedError(message, failure.code)
+            case p.ErrorCode.TRANSFER_FAILED:
+                raise p.TransferFailedError(message)
         return False  # DROPPED and the above: after a pause
 
     # -- connections ---------------------------------------------------------------------------
@@ -418,19 +657,24 @@ class KVClient:
             async with self._connect_lock:
                 if self._closed or (self._link is not None and not self._link.dead):
                     continue
+                urls = self._dial_urls()
                 if self._hint is not None:
                     url, self._hint = self._hint, None
                 else:
-                    url = self._urls[self._next_url % len(self._urls)]
+                    url = urls[self._next_url % len(urls)]
                     self._next_url += 1
                 try:
-                    self._link = await self._nursery.start(self._run_link, url)
+                    self._link = link = await self._nursery.start(self._run_link, url)
                     attempts.misses = 0
-                    continue
                 except _ConnectFailed as exc:
                     attempts.last_error = str(exc)
+                else:
+                    if trio.current_time() >= self._refresh_at and not self._refreshing:
+                        self._refreshing = True
+                        self._nursery.start_soon(self._refresh, link)
+                    continue
             attempts.misses += 1
-            if attempts.misses >= len(self._urls):  # a whole round failed: pause
+            if attempts.misses >= len(urls):  # a whole round failed: pause
                 attempts.misses = 0
                 await self._backoff(attempts)
 
@@ -549,6 +793,35 @@ def _encode(value: bytes | str) -> bytes:
 
 def _encode_optional(value: bytes | str | None) -> bytes | None:
     return None if value is None else _encode(value)
+
+
+def _membership_result(result: object) -> dict[str, object] | None:
+    """``result`` if it has the shape of a membership result (extra keys allowed), else None."""
+    if not isinstance(result, dict):
+        return None
+    index, committed, leader = result.get("index"), result.get("committed"), result.get("leader")
+    voters, learners, outgoing = (
+        result.get("voters"),
+        result.get("learners"),
+        result.get("outgoing"),
+    )
+    ok = (
+        type(index) is int
+        and type(committed) is bool
+        and (leader is None or type(leader) is str)
+        and isinstance(voters, dict)
+        and isinstance(learners, dict)
+        and isinstance(outgoing, list)
+        and all(type(i) is str for group in (voters, learners, outgoing) for i in group)
+    )
+    return result if ok else None
+
+
+def _leader(result: object) -> dict[str, object] | None:
+    """``result`` if it is a transfer's result, ``{"leader": id}``, else None."""
+    if isinstance(result, dict) and type(result.get("leader")) is str:
+        return result
+    return None
 
 
 def _expect(result: object, types: tuple[type[T], ...], op: str) -> T:

@@ -10,26 +10,31 @@ connection carries many requests at once and responses may come back in any orde
                                    "leader": "ws://10.0.0.2:7000/kv"}}
 
 The ops and their fields are the request classes below (``hello``, ``open_session``, ``get``,
-``list``, ``put``, ``delete``, ``cas``), the error codes :class:`ErrorCode`; ``docs/source/kv.rst``
-("The wire protocol") has the full table. Every field is checked (type, size, no unknown
-field) when a request is built, on either side. A frame that cannot be answered (not CBOR, not
-a map, no valid ``id``) closes the connection with 1007, a text frame with 1003; a missing or
-wrong token closes it with 1008 after an ``unauthorized`` answer; a message over the size
-limit closes it with 1009. The error classes are drawn in :mod:`trio_raft.kv`.
+``list``, ``put``, ``delete``, ``cas``, ``status``, and the membership ops ``members``,
+``add_learner``, ``promote``, ``demote``, ``remove``, ``transfer_leader``), the error codes
+:class:`ErrorCode`; ``docs/source/kv.rst`` ("The wire protocol") has the full table. Every
+field is checked (type, size, no unknown field) when a request is built, on either side. A
+frame that cannot be answered (not CBOR, not a map, no valid ``id``) closes the connection with
+1007, a text frame with 1003; a missing or wrong token closes it with 1008 after an
+``unauthorized`` answer; a message over the size limit closes it with 1009. The error classes
+are drawn in :mod:`trio_raft.kv`.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+import math
+import urllib.parse
+from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal, final
 
 import attrs
 import cbor2
 
+from .._codec import MAX_COMMAND_DEPTH, load_plain
 from .._codec import FrameError as _CodecFrameError
-from .._codec import load_plain
 from .._errors import RaftError
+from .._types import MAX_ADDRESS_BYTES, MAX_ID_CHARS, MAX_MEMBERS
 from ._strict import StructureError, check_structure, describe
 
 PROTOCOL_VERSION: Final = 1
@@ -55,6 +60,9 @@ MAX_REQUEST_BYTES: Final = 512 * 1024
 """Largest request message a server accepts (a ``put`` of the largest key and value fits)."""
 MAX_RESPONSE_BYTES: Final = 2 * 1024 * 1024
 """Largest response message a client accepts (a full ``list`` page of the longest keys fits)."""
+MAX_URL_BYTES: Final = 400
+"""A URL in an ``add_learner`` (``peer``, ``client``) is at most this long in UTF-8, so that a
+member's address (both URLs) stays within the configuration's limit per address."""
 
 # WebSocket close codes (RFC 6455, section 7.4.1) the server uses.
 CLOSE_UNSUPPORTED_DATA: Final = 1003  # a text frame
@@ -66,8 +74,10 @@ _MAX_REQUEST_DEPTH: Final = 2
 """A request is a map of scalars; one more level lets a nested value get a ``bad_request``."""
 _MAX_REQUEST_ITEMS: Final = 64
 """CBOR items in a request (the largest valid one has 17): decoding work is bounded by it."""
-_MAX_RESPONSE_DEPTH: Final = 4  # {"id", "ok": {"followers": {peer: {...}}}} (status)
-_MAX_RESPONSE_ITEMS: Final = 4 * MAX_LIST_LIMIT + 1024  # a full list page, a large status
+# {"id", "ok": {"voters": {id: address}}}: an address is any value of the command model.
+_MAX_RESPONSE_DEPTH: Final = 3 + MAX_COMMAND_DEPTH
+# A full list page, or a membership of the most members with the largest addresses.
+_MAX_RESPONSE_ITEMS: Final = max(4 * MAX_LIST_LIMIT, MAX_MEMBERS * (MAX_ADDRESS_BYTES + 4)) + 1024
 
 Consistency = Literal["linearizable", "stale"]
 
@@ -128,6 +138,39 @@ class ClientClosedError(KVError):
     """The client was used after its ``async with`` block ended; open a new one."""
 
 
+class MembershipRefusedError(KVError):
+    """The leader refused a membership change: **nothing changed**. :attr:`code` says why, the
+    message says what to do:
+
+    ``change_in_progress``
+        Another change (or a leadership transfer) is in flight. Wait until the configuration
+        is committed and not joint (``members``), then retry.
+    ``invalid_membership``
+        The request is impossible (promoting a node that is not a learner, removing the last
+        voter, ...). Fix it: retrying the same request fails the same way.
+    ``not_caught_up``
+        The learner did not keep up with the leader within the catch-up timeout; it stays a
+        learner. Check it (disk, network), then retry with a longer ``catch_up_timeout_s``,
+        or remove it.
+    ``quorum_unavailable``
+        The current or the requested voters lack a live majority, so the change could get
+        stuck half-way. Bring the unreachable voters (named in the message) back first.
+
+    Attributes:
+        code: The :class:`ErrorCode` of the refusal.
+    """
+
+    def __init__(self, message: str, code: ErrorCode) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class TransferFailedError(KVError):
+    """A leadership transfer did not happen: the old leader still leads (it accepts writes
+    again), or it stepped down and no new leader was known in time (the message says which).
+    Retry later, or pick another target."""
+
+
 class ErrorCode(enum.StrEnum):
     """The ``code`` of an error response, and what a client does about it."""
 
@@ -152,6 +195,19 @@ class ErrorCode(enum.StrEnum):
     """The session is unknown (evicted): not applied (:class:`SessionExpiredError`)."""
     INTERNAL = "internal"
     """The server failed unexpectedly (:class:`KVServerError`)."""
+    CHANGE_IN_PROGRESS = "change_in_progress"
+    """Another membership change or a leadership transfer is in flight; nothing changed
+    (:class:`MembershipRefusedError`)."""
+    INVALID_MEMBERSHIP = "invalid_membership"
+    """The membership request is impossible; nothing changed (:class:`MembershipRefusedError`)."""
+    NOT_CAUGHT_UP = "not_caught_up"
+    """The learner to promote did not catch up in time; it stays a learner
+    (:class:`MembershipRefusedError`)."""
+    QUORUM_UNAVAILABLE = "quorum_unavailable"
+    """The old or the new voters lack a live majority; nothing changed
+    (:class:`MembershipRefusedError`)."""
+    TRANSFER_FAILED = "transfer_failed"
+    """The leadership transfer did not complete (:class:`TransferFailedError`)."""
 
 
 class FrameError(Exception):
@@ -236,6 +292,61 @@ def check_limit(value: object) -> int:
 def check_optional_key(value: object, what: str) -> str | None:
     """A key, or None."""
     return None if value is None else check_key(value, what)
+
+
+def check_node_id(value: object, what: str = "node") -> str:
+    """A node id: a str of 1 to ``MAX_ID_CHARS`` (128) characters, as in a configuration."""
+    if type(value) is not str or not 1 <= len(value) <= MAX_ID_CHARS:
+        raise ValueError(
+            f"{what} must be a node id (a str of 1 to {MAX_ID_CHARS} characters), "
+            f"got {describe(value)}"
+        )
+    return value
+
+
+def check_optional_node_id(value: object, what: str) -> str | None:
+    """A node id, or None."""
+    return None if value is None else check_node_id(value, what)
+
+
+def check_url(value: object, what: str) -> str:
+    """A ``ws://`` or ``wss://`` URL with a host, of at most :data:`MAX_URL_BYTES` in UTF-8."""
+    if type(value) is not str:
+        raise ValueError(f"{what} must be a ws:// or wss:// URL, got {describe(value)}")
+    try:
+        size = len(value.encode())
+        parts = urllib.parse.urlsplit(value)
+        _port = parts.port  # raises ValueError for a port out of range
+    except (UnicodeEncodeError, ValueError):
+        raise ValueError(f"{what} is not a valid URL: {describe(value)}") from None
+    if size > MAX_URL_BYTES:
+        raise ValueError(f"{what} must be at most {MAX_URL_BYTES} bytes in UTF-8, got {size}")
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"{what} must be a ws:// or wss:// URL with a host, got {describe(value)}")
+    return value
+
+
+def check_timeout(value: object, what: str) -> float | None:
+    """None, or a positive, finite number of seconds (an int or a float, not a bool)."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and type(value) is not bool and 0 < value < math.inf:
+        return float(value)
+    raise ValueError(
+        f"{what} must be a positive, finite number of seconds or None, got {describe(value)}"
+    )
+
+
+def client_url(address: object) -> str | None:
+    """The ``"client"`` URL of a member's address as trio-raft's tools write it (``{"peer":
+    URL, "client": URL}``), if it is a valid one; None for any other address."""
+    if isinstance(address, Mapping):
+        url = address.get("client")
+        try:
+            return check_url(url, "client")
+        except ValueError:
+            return None
+    return None
 
 
 _Validator = Callable[[Any, Any, Any], None]
@@ -353,8 +464,80 @@ class NodeStatus:
     """The answering node's own status (never redirected): for monitoring."""
 
 
-Request = Hello | OpenSession | Get | ListKeys | Put | Delete | Cas | NodeStatus
+@final
+@attrs.frozen(kw_only=True)
+class Members:
+    """The cluster's configuration, as the leader holds it."""
+
+
+@final
+@attrs.frozen(kw_only=True)
+class AddLearner:
+    """Add ``node`` as a learner at ``peer`` (Raft) and ``client`` (KV), or change the address
+    of a member (a voter stays a voter)."""
+
+    node: str = attrs.field(validator=_v(check_node_id))
+    peer: str = attrs.field(validator=_v(lambda x: check_url(x, "peer")))
+    client: str = attrs.field(validator=_v(lambda x: check_url(x, "client")))
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Promote:
+    """Make learner ``node`` a voter once it has caught up (waiting at most
+    ``catch_up_timeout_s``, the node's ``Config.catch_up_timeout_s`` if None)."""
+
+    node: str = attrs.field(validator=_v(check_node_id))
+    catch_up_timeout_s: float | None = attrs.field(
+        default=None, validator=_v(lambda x: check_timeout(x, "catch_up_timeout_s"))
+    )
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Demote:
+    """Make voter ``node`` a learner."""
+
+    node: str = attrs.field(validator=_v(check_node_id))
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Remove:
+    """Remove ``node`` from the cluster (nothing to do if it is not a member)."""
+
+    node: str = attrs.field(validator=_v(check_node_id))
+
+
+@final
+@attrs.frozen(kw_only=True)
+class TransferLeader:
+    """Hand leadership to ``to`` (None: the leader picks the most up-to-date voter)."""
+
+    to: str | None = attrs.field(
+        default=None, validator=_v(lambda x: check_optional_node_id(x, "to"))
+    )
+
+
+Request = (
+    Hello
+    | OpenSession
+    | Get
+    | ListKeys
+    | Put
+    | Delete
+    | Cas
+    | NodeStatus
+    | Members
+    | AddLearner
+    | Promote
+    | Demote
+    | Remove
+    | TransferLeader
+)
 WriteRequest = Put | Delete | Cas
+MembershipChange = AddLearner | Promote | Demote | Remove | TransferLeader
+"""The ops that need the admin credential (``members`` needs only the token)."""
 
 _OPS: Final[dict[str, type[Request]]] = {
     "hello": Hello,
@@ -365,6 +548,12 @@ _OPS: Final[dict[str, type[Request]]] = {
     "delete": Delete,
     "cas": Cas,
     "status": NodeStatus,
+    "members": Members,
+    "add_learner": AddLearner,
+    "promote": Promote,
+    "demote": Demote,
+    "remove": Remove,
+    "transfer_leader": TransferLeader,
 }
 _OP_NAMES: Final = {cls: name for name, cls in _OPS.items()}
 _FIELDS: Final = {cls: frozenset(f.name for f in attrs.fields(cls)) for cls in _OPS.values()}

@@ -14,7 +14,9 @@
 
 Writes go through :meth:`Node.propose <trio_raft.Node.propose>`, linearizable reads through
 :meth:`Node.read <trio_raft.Node.read>` (ReadIndex), stale reads straight to the local state
-machine. The node's errors become error codes (see :mod:`trio_raft.kv._protocol`).
+machine, membership ops through the node's membership methods (:meth:`Node.add_learner
+<trio_raft.Node.add_learner>` ...). The node's errors become error codes (see
+:mod:`trio_raft.kv._protocol`).
 """
 
 from __future__ import annotations
@@ -34,17 +36,22 @@ from trio_websocket import (
 )
 
 from .._errors import (
+    InvalidMembershipError,
     LeadershipLostError,
+    LeadershipTransferError,
+    LearnerNotCaughtUpError,
+    MembershipChangeInProgressError,
     NodeClosedError,
     NoSpaceError,
     NotLeaderError,
     ProposalDroppedError,
+    QuorumUnavailableError,
 )
 from .._inbound import Admission, Barrier, Ticket, remote_host
 from .._node import Node
 from .._status import Status
 from .._sync import Broadcast
-from .._types import NodeId
+from .._types import Membership, NodeId, Role
 from .._ws import wrap_server_stream_fast
 from ._protocol import (
     CLOSE_INTERNAL_ERROR,
@@ -52,23 +59,31 @@ from ._protocol import (
     MAX_REQUEST_BYTES,
     PATH,
     PROTOCOL_VERSION,
+    AddLearner,
     BadRequest,
     Cas,
     Consistency,
     Delete,
+    Demote,
     ErrorCode,
     Failure,
     FrameError,
     Get,
     Hello,
     ListKeys,
+    Members,
+    MembershipChange,
     NodeStatus,
     Ok,
     OpenSession,
+    Promote,
     Put,
+    Remove,
     Request,
     Response,
     SessionExpiredError,
+    TransferLeader,
+    client_url,
     decode_request,
     encode_response,
 )
@@ -86,10 +101,19 @@ _NETWORK_ERRORS: Final = (
 
 
 def status_to_wire(status: Status) -> dict[str, object]:
-    """A node's :class:`~trio_raft.Status` as plain CBOR-friendly values."""
+    """A node's :class:`~trio_raft.Status` as plain CBOR-friendly values.
+
+    A follower that is not a voter of its configuration (a learner, a joining node that has
+    none yet, a removed node) has the role ``"learner"``.
+    """
+    m = status.membership
+    voters = frozenset() if m is None else m.all_voters
+    role = status.role.value
+    if status.role is Role.FOLLOWER and status.node_id not in voters:
+        role = "learner"
     return {
         "node": status.node_id,
-        "role": status.role.value,
+        "role": role,
         "term": status.term,
         "leader": status.leader_id,
         "commit": status.commit_index,
@@ -100,9 +124,35 @@ def status_to_wire(status: Status) -> dict[str, object]:
         "snapshot": status.snapshot_index,
         "no_space": status.no_space,
         "followers": {
-            peer: {"match": f.match_index, "next": f.next_index, "probing": f.probing}
+            peer: {
+                "match": f.match_index,
+                "next": f.next_index,
+                "probing": f.probing,
+                "voter": peer in voters,
+            }
             for peer, f in sorted(status.followers.items())
         },
+        "voters": [] if m is None else sorted(m.voters),
+        "learners": [] if m is None else sorted(m.learners),
+        "outgoing": [] if m is None else sorted(m.outgoing),
+        "config_index": status.membership_index,
+        "config_committed": status.membership_committed,
+    }
+
+
+def membership_to_wire(
+    membership: Membership, index: int, committed: bool, leader: NodeId | None
+) -> dict[str, object]:
+    """A configuration as the membership ops answer it: ``index``, ``committed``, ``leader``,
+    ``voters`` and ``learners`` (each a map from id to address) and ``outgoing`` (ids)."""
+    addresses = membership.addresses
+    return {
+        "index": index,
+        "committed": committed,
+        "leader": leader,
+        "voters": {v: addresses[v] for v in sorted(membership.voters)},
+        "learners": {v: addresses[v] for v in sorted(membership.learners)},
+        "outgoing": sorted(membership.outgoing),
     }
 
 
@@ -144,6 +194,7 @@ class KVServer:
         state_machine: KVStateMachine,
         leader_urls: Mapping[NodeId, str],
         token: str | None,
+        admin_token: str | None,
         max_connections: int,
         max_concurrent_requests: int,
     ) -> None:
@@ -151,6 +202,7 @@ class KVServer:
         self._sm = state_machine
         self._leader_urls = leader_urls
         self._token = None if token is None else token.encode()
+        self._admin_token = None if admin_token is None else admin_token.encode()
         self._max_concurrent = max_concurrent_requests
         self._admission = Admission(
             max_pending=max_connections,
@@ -262,24 +314,44 @@ class KVServer:
                 nursery.cancel_scope.cancel()
 
     def _authentic(self, request: Request) -> bool:
+        """With a token configured: whether ``request`` is a hello with it (or with the admin
+        token, which also grants everything the token does)."""
         if self._token is None:
             return True
         if not isinstance(request, Hello) or request.token is None:
             return False
-        return hmac.compare_digest(request.token.encode(), self._token)
+        return _matches(request.token, self._token) or _matches(request.token, self._admin_token)
+
+    def _admin(self, hello: Hello) -> bool:
+        """Whether ``hello`` grants the membership ops: it carries the admin token if one is
+        configured, else the token if one is; with neither, anyone may."""
+        secret = self._admin_token if self._admin_token is not None else self._token
+        return secret is None or _matches(hello.token, secret)
+
+    def _leader_url(self, leader: NodeId | None) -> str | None:
+        """Where clients reach ``leader``: ``leader_urls``, else the ``"client"`` URL of its
+        address in the configuration (a node that joined later)."""
+        if leader is None or leader == self._node.id:
+            return None
+        url = self._leader_urls.get(leader)
+        if url is None:
+            membership = self._node.membership
+            if membership is not None:
+                url = client_url(membership.addresses.get(leader))
+        return url
 
     async def _answer(self, rid: int, request: Request) -> Response:
         """Execute one request; every outcome becomes a response."""
         try:
             result = await self._execute(request)
         except NotLeaderError as exc:
-            leader = exc.leader_id
-            url = (
-                None if leader is None or leader == self._node.id else self._leader_urls.get(leader)
-            )
-            return Failure(rid, ErrorCode.NOT_LEADER, str(exc), url)
+            return Failure(rid, ErrorCode.NOT_LEADER, str(exc), self._leader_url(exc.leader_id))
         except LeadershipLostError as exc:
-            return Failure(rid, ErrorCode.OUTCOME_UNKNOWN, f"{exc}; retry with the same seq")
+            if isinstance(request, MembershipChange):
+                advice = "retrying is safe: membership operations are idempotent"
+            else:
+                advice = "retry with the same seq"
+            return Failure(rid, ErrorCode.OUTCOME_UNKNOWN, f"{exc}; {advice}")
         except NoSpaceError as exc:
             return Failure(rid, ErrorCode.NO_SPACE, str(exc))
         except ProposalDroppedError as exc:
@@ -288,6 +360,16 @@ class KVServer:
             return Failure(rid, ErrorCode.UNAVAILABLE, str(exc))
         except SessionExpiredError as exc:
             return Failure(rid, ErrorCode.SESSION_EXPIRED, str(exc))
+        except MembershipChangeInProgressError as exc:
+            return Failure(rid, ErrorCode.CHANGE_IN_PROGRESS, str(exc))
+        except InvalidMembershipError as exc:  # a ValueError: before the clause below
+            return Failure(rid, ErrorCode.INVALID_MEMBERSHIP, str(exc))
+        except LearnerNotCaughtUpError as exc:
+            return Failure(rid, ErrorCode.NOT_CAUGHT_UP, str(exc))
+        except QuorumUnavailableError as exc:
+            return Failure(rid, ErrorCode.QUORUM_UNAVAILABLE, str(exc))
+        except LeadershipTransferError as exc:
+            return Failure(rid, ErrorCode.TRANSFER_FAILED, str(exc))
         except ValueError as exc:  # the state machine refused it (StaleSequenceError included)
             return Failure(rid, ErrorCode.BAD_REQUEST, str(exc))
         except Exception as exc:  # a bug: tell the client rather than kill the server
@@ -295,11 +377,12 @@ class KVServer:
         return Ok(rid, result)
 
     async def _execute(self, request: Request) -> object:
-        propose = self._node.propose
+        node = self._node
+        propose = node.propose
         match request:
             case Hello():
                 await trio.lowlevel.checkpoint()
-                return {"v": PROTOCOL_VERSION, "node": self._node.id}
+                return {"v": PROTOCOL_VERSION, "node": node.id}
             case Get(key=key, consistency=consistency):
                 return await self._read(("get", key), consistency)
             case ListKeys(prefix=prefix, limit=limit, start_after=after, consistency=consistency):
@@ -314,7 +397,39 @@ class KVServer:
                 return await propose(("cas", session, seq, key, expected, new))
             case NodeStatus():
                 await trio.lowlevel.checkpoint()
-                return status_to_wire(self._node.status)
+                return status_to_wire(node.status)
+            case Members():
+                await trio.lowlevel.checkpoint()
+                status = node.status
+                if status.role is not Role.LEADER:
+                    raise NotLeaderError(node.id, status.leader_id)
+                return self._membership()
+            case AddLearner(node=member, peer=peer, client=client):
+                await node.add_learner(member, {"peer": peer, "client": client})
+                return self._membership()
+            case Promote(node=member, catch_up_timeout_s=timeout):
+                await node.promote(member, catch_up_timeout_s=timeout)
+                return self._membership()
+            case Demote(node=member):
+                await node.demote(member)
+                return self._membership()
+            case Remove(node=member):
+                await node.remove(member)
+                return self._membership()
+            case TransferLeader(to=target):
+                return {"leader": await node.transfer_leadership(target)}
+
+    def _membership(self) -> dict[str, object]:
+        """The configuration in force here, as the membership ops answer it (after a change
+        returned, that is the committed one, or a later one)."""
+        status = self._node.status
+        assert status.membership is not None, "a leader, or one that was, has a configuration"
+        return membership_to_wire(
+            status.membership,
+            status.membership_index,
+            status.membership_committed,
+            status.leader_id,
+        )
 
     async def _read(self, query: tuple[object, ...], consistency: Consistency) -> object:
         if consistency == "stale":
@@ -340,6 +455,8 @@ class _Connection:
         self._drained = Broadcast()
         self._scope = trio.CancelScope()
         self._ending: tuple[int, str] | None = None
+        self._admin = server._admin_token is None and server._token is None
+        """Whether this connection may run the membership ops (set by each hello)."""
 
     async def run(self) -> None:
         """Serve requests until the client leaves or breaks the protocol, then close."""
@@ -388,6 +505,8 @@ class _Connection:
                 rid = exc.request_id
             else:
                 if server._authentic(request):
+                    assert isinstance(request, Hello)
+                    self._admin = server._admin(request)
                     await self._send(await server._answer(rid, request))
                     return True
             reason = "the first request must be a hello with the right token"
@@ -399,9 +518,22 @@ class _Connection:
 
     async def _serve(self, rid: int, request: Request) -> None:
         try:
+            if isinstance(request, Hello):
+                self._admin = self._server._admin(request)
+            elif isinstance(request, MembershipChange) and not self._admin:
+                await self._send(Failure(rid, ErrorCode.UNAUTHORIZED, self._not_admin()))
+                return
             await self._send(await self._server._answer(rid, request))
         finally:
             self._slots.release()
+
+    def _not_admin(self) -> str:
+        if self._server._admin_token is not None:
+            return (
+                "membership operations need the cluster's admin_token: send it in the hello "
+                "(trio-raft member ... --token ADMIN_TOKEN)"
+            )
+        return "membership operations need a hello with the cluster's token"
 
     async def _reply(self, response: Response) -> None:
         try:
@@ -444,6 +576,7 @@ async def serve_kv(
     port: int,
     leader_urls: Mapping[NodeId, str],
     token: str | None = None,
+    admin_token: str | None = None,
     ssl_context: SSLContext | None = None,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS,
@@ -467,8 +600,13 @@ async def serve_kv(
     512 KiB (a bigger one closes the connection with 1009) and 64 CBOR items, without tags
     (otherwise 1007); at most 1 MiB of replies waiting per connection, and a client that leaves
     a reply unread for 10 s is closed (1008). An exception while serving one connection closes
-    it (1011) and is logged; it never ends the server. Operations have no server-side timeout:
-    clients set theirs, as trio's timeout philosophy wants.
+    it (1011) and is logged; it never ends the server. Operations have no server-side timeout
+    (a ``promote`` waits as long as the node's catch-up timeout): clients set theirs, as trio's
+    timeout philosophy wants.
+
+    Besides the key-value ops, the server answers the membership ops (``members``,
+    ``add_learner``, ``promote``, ``demote``, ``remove``, ``transfer_leader``) on the leader,
+    through the node's methods; other nodes answer ``not_leader`` with the leader's URL.
 
     Args:
         node: A node running a :class:`KVStateMachine`.
@@ -476,12 +614,20 @@ async def serve_kv(
         port: The port to bind (0: any free one, see :attr:`KVServer.port`).
         leader_urls: Each node's client URL (``ws://host:port/kv``), sent to clients that reach
             a follower so they can follow to the leader. Read at every redirect, so it may be
-            filled in after the servers have bound their ports. A leader without a URL gets the
-            client a ``not_leader`` without a hint (it then tries its other URLs).
-        token: If set, a client's first request must be a ``hello`` carrying this token
-            (compared in constant time); otherwise the server answers ``unauthorized`` and
-            closes the connection with 1008 (policy violation). Use TLS (``ssl_context``) on
-            untrusted networks, or the token travels in clear text.
+            filled in after the servers have bound their ports. For a leader it does not list,
+            the ``"client"`` URL of the leader's address in the configuration is used (the
+            address ``add_learner`` gives a node that joins: ``{"peer": URL, "client":
+            URL}``). A leader without a URL gets the client a ``not_leader`` without a hint (it
+            then tries its other URLs).
+        token: If set, a client's first request must be a ``hello`` carrying this token (or
+            ``admin_token``), compared in constant time; otherwise the server answers
+            ``unauthorized`` and closes the connection with 1008 (policy violation). Use TLS
+            (``ssl_context``) on untrusted networks, or the token travels in clear text.
+        admin_token: If set, the membership ops (``add_learner``, ``promote``, ``demote``,
+            ``remove``, ``transfer_leader``; not ``members``) need a connection whose
+            ``hello`` carried it; others get ``unauthorized`` for them (the connection stays
+            open). It also grants everything ``token`` does. If not set, ``token`` grants the
+            membership ops too (and with neither, any client may run them).
         ssl_context: Serve ``wss://`` with this context.
         max_connections: Bound of concurrent connections.
         max_concurrent_requests: Bound of requests in flight per connection.
@@ -503,7 +649,13 @@ async def serve_kv(
             f"{max_connections} and {max_concurrent_requests}"
         )
     server = KVServer(
-        node, state_machine, leader_urls, token, max_connections, max_concurrent_requests
+        node,
+        state_machine,
+        leader_urls,
+        token,
+        admin_token,
+        max_connections,
+        max_concurrent_requests,
     )
     listeners: list[trio.SocketListener] | list[trio.SSLListener[trio.SocketStream]]
     if ssl_context is None:
@@ -520,6 +672,13 @@ async def serve_kv(
         task_status.started(server)
         await trio.sleep_forever()
     raise AssertionError("unreachable: serve_kv runs until cancelled")
+
+
+def _matches(given: str | None, secret: bytes | None) -> bool:
+    """Whether ``given`` is ``secret``, compared in constant time (False if either is None)."""
+    if given is None or secret is None:
+        return False
+    return hmac.compare_digest(given.encode(), secret)
 
 
 def _listener_port(listener: trio.SocketListener | trio.SSLListener[trio.SocketStream]) -> int:
