@@ -6,7 +6,11 @@ prefix, configuration entries among the commands) is built once on a
 flips bits in copies of it. Opening must either return exactly the true hard state and a
 prefix of the true log, losing entries only from a damaged last segment, or raise
 :class:`StorageCorruptError`; never a wrong log and never another exception. Cutting the last
-segment short (what a crash does) must always recover.
+segment short (what a crash does) must always recover. Damage to an older segment may go
+unnoticed only as the one cut that loses nothing: at a frame boundary in the tail a later
+truncation dropped. CI runs the same Hypothesis examples every time; ``nox -s hypothesis``
+runs random ones (``tests/conftest.py``), and every cut of every older segment is checked
+deterministically.
 """
 
 from __future__ import annotations
