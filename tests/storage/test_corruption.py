@@ -381,3 +381,46 @@ def test_cut_in_the_dropped_tail_of_a_segment_before_a_torn_truncation_segment()
     with pytest.raises(StorageCorruptError, match=r"entries 51\.\.51 are missing") as info:
         open_and_load({**t.files, **torn, older: data[: offsets[51]]})
     assert (info.value.path, info.value.offset) == (older, offsets[51])
+
+
+async def _truncated_inside_an_older_segment() -> tuple[dict[str, bytes], StoredState]:
+    """Segment 1: entries 1..14 in term 1, a truncation at 5, entry 5 in term 2; segment 2
+    (a rotation) starts at 6."""
+    fs = SimulatedFileSystem()
+    async with open_file_storage(DIR, segment_bytes=SEGMENT_BYTES, fs=fs, **ID) as s:
+        await s.save(hard_state=HardState(2, None))
+        await s.save(entries=[Entry(1, i, "x" * 10) for i in range(1, 15)])
+        await s.save(truncate_from=5, entries=[Entry(2, 5, "y" * 10)])
+        await s.save(entries=[Entry(2, i, "z" * 10) for i in range(6, 8)])
+        await s.sync()
+        assert [seg.first_index for seg in s._wal.segments] == [1, 6]
+        return fs.files(), await s.load()
+
+
+@pytest.mark.xfail(
+    reason="known limit: the cut directory is a valid one (entries 1..5 in term 1, then a "
+    "segment from 6 in term 2); telling them apart needs a format change, e.g. each segment "
+    "header carrying the term of the entry before its first index",
+    raises=AssertionError,
+)
+def test_cut_removing_a_truncation_inside_an_older_segment_is_refused() -> None:
+    """Cut segment 1 after the dropped entry 5 of term 1: its truncation record and the entry 5
+    that replaced it are gone, and segment 2 still follows on at 6. Loading must not bring back
+    the dropped entry 5 (it does today, see the xfail reason and storage.rst's limits)."""
+    files, _ = trio.run(_truncated_inside_an_older_segment)
+    first = f"{DIR}/wal-0000000001-00000000000000000001.log"
+    offset = next(
+        o for o, n in _frames(files[first]) if n and o > 0 and _index(files, first, o) == 6
+    )
+    try:
+        state = open_and_load({**files, first: files[first][:offset]})
+    except StorageCorruptError as exc:
+        assert exc.path == first
+    else:
+        assert state.entries[4].term == 2, f"the dropped entry came back: {state.entries[4]}"
+
+
+def _index(files: dict[str, bytes], path: str, offset: int) -> int:
+    length, _ = FRAME.unpack_from(files[path], offset)
+    index: int = cbor2.loads(files[path][offset + FRAME.size : offset + FRAME.size + length])[1]
+    return index
