@@ -424,3 +424,16 @@ def _index(files: dict[str, bytes], path: str, offset: int) -> int:
     length, _ = FRAME.unpack_from(files[path], offset)
     index: int = cbor2.loads(files[path][offset + FRAME.size : offset + FRAME.size + length])[1]
     return index
+
+
+def test_cut_removing_a_truncation_inside_an_older_segment_names_it_when_seen() -> None:
+    """Cut segment 1 just before its dropped entry 7: the truncation record at 5 is gone, so it
+    ends at index 6, past where segment 2 starts; segment 1 is named, at its new end."""
+    files, _ = trio.run(_truncated_inside_an_older_segment)
+    first = f"{DIR}/wal-0000000001-00000000000000000001.log"
+    offset = next(o for o, n in _frames(files[first]) if o > 0 and _index(files, first, o) == 7)
+    with pytest.raises(
+        StorageCorruptError, match="truncation record in this segment was cut"
+    ) as info:
+        open_and_load({**files, first: files[first][:offset]})
+    assert (info.value.path, info.value.offset) == (first, offset)

@@ -124,7 +124,17 @@ def _replay(scanned: list[ScannedSegment], state: State) -> tuple[list[Entry], l
             base = next_index = first  # everything before was compacted
             entries.clear()
             owners.clear()
-        elif first < next_index and (len(records) < 2 or records[1][1] != Truncate(first)):
+        elif first < next_index and not _starts_with_truncation(seg):
+            prev = scanned[pos - 1]
+            # Born right after ``prev``, which then ended at ``first - 1``, and its own records
+            # intact (a cut of it would have taken all of them with its truncation record):
+            # ``prev`` lost a truncation record and what followed it.
+            if seg.seq == prev.seq + 1 and len(records) > 1:
+                raise StorageCorruptError(
+                    prev.path, prev.valid_bytes, f"the segment ends here at index "
+                    f"{next_index - 1}, but the next one ({seg.path}) starts at {first} without "
+                    "a truncation record (a truncation record in this segment was cut away)",
+                )  # fmt: skip
             raise StorageCorruptError(
                 seg.path, records[0][0], f"the segment starts at index {first}, below the end "
                 f"of the previous segment ({next_index - 1}), without a truncation record",
