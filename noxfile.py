@@ -3,7 +3,8 @@
 ``.ci/run`` runs the default sessions (tests, processes, lint, typecheck, docs); ``python -m
 nox -s tests processes`` runs the whole test suite. Arguments after ``--`` reach the underlying
 tool, e.g. ``nox -s tests -- -k election -n 0`` (a later ``-n`` overrides the default ``-n 2``)
-or ``TRIO_RAFT_SEEDS=50 nox -s sim -- -x``.
+or ``TRIO_RAFT_SEEDS=50 nox -s sim -- -x``. ``nox -s hypothesis`` runs the property tests random
+(CI runs them derandomized).
 
 The suite is split in two by the ``process`` marker: ``tests`` runs everything else (virtual
 time, in-process, port 0), ``processes`` the tests that start OS processes or bind fixed ports
@@ -66,6 +67,19 @@ def sim(session: nox.Session) -> None:
     _install(session, "test")
     seeds = os.environ.get("TRIO_RAFT_SEEDS", SIM_SEEDS_DEFAULT)
     session.run("pytest", "-n", "2", "-m", "slow", *session.posargs, env={"TRIO_RAFT_SEEDS": seeds})
+
+
+@nox.session
+def hypothesis(session: nox.Session) -> None:
+    """Run the property tests random, not derandomized as in CI, with ten times their examples
+    (``TRIO_RAFT_HYPOTHESIS_EXAMPLES``, if set); failures are kept in ``.hypothesis`` and
+    replayed first next time. Arguments after ``--`` choose the tests (default: the storage
+    corruption test, the one that takes its settings from ``tests/conftest.py``)."""
+    _install(session, "test")
+    session.run(
+        "pytest", "-n", "2", *(session.posargs or ["tests/storage/test_corruption.py"]),
+        env={"TRIO_RAFT_HYPOTHESIS_RANDOM": "1"},
+    )  # fmt: skip
 
 
 @nox.session

@@ -4,6 +4,10 @@
   ``TRIO_RAFT_SEEDS`` environment variable (how many seeds the randomized tests sweep).
 * Importing Hypothesis registers trio's scheduler RNG with it (trio's own plugin hook), which is
   how trio supports deterministic scheduling; the simulator seeds that RNG per run.
+* Property tests decorated with :func:`hypothesis_settings` run derandomized (the same examples
+  every run, no example database), so the suite is not flaky. ``TRIO_RAFT_HYPOTHESIS_RANDOM=1``
+  (``nox -s hypothesis``) makes them random, with ten times the examples or
+  ``TRIO_RAFT_HYPOTHESIS_EXAMPLES``, and keeps what they find in ``.hypothesis`` to replay.
 * Tests that start OS processes or bind fixed ports are marked ``process`` (every test under
   ``tests/cluster`` is, by its directory); ``nox -s processes`` runs them and ``nox -s tests``
   the rest. Any other test that tries either fails (:mod:`tests._process_guard`), so the split
@@ -15,8 +19,9 @@ from __future__ import annotations
 import os
 from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
-import hypothesis  # noqa: F401  (see the module docstring)
+import hypothesis  # importing it matters too: see the module docstring
 import pytest
 
 from . import _ports
@@ -26,6 +31,25 @@ PROCESS_DIRECTORIES = (Path(__file__).parent / "cluster",)
 """Every test under these directories runs real processes: marked ``process`` by directory."""
 
 DEFAULT_SEEDS = 200
+HYPOTHESIS_SWEEP_FACTOR = 10
+
+
+def hypothesis_settings(max_examples: int, **kwargs: Any) -> hypothesis.settings:
+    """Settings for a property test: ``max_examples`` derandomized examples, or a random sweep.
+
+    Args:
+        max_examples: How many examples CI runs (always the same ones).
+        **kwargs: Any other :class:`hypothesis.settings` (``deadline``, health checks...).
+
+    With ``TRIO_RAFT_HYPOTHESIS_RANDOM=1`` the examples are random instead, there are
+    ``TRIO_RAFT_HYPOTHESIS_EXAMPLES`` of them (default ten times ``max_examples``), and the
+    example database is on, so a failure found replays on the next run.
+    """
+    if os.environ.get("TRIO_RAFT_HYPOTHESIS_RANDOM", "0") not in ("", "0"):
+        default = max_examples * HYPOTHESIS_SWEEP_FACTOR
+        examples = int(os.environ.get("TRIO_RAFT_HYPOTHESIS_EXAMPLES", default))
+        return hypothesis.settings(max_examples=examples, derandomize=False, **kwargs)
+    return hypothesis.settings(max_examples=max_examples, derandomize=True, database=None, **kwargs)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -9,7 +9,12 @@ next append had when it was created (``first_index``); against the log replayed 
 * below ``next``: the segment was started by a truncation, and must say so with a truncation
   record at ``first_index`` right after its header;
 * above ``next``: only if everything below it was compacted (``first_index <= log_start + 1``),
-  otherwise entries are missing.
+  otherwise entries are missing (see :func:`_gap` for which file is named).
+
+Older segments are never rewritten, so a cut in one is damage, not a crash. It is found
+whenever it removes a live entry (the next segment no longer follows on) or ends inside a
+frame; a cut at a frame boundary that removes only records a later truncation dropped (the
+tail of the segment before a truncation segment) leaves nothing to find, and loses nothing.
 """
 
 from __future__ import annotations
@@ -66,6 +71,36 @@ def _read_all(fs: FileSystem, path: str, limit: int) -> bytes:
     return data
 
 
+def _starts_with_truncation(seg: ScannedSegment) -> bool:
+    return [r for _, r in seg.records[1:2]] == [Truncate(seg.first_index)]
+
+
+def _gap(prev: ScannedSegment, seg: ScannedSegment, next_index: int) -> StorageCorruptError:
+    """The error for entries ``next_index..seg.first_index - 1`` missing between two segments.
+
+    Only a truncation deletes segments that are not a compacted prefix, and only those right
+    before its own new segment holding nothing but entries it dropped (at its index or later).
+    So when no segment can lie between the two (consecutive numbers), or ``seg`` was started by
+    a truncation, the missing entries were in ``prev``, which was cut short: it is named, at its
+    end. Otherwise a segment between them is missing: ``seg`` is named.
+    """
+    missing = f"entries {next_index}..{seg.first_index - 1} are missing"
+    if seg.seq == prev.seq + 1 or _starts_with_truncation(seg):
+        between = "" if seg.seq == prev.seq + 1 else ", or a segment between them was deleted"
+        return StorageCorruptError(
+            prev.path, prev.valid_bytes, f"{missing}: the segment ends here, at index "
+            f"{next_index - 1}, but the next one ({seg.path}) starts at index {seg.first_index} "
+            f"(this segment was cut short{between})",
+        )  # fmt: skip
+    lost = prev.seq + 1, seg.seq - 1
+    gone = f"segment {lost[0]} was" if lost[0] == lost[1] else f"segments {lost[0]}..{lost[1]} were"
+    return StorageCorruptError(
+        seg.path, 0, f"{missing}: the previous segment ({prev.path}) ends at index "
+        f"{next_index - 1}, this one starts at {seg.first_index} ({gone} deleted, or the "
+        "previous one was cut short)",
+    )  # fmt: skip
+
+
 def _replay(scanned: list[ScannedSegment], state: State) -> tuple[list[Entry], list[Segment], int]:
     """The live entries, the segments' bookkeeping, and the WAL's next index."""
     base = next_index = scanned[0].first_index
@@ -85,14 +120,21 @@ def _replay(scanned: list[ScannedSegment], state: State) -> tuple[list[Entry], l
         first = seg.first_index
         if first > next_index:
             if first > start + 1:
-                raise StorageCorruptError(
-                    seg.path, 0, f"entries {next_index}..{first - 1} are missing: the previous "
-                    f"segment ends at index {next_index - 1}, this one starts at {first}",
-                )  # fmt: skip
+                raise _gap(scanned[pos - 1], seg, next_index)
             base = next_index = first  # everything before was compacted
             entries.clear()
             owners.clear()
-        elif first < next_index and (len(records) < 2 or records[1][1] != Truncate(first)):
+        elif first < next_index and not _starts_with_truncation(seg):
+            prev = scanned[pos - 1]
+            # Born right after ``prev``, which then ended at ``first - 1``, and its own records
+            # intact (a cut of it would have taken all of them with its truncation record):
+            # ``prev`` lost a truncation record and what followed it.
+            if seg.seq == prev.seq + 1 and len(records) > 1:
+                raise StorageCorruptError(
+                    prev.path, prev.valid_bytes, f"the segment ends here at index "
+                    f"{next_index - 1}, but the next one ({seg.path}) starts at {first} without "
+                    "a truncation record (a truncation record in this segment was cut away)",
+                )  # fmt: skip
             raise StorageCorruptError(
                 seg.path, records[0][0], f"the segment starts at index {first}, below the end "
                 f"of the previous segment ({next_index - 1}), without a truncation record",
