@@ -9,6 +9,7 @@ latency, trio's own scheduling order) derives from the seed, so a seed replays a
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -73,6 +74,8 @@ class SimulatedCluster:
             )
             for nid in self.node_ids
         }
+        for nid, storage in self.storages.items():
+            storage.on_durable = functools.partial(self.checker.durable_write, nid)
         """Each node's simulated disk; it outlives crashes (``durable_state()`` is what a
         restart loads)."""
         self.state_machines: dict[NodeId, StateMachine] = {}
@@ -223,10 +226,11 @@ class SimulatedCluster:
         generation = self._generation.get(node_id, -1) + 1
         self._generation[node_id] = generation
         self._incarnation[node_id] = 0
-        self.storages[node_id] = SimulatedStorage(
+        storage = self.storages[node_id] = SimulatedStorage(
             random.Random(f"{self.seed}/storage/{node_id}#{generation}"),
             sync_s_max=self._sync_s_max,
         )
+        storage.on_durable = functools.partial(self.checker.durable_write, node_id)
         self._added[node_id] = bootstrap
         self.node_ids = (*self.node_ids, node_id)
         self.checker.record(node_id, "added", "join" if join else bootstrap)
@@ -338,9 +342,9 @@ class SimulatedCluster:
     async def wait_logs_bounded(
         self, *, timeout_s: float | None = None, poll_s: float = 0.05
     ) -> None:
-        """Liveness check for a healed, settled cluster: wait until every running node's
-        un-compacted log is within ``snapshot_entries + snapshot_keep_entries`` (plus the
-        entries it has not applied yet).
+        """Liveness check for a healed, settled cluster: wait until every running member's
+        (see :meth:`wait_converged`) un-compacted log is within
+        ``snapshot_entries + snapshot_keep_entries`` (plus the entries it has not applied yet).
 
         Args:
             timeout_s: How long (virtual time) the nodes get to take and install their
@@ -355,7 +359,7 @@ class SimulatedCluster:
             timeout_s = 10 * self.config.election_timeout_s_max
         deadline = trio.current_time() + timeout_s
         while True:
-            problems = unbounded_logs(self._nodes.values())
+            problems = unbounded_logs(self._converging())
             if not problems:
                 return
             if trio.current_time() >= deadline:

@@ -53,14 +53,23 @@ from __future__ import annotations
 
 import collections
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, cast
 
 import trio
 
 from .._errors import RaftError
 from .._messages import MESSAGE_TYPES
-from .._types import Entry, EntryKind, Membership, NodeId, Role, SnapshotMeta, StoredState
+from .._types import (
+    Entry,
+    EntryKind,
+    HardState,
+    Membership,
+    NodeId,
+    Role,
+    SnapshotMeta,
+    StoredState,
+)
 
 if TYPE_CHECKING:
     from .._core._state import Ready
@@ -236,6 +245,27 @@ class InvariantChecker:
             self._durable_snapshot[node_id] = (stored.log_start_index, stored.log_start_term)
         self.record(node_id, "start")
 
+    def durable_write(
+        self,
+        node_id: NodeId,
+        hard_state: HardState | None,
+        truncate_from: int | None,
+        entries: Sequence[Entry],
+    ) -> None:
+        """A write of ``node_id`` became durable: its vote and entries now count for the vote
+        and commit quorums. The checker also learns them from ``"persisted"`` events; a storage
+        that reports its syncs (:attr:`SimulatedStorage.on_durable`) covers the writes that
+        have none (a vote saved while the disk refused the entries with it, an install's
+        truncation)."""
+        if hard_state is not None and hard_state.voted_for is not None:
+            self._votes[(node_id, hard_state.term)] = hard_state.voted_for
+        durable = self._durable.setdefault(node_id, {})
+        if truncate_from is not None:
+            for index in [i for i in durable if i >= truncate_from]:
+                del durable[index]
+        for e in entries:
+            durable[e.index] = e.term
+
     def node_removed(self, node_id: NodeId) -> None:
         """``node_id`` and its storage are gone for good (its id may be reused by a fresh node
         with empty storage): forget its votes and durable log. Facts about the cluster (leaders
@@ -410,15 +440,8 @@ class InvariantChecker:
     def _on_persisted(self, node: Node, ready: Ready) -> None:
         st = node._state
         nid = node.id
-        hs = ready.hard_state
-        if hs is not None and hs.voted_for is not None:
-            self._votes[(nid, hs.term)] = hs.voted_for
-        durable = self._durable.setdefault(nid, {})
-        if ready.truncate_from is not None:
-            for index in [i for i in durable if i >= ready.truncate_from]:
-                del durable[index]
+        self.durable_write(nid, ready.hard_state, ready.truncate_from, ready.entries)
         for e in ready.entries:
-            durable[e.index] = e.term
             if e.kind is not EntryKind.CONFIG:
                 continue
             previous = st.membership_at(e.index - 1)
