@@ -35,6 +35,7 @@ async def test_add_node_starts_a_fresh_node_in_join_mode(
             assert cluster.leader() is leader
             assert cluster.members == INITIAL
             await converge(cluster)  # n4 is no member: nothing waits for it
+            await cluster.wait_membership_settled()  # nor for its configuration
             assert n4.status.last_applied == 0
 
             n4 = await cluster.restart("n4")

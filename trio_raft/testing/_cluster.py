@@ -339,6 +339,20 @@ class SimulatedCluster:
                     return
             await trio.sleep(poll_s)
 
+    async def wait_membership_settled(self, *, poll_s: float = 0.01) -> None:
+        """Wait until a leader's committed configuration (:attr:`members`) is not joint and is
+        the configuration in force on every running member of it (a change in progress has
+        finished, and every member knows). Bound it with :func:`trio.fail_after`."""
+        while True:
+            members = self.members
+            if (
+                members is not None
+                and not members.is_joint
+                and all(n.membership == members for n in self._converging())
+            ):
+                return
+            await trio.sleep(poll_s)
+
     async def wait_logs_bounded(
         self, *, timeout_s: float | None = None, poll_s: float = 0.05
     ) -> None:

@@ -161,7 +161,8 @@ class InvariantViolation(RaftError):
 
 
 class InvariantChecker:
-    """Observes every node of one simulated cluster and checks the five safety properties."""
+    """Observes every node of one simulated cluster and checks Raft's safety properties and
+    those of membership changes (see the module's documentation)."""
 
     def __init__(self, seed: int, *, trace_size: int = 400) -> None:
         self.seed = seed

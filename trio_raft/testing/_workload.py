@@ -275,10 +275,12 @@ async def run_chaos(
                     break
                 except (NotLeaderError, LeadershipLostError, ProposalDroppedError):
                     await trio.sleep(0.05)
+            await cluster.wait_membership_settled()
             await cluster.wait_converged()
         if scope.cancelled_caught:
             raise AssertionError(
-                f"seed={seed}: the healed cluster did not converge within {converge_s}s\n"
+                f"seed={seed}: the healed cluster did not converge (or settle its membership) "
+                f"within {converge_s}s\n"
                 + "\n".join(str(n.status) for n in cluster.nodes.values())
                 + "\n"
                 + cluster.checker.format_trace()
