@@ -206,6 +206,30 @@ async def test_commit_quorum_while_joint_needs_both_majorities() -> None:
     checker.observe(leader, "commit", 2)  # type: ignore[arg-type]
 
 
+async def test_commit_counted_before_a_configuration_appended_in_the_same_batch() -> None:
+    """The leader counted the commit under {n1, n2, n3}, then appended an entry entering a
+    joint configuration with n4 and n5; both are reported after the batch."""
+    three = Membership({"n1", "n2", "n3"})
+    joint = Membership({"n1", "n4", "n5"}, {"n2", "n3"}, {"n1", "n2", "n3"})
+    entries = [config_entry(1, 2, three), command(2, 2)]
+    checker = InvariantChecker(seed=0)
+    vote(checker, "n2", 2, "n1")
+    leader = leader_with_log(2, Membership({"n1", "n2", "n3"}), entries)
+    become_leader(checker, leader, 2)
+    for nid in ("n1", "n2"):
+        checker.durable_write(nid, None, None, entries)
+    leader._state.commit = 2
+    leader._state._append([config_entry(3, 2, joint)])  # the core adopts it on append
+    checker.observe(leader, "membership", (3, joint))  # type: ignore[arg-type]
+    checker.observe(leader, "commit", 2)  # type: ignore[arg-type]
+    # The next commit is counted under the joint configuration only.
+    checker.durable_write("n1", None, None, [config_entry(3, 2, joint)])
+    checker.durable_write("n2", None, None, [config_entry(3, 2, joint)])
+    leader._state.commit = 3
+    with pytest.raises(InvariantViolation, match=r"Commit quorum.*index 3.*\{n1, n2\}"):
+        checker.observe(leader, "commit", 3)  # type: ignore[arg-type]
+
+
 async def test_commit_of_an_earlier_term_entry_by_counting_is_refused() -> None:
     entries = [command(1, 1)]  # Figure 8: the leader of term 2 counts replicas of term 1
     checker = InvariantChecker(seed=0)
@@ -224,7 +248,8 @@ async def test_one_change_at_a_time_in_every_log() -> None:
     checker = InvariantChecker(seed=0)
     three = Membership({"n1", "n2", "n3"})
     skip = Membership({"n1", "n2", "n4"})  # changes the voters without a joint phase
-    node = fake("n2", three, [config_entry(1, 1, three), config_entry(2, 1, skip)])
+    bootstrap = Membership({"n1", "n2", "n3"})  # equal, but not the logged configuration
+    node = fake("n2", bootstrap, [config_entry(1, 1, three), config_entry(2, 1, skip)])
     ready = Ready(entries=[node._state.log.entry(2)])
     with pytest.raises(InvariantViolation, match=r"One change at a time.*n2.*entry 2.*n4"):
         checker.observe(node, "persisted", ready)  # type: ignore[arg-type]
@@ -232,8 +257,12 @@ async def test_one_change_at_a_time_in_every_log() -> None:
     checker = InvariantChecker(seed=0)
     joint = Membership({"n1", "n2", "n4"}, (), {"n1", "n2", "n3"})
     entries = [config_entry(1, 1, three), config_entry(2, 1, joint), config_entry(3, 1, skip)]
-    node = fake("n2", three, entries)
+    node = fake("n2", bootstrap, entries)
     checker.observe(node, "persisted", Ready(entries=entries))  # type: ignore[arg-type]
+    # The first configuration written after a bootstrap one is not compared with it.
+    checker = InvariantChecker(seed=0)
+    node = fake("n4", Membership({"n1", "n2", "n4"}), [config_entry(1, 1, three)])
+    checker.observe(node, "persisted", Ready(entries=[config_entry(1, 1, three)]))  # type: ignore[arg-type]
     checker = InvariantChecker(seed=0)
     first = [command(1, 1), config_entry(2, 1, joint)]
     node = fake("n5", None, first)

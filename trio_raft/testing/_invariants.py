@@ -35,9 +35,9 @@ code, not the library's:
 * **Configuration agreement**: the configuration in force at every committed index is the
   same on every node that has one there (snapshots included).
 
-"In force at that moment" accepts the configuration the node had at its previous event as
-well as its current one: a node that counts a quorum and appends a configuration entry in the
-same batch reports both at once.
+"In force at that moment" accepts every configuration the node had in force since its last
+role change or (as leader) commit: a node that counts a quorum and appends a configuration entry
+in the same batch of work reports both at once, after both.
 
 One liveness property is checked on demand, once a cluster is healed and settled
 (:meth:`SimulatedCluster.wait_logs_bounded`, part of every chaos run), with
@@ -186,8 +186,9 @@ class InvariantChecker:
         self._votes: dict[tuple[NodeId, int], NodeId] = {}
         self._durable: dict[NodeId, dict[int, int]] = {}
         self._durable_snapshot: dict[NodeId, tuple[int, int]] = {}
-        # The configuration each node had in force at its previous event.
-        self._last_config: dict[NodeId, Membership | None] = {}
+        # The configurations each node had in force since its last role change or (leader)
+        # commit: a quorum counted then was counted with one of them.
+        self._recent_configs: dict[NodeId, list[Membership]] = {}
         # The commit index a leader last checked a quorum for: (node, term) -> index.
         self._leader_commit: dict[tuple[NodeId, int], int] = {}
         # The last index of a leader's log whose configuration entries were checked.
@@ -237,7 +238,7 @@ class InvariantChecker:
         """
         self._last_applied[node_id] = 0
         self._commit_seen[node_id] = 0
-        self._last_config.pop(node_id, None)
+        self._recent_configs.pop(node_id, None)
         if stored is not None:
             hs = stored.hard_state
             if hs.voted_for is not None:
@@ -273,7 +274,7 @@ class InvariantChecker:
         per term, committed entries and configurations) stay."""
         self._durable.pop(node_id, None)
         self._durable_snapshot.pop(node_id, None)
-        self._last_config.pop(node_id, None)
+        self._recent_configs.pop(node_id, None)
         for key in [k for k in self._votes if k[0] == node_id]:
             del self._votes[key]
         self.record(node_id, "removed")
@@ -286,6 +287,7 @@ class InvariantChecker:
             self.record(nid, "role", f"{role.value}@{term}")
             if role is Role.LEADER:
                 self._on_leader(node)
+            self._recent_configs[nid] = []
         elif event == "persisted":
             ready: Ready = data  # type: ignore[assignment]
             self.record(
@@ -299,6 +301,7 @@ class InvariantChecker:
             self._on_commit(node)
             if st.role is Role.LEADER:
                 self._check_commit_quorum(node)
+                self._recent_configs[nid] = []
         elif event == "restore":
             meta = cast("SnapshotMeta", data)
             self.record(nid, "restore", (meta.index, meta.term))
@@ -318,12 +321,19 @@ class InvariantChecker:
         if st.role is Role.LEADER:
             self._check_append_only(node)
             self._check_new_configs(node)
-        self._last_config[nid] = st.membership
+        m = st.membership
+        recent = self._recent_configs.setdefault(nid, [])
+        if m is not None and (not recent or (recent[-1] is not m and recent[-1] != m)):
+            recent.append(m)
 
     def _configs_in_force(self, node: Node) -> list[Membership]:
-        """The node's configuration in force now and at its previous event (a quorum counted
-        and a configuration appended in one batch are reported together)."""
-        configs = [m for m in (node._state.membership, self._last_config.get(node.id)) if m]
+        """The node's configuration in force now and those it had since its last role change
+        or (as leader) commit: a quorum counted and a configuration appended in one batch of
+        the node's work are reported together, after both."""
+        configs = list(self._recent_configs.get(node.id, ()))
+        m = node._state.membership
+        if m is not None and m not in configs:
+            configs.append(m)
         return configs
 
     def _on_leader(self, node: Node) -> None:
@@ -447,6 +457,12 @@ class InvariantChecker:
                 continue
             previous = st.membership_at(e.index - 1)
             following = cast("Membership", e.command)
+            # A bootstrap configuration was never in a log: the first one written may differ
+            # from it (a node started with the current configuration, or from a snapshot
+            # without one).
+            bootstrap = getattr(getattr(st, "_members", None), "bootstrap", None)
+            if previous is bootstrap:
+                continue
             if previous is not None and config_step(previous, following) is None:
                 raise self.fail(
                     "One change at a time",
