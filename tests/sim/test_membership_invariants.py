@@ -202,7 +202,7 @@ async def test_commit_quorum_while_joint_needs_both_majorities() -> None:
         checker.observe(leader, "commit", 2)  # type: ignore[arg-type]
     # One more copy in the outgoing set makes it a quorum (also counted from a snapshot).
     checker._leader_commit[("n1", 3)] = 0
-    checker._durable_snapshot["n5"] = (2, 3)
+    checker.observe(fake("n5", FIVE), "snapshot", SnapshotMeta(2, 3))  # type: ignore[arg-type]
     checker.observe(leader, "commit", 2)  # type: ignore[arg-type]
 
 

@@ -314,6 +314,8 @@ class InvariantChecker:
         elif event in ("snapshot", "snapshot-abandoned"):
             meta = cast("SnapshotMeta", data)
             self.record(nid, event, (meta.index, meta.term))
+            if event == "snapshot":
+                self._snapshot_durable(nid, meta)
         elif event == "apply":
             entry, result = cast("tuple[Entry, object]", data)
             self.record(nid, "apply", (entry.index, entry.term, entry.command, result))
@@ -471,11 +473,19 @@ class InvariantChecker:
                     "is neither a simple, an enter nor a leave step",
                 )
 
-    def _on_restore_durable(self, node: Node, meta: SnapshotMeta) -> None:
-        nid = node.id
+    def _snapshot_durable(self, nid: NodeId, meta: SnapshotMeta) -> None:
+        """A snapshot of ``nid`` is durable: it covers every entry up to its index (the
+        checker forgets those, keeping its per-node record as short as the log)."""
         index, _ = self._durable_snapshot.get(nid, (0, 0))
         if meta.index >= index:
             self._durable_snapshot[nid] = (meta.index, meta.term)
+            durable = self._durable.get(nid, {})
+            for i in [i for i in durable if i <= meta.index]:
+                del durable[i]
+
+    def _on_restore_durable(self, node: Node, meta: SnapshotMeta) -> None:
+        nid = node.id
+        self._snapshot_durable(nid, meta)
         if not node._state.log.match_term(meta.index, meta.term):
             # An install that does not match the log discards it (from storage too).
             durable = self._durable.get(nid, {})
