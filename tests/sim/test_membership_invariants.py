@@ -357,3 +357,15 @@ async def test_a_core_committing_without_a_quorum_is_caught(
             cluster.isolate(leader.id)  # nobody else gets the entry
             with trio.move_on_after(1):
                 await leader.propose(("put", "k", 1))
+
+
+async def test_election_safety_is_global_across_added_and_removed_nodes() -> None:
+    """One leader per term among every node that ever ran: forgetting a removed node (whose
+    id a fresh node may reuse) does not forget the term it led."""
+    checker = InvariantChecker(seed=0)
+    one = Membership({"n1"})
+    become_leader(checker, fake("n1", one), 2)
+    checker.node_removed("n1")
+    checker.node_started("n1", stored=StoredState())
+    with pytest.raises(InvariantViolation, match=r"Election Safety.*n6 and n1.*term 2"):
+        become_leader(checker, fake("n6", Membership({"n6"})), 2)
