@@ -74,10 +74,10 @@ class SimulatedCluster:
             )
             for nid in self.node_ids
         }
+        """Each node's simulated disk; it outlives crashes (``durable_state()`` is what a
+        restart loads). Every sync reports its writes to :attr:`checker`."""
         for nid, storage in self.storages.items():
             storage.on_durable = functools.partial(self.checker.durable_write, nid)
-        """Each node's simulated disk; it outlives crashes (``durable_state()`` is what a
-        restart loads)."""
         self.state_machines: dict[NodeId, StateMachine] = {}
         """The state machine of each running node (a fresh one per incarnation)."""
         self._factory = state_machine_factory
