@@ -9,6 +9,7 @@ latency, trio's own scheduling order) derives from the seed, so a seed replays a
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -22,7 +23,7 @@ from .._config import Config
 from .._errors import NodeCrashedError, NoSpaceError, NotLeaderError
 from .._messages import Message
 from .._node import Node, _open_node
-from .._types import NodeId, Role, StoredState
+from .._types import Membership, NodeId, Role, StoredState
 from .._util import unwrap_single_exception_group
 from ._determinism import seed_scheduler
 from ._invariants import InvariantChecker, unbounded_logs
@@ -53,13 +54,18 @@ class SimulatedCluster:
         self.seed = seed
         """The seed every random choice of this run derives from."""
         self.node_ids: tuple[NodeId, ...] = tuple(node_ids)
-        """Every member's id, running or not."""
+        """Every node's id, running or not: the initial ones, then those of :meth:`add_node` in
+        the order they were added (:meth:`remove_node` drops one)."""
+        self.initial_ids: tuple[NodeId, ...] = self.node_ids
+        """The ids the cluster was opened with: the bootstrap configuration those nodes start
+        with, on every (re)start."""
         self.network = network
         """The simulated network: faults, hooks and statistics (see :class:`MemoryNetwork`)."""
         self.config = config
         """The configuration every node runs with."""
         self.checker = InvariantChecker(seed)
         """The live safety checker; its trace is in every :class:`InvariantViolation`."""
+        self._sync_s_max = sync_s_max
         self.storages = {
             nid: SimulatedStorage(
                 random.Random(f"{seed}/storage/{nid}"),
@@ -69,7 +75,9 @@ class SimulatedCluster:
             for nid in self.node_ids
         }
         """Each node's simulated disk; it outlives crashes (``durable_state()`` is what a
-        restart loads)."""
+        restart loads). Every sync reports its writes to :attr:`checker`."""
+        for nid, storage in self.storages.items():
+            storage.on_durable = functools.partial(self.checker.durable_write, nid)
         self.state_machines: dict[NodeId, StateMachine] = {}
         """The state machine of each running node (a fresh one per incarnation)."""
         self._factory = state_machine_factory
@@ -77,7 +85,12 @@ class SimulatedCluster:
         self._nodes: dict[NodeId, Node] = {}
         self._scopes: dict[NodeId, trio.CancelScope] = {}
         self._stopped: dict[NodeId, trio.Event] = {}
+        self._stop_requests: dict[NodeId, trio.Event] = {}
         self._incarnation: dict[NodeId, int] = dict.fromkeys(self.node_ids, 0)
+        # How each node added later (re)starts: ``None`` is join mode; a configuration is the
+        # bootstrap of its first start only (see add_node).
+        self._added: dict[NodeId, Membership | None] = {}
+        self._generation: dict[NodeId, int] = dict.fromkeys(self.node_ids, 0)
         network.on_event = self._on_network_event
 
     # -- nodes -------------------------------------------------------------------------------
@@ -113,20 +126,32 @@ class SimulatedCluster:
         self._incarnation[node_id] += 1
         incarnation = self._incarnation[node_id]
         stopped = self._stopped[node_id] = trio.Event()
+        stop = self._stop_requests[node_id] = trio.Event()
+        members: Membership | Sequence[NodeId] | None
+        if node_id in self._added:
+            members = self._added[node_id]
+            self._added[node_id] = None  # a node added later restarts in join mode
+        else:
+            members = self.initial_ids
+        # The seed of a reused id's node differs from its predecessor's (same runs otherwise).
+        generation = self._generation[node_id]
+        rng_key = f"{self.seed}/{node_id}/{incarnation}"
+        if generation:
+            rng_key = f"{self.seed}/{node_id}#{generation}/{incarnation}"
         state_machine = self._factory()
-        self.checker.node_started(node_id)
+        self.checker.node_started(node_id, stored=self.storages[node_id].durable_state())
         try:
             with trio.CancelScope() as self._scopes[node_id]:
                 async with _open_node(
-                    node_id, self.node_ids, state_machine=state_machine,
+                    node_id, members, state_machine=state_machine,
                     transport=self.network.transport(node_id), storage=self.storages[node_id],
-                    config=self.config, rng=random.Random(f"{self.seed}/{node_id}/{incarnation}"),
+                    config=self.config, rng=random.Random(rng_key),
                     observer=self.checker.observe,
                 ) as node:  # fmt: skip
                     self._nodes[node_id] = node
                     self.state_machines[node_id] = state_machine
                     task_status.started(node)
-                    await trio.sleep_forever()
+                    await stop.wait()
         except NodeCrashedError as exc:
             # Fail loudly, with the seed and the trace: a real node would have stopped here.
             raise self.checker.fail(
@@ -152,6 +177,76 @@ class SimulatedCluster:
         """Crash ``node_id`` if it is running, then start it again from its synced storage."""
         await self.crash(node_id)
         return await self.start(node_id)
+
+    async def stop(self, node_id: NodeId) -> None:
+        """Shut ``node_id`` down gracefully, as an operator would: leave its ``async with``
+        block, so the node runs its own shutdown (a leader hands over first, see
+        :doc:`membership`), then detach it from the network. Unlike :meth:`crash`, the node
+        finishes what it does on the way out; its storage then keeps what it synced, as after
+        a crash. Waits until every task of the node has stopped; a node not running is left
+        alone. Start it again with :meth:`start`."""
+        if node_id not in self._nodes:
+            return
+        self.checker.record(node_id, "stop")
+        self._stop_requests[node_id].set()
+        await self._stopped[node_id].wait()
+        self.storages[node_id].crash()
+        self.network.detach(node_id)
+
+    async def add_node(self, node_id: NodeId, *, join: bool = True) -> Node:
+        """Start a new node ``node_id`` with fresh storage and return it.
+
+        The node is not a member of anything yet: add it through the leader (see
+        :doc:`membership`) and it receives the log, or a snapshot, from there. It appends
+        ``node_id`` to :attr:`node_ids` and restarts, after a crash, always in join mode.
+
+        Args:
+            node_id: Its id: one this cluster does not know (or one :meth:`remove_node`
+                forgot, for a fresh node reusing it).
+            join: Start in join mode (``members=None``: it never campaigns until a
+                configuration reaches it). ``False`` starts it with :attr:`members` as its
+                bootstrap configuration instead, which must already list it (add it as a
+                learner first), as an operator starting a node with the current member list
+                would; only its first start does.
+
+        Raises:
+            ValueError: ``node_id`` is known, or ``join`` is false and :attr:`members` does not
+                list it.
+        """
+        if node_id in self.node_ids:
+            raise ValueError(f"{node_id} is already a node of this cluster; pick a new id")
+        bootstrap: Membership | None = None
+        if not join:
+            bootstrap = self.members
+            if bootstrap is None or node_id not in bootstrap.members:
+                raise ValueError(
+                    f"{node_id} is not in the committed configuration {bootstrap!r}; add it as a "
+                    "learner first, or start it in join mode (join=True)"
+                )
+        generation = self._generation.get(node_id, -1) + 1
+        self._generation[node_id] = generation
+        self._incarnation[node_id] = 0
+        storage = self.storages[node_id] = SimulatedStorage(
+            random.Random(f"{self.seed}/storage/{node_id}#{generation}"),
+            sync_s_max=self._sync_s_max,
+        )
+        storage.on_durable = functools.partial(self.checker.durable_write, node_id)
+        self._added[node_id] = bootstrap
+        self.node_ids = (*self.node_ids, node_id)
+        self.checker.record(node_id, "added", "join" if join else bootstrap)
+        return await self.start(node_id)
+
+    async def remove_node(self, node_id: NodeId) -> None:
+        """Crash ``node_id`` and forget it: its storage is gone and its id leaves
+        :attr:`node_ids` (:meth:`add_node` may reuse it for a fresh node). This changes no
+        configuration; remove it through the leader for that."""
+        if node_id not in self.node_ids:
+            raise ValueError(f"{node_id} is not a node of this cluster")
+        await self.crash(node_id)
+        self.checker.node_removed(node_id)
+        self.node_ids = tuple(n for n in self.node_ids if n != node_id)
+        del self.storages[node_id]
+        self._added.pop(node_id, None)
 
     # -- network faults ------------------------------------------------------------------------
 
@@ -185,6 +280,25 @@ class SimulatedCluster:
         leaders = [n for n in self._nodes.values() if n.status.role is Role.LEADER]
         return max(leaders, key=lambda n: n.status.term, default=None)
 
+    @property
+    def members(self) -> Membership | None:
+        """The committed configuration of :meth:`leader` (the last configuration at or before
+        its commit index), or ``None`` if no running node leads."""
+        leader = self.leader()
+        if leader is None:
+            return None
+        st = leader._state
+        return st.membership_at(st.commit)
+
+    def _converging(self) -> list[Node]:
+        """The running nodes expected to converge: members of :attr:`members` (all running
+        nodes when the configuration is unknown). Removed bystanders and nodes waiting to join
+        never catch up, by design."""
+        members = self.members
+        if members is None:
+            return list(self._nodes.values())
+        return [n for nid, n in self._nodes.items() if nid in members.members]
+
     async def wait_leader(
         self, *, among: Iterable[NodeId] | None = None, poll_s: float = 0.01
     ) -> Node:
@@ -212,23 +326,39 @@ class SimulatedCluster:
             await trio.sleep(retry_s)
 
     async def wait_converged(self, *, poll_s: float = 0.01) -> None:
-        """Wait until a leader has committed its whole log and every running node has applied
-        exactly that much (so nothing is still in flight). Bound it with :func:`trio.fail_after`."""
+        """Wait until a leader has committed its whole log and every running member of its
+        committed configuration (:attr:`members`) has applied exactly that much (so nothing is
+        still in flight). Running nodes outside it (removed bystanders, nodes not yet added)
+        are not waited for. Bound it with :func:`trio.fail_after`."""
         while True:
             leader = self.leader()
             if leader is not None:
                 top = leader.status.last_log_index
-                statuses = [n.status for n in self._nodes.values()]
+                statuses = [n.status for n in self._converging()]
                 if all(s.last_applied == top and s.commit_index == top for s in statuses):
                     return
+            await trio.sleep(poll_s)
+
+    async def wait_membership_settled(self, *, poll_s: float = 0.01) -> None:
+        """Wait until a leader's committed configuration (:attr:`members`) is not joint and is
+        the configuration in force on every running member of it (a change in progress has
+        finished, and every member knows). Bound it with :func:`trio.fail_after`."""
+        while True:
+            members = self.members
+            if (
+                members is not None
+                and not members.is_joint
+                and all(n.membership == members for n in self._converging())
+            ):
+                return
             await trio.sleep(poll_s)
 
     async def wait_logs_bounded(
         self, *, timeout_s: float | None = None, poll_s: float = 0.05
     ) -> None:
-        """Liveness check for a healed, settled cluster: wait until every running node's
-        un-compacted log is within ``snapshot_entries + snapshot_keep_entries`` (plus the
-        entries it has not applied yet).
+        """Liveness check for a healed, settled cluster: wait until every running member's
+        (see :meth:`wait_converged`) un-compacted log is within
+        ``snapshot_entries + snapshot_keep_entries`` (plus the entries it has not applied yet).
 
         Args:
             timeout_s: How long (virtual time) the nodes get to take and install their
@@ -243,7 +373,7 @@ class SimulatedCluster:
             timeout_s = 10 * self.config.election_timeout_s_max
         deadline = trio.current_time() + timeout_s
         while True:
-            problems = unbounded_logs(self._nodes.values())
+            problems = unbounded_logs(self._converging())
             if not problems:
                 return
             if trio.current_time() >= deadline:

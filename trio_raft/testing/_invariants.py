@@ -12,6 +12,33 @@ node) and raises :class:`InvariantViolation` at the first event that breaks:
 * **State Machine Safety**: every node applies the same entry, with the same result, at each
   index; each node applies indexes in order, each once.
 
+And the properties of membership changes (Raft thesis §4.3; see :doc:`membership`), where a
+node's *configuration in force* is the one its state reports (the last ``CONFIG`` entry of its
+log, else its snapshot's or bootstrap configuration; the checker verifies at every
+``"membership"`` event that it is exactly that), and majorities are counted by the checker's own
+code, not the library's:
+
+* **Configuration in force**: what a node reports as its configuration is the last
+  configuration entry of its log (or its base when the log holds none).
+* **Only voters lead**: a node becomes leader only if it is a voter (incoming or outgoing) of
+  its configuration in force.
+* **Vote quorum**: the nodes whose *durable* vote in the new leader's term is for it (and the
+  leader itself) form a majority of each voter set of its configuration in force.
+* **Commit quorum**: when a leader's commit index passes ``i``, entry ``i`` is of the leader's
+  own term (Figure 8), and the nodes that durably hold it (persisted, or covered by a snapshot)
+  form a majority of each voter set of its configuration in force.
+* **One change at a time**: in every node's log, each configuration entry is a *simple*
+  (same voters, neither joint), *enter* (into a joint configuration leaving the previous
+  voters) or *leave* (from a joint configuration to its incoming voters) step from the
+  configuration before it; and a leader appends one only when the previous configuration in
+  its log is committed.
+* **Configuration agreement**: the configuration in force at every committed index is the
+  same on every node that has one there (snapshots included).
+
+"In force at that moment" accepts every configuration the node had in force since its last
+role change or (as leader) commit: a node that counts a quorum and appends a configuration entry
+in the same batch of work reports both at once, after both.
+
 One liveness property is checked on demand, once a cluster is healed and settled
 (:meth:`SimulatedCluster.wait_logs_bounded`, part of every chaos run), with
 :func:`unbounded_logs`:
@@ -26,14 +53,23 @@ from __future__ import annotations
 
 import collections
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, cast
 
 import trio
 
 from .._errors import RaftError
 from .._messages import MESSAGE_TYPES
-from .._types import Entry, NodeId, Role, SnapshotMeta
+from .._types import (
+    Entry,
+    EntryKind,
+    HardState,
+    Membership,
+    NodeId,
+    Role,
+    SnapshotMeta,
+    StoredState,
+)
 
 if TYPE_CHECKING:
     from .._core._state import Ready
@@ -47,6 +83,44 @@ def _describe(data: object) -> str:
         extra = f" [{entries[0].index}..{entries[-1].index}]" if entries else ""
         return f"'{type(data).__name__} {data.src}->{data.dst} t{data.term}{extra}'"
     return repr(data)
+
+
+def _majority(voters: frozenset[NodeId], ayes: Iterable[NodeId]) -> bool:
+    """Whether ``ayes`` holds more than half of ``voters`` (an empty set is always won)."""
+    if not voters:
+        return True
+    return 2 * len(voters & frozenset(ayes)) > len(voters)
+
+
+def joint_majority(membership: Membership, ayes: Iterable[NodeId]) -> bool:
+    """Whether ``ayes`` holds a majority of ``membership.voters`` and one of its ``outgoing``
+    voters (the checker's own count, independent of the library's quorum code)."""
+    ayes = frozenset(ayes)
+    return _majority(membership.voters, ayes) and _majority(membership.outgoing, ayes)
+
+
+def config_step(previous: Membership, following: Membership) -> str | None:
+    """How configuration ``following`` may follow ``previous`` in a log: ``"simple"`` (same
+    voters, neither joint), ``"enter"`` (into a joint configuration whose outgoing voters are
+    ``previous``'s voters), ``"leave"`` (from a joint configuration to its incoming voters,
+    nothing else changed: ``previous.leave()``), or ``None`` if it may not (more than one
+    change at a time)."""
+    if previous.outgoing:
+        return "leave" if following == previous.leave() else None
+    if not following.outgoing:
+        return "simple" if following.voters == previous.voters else None
+    return "enter" if following.outgoing == previous.voters else None
+
+
+def _describe_config(m: Membership | None) -> str:
+    if m is None:
+        return "no configuration"
+    text = "voters {" + ", ".join(sorted(m.voters)) + "}"
+    if m.outgoing:
+        text += " joint with outgoing {" + ", ".join(sorted(m.outgoing)) + "}"
+    if m.learners:
+        text += " learners {" + ", ".join(sorted(m.learners)) + "}"
+    return text
 
 
 def log_bound(node: Node) -> int | None:
@@ -87,7 +161,8 @@ class InvariantViolation(RaftError):
 
 
 class InvariantChecker:
-    """Observes every node of one simulated cluster and checks the five safety properties."""
+    """Observes every node of one simulated cluster and checks Raft's safety properties and
+    those of membership changes (see the module's documentation)."""
 
     def __init__(self, seed: int, *, trace_size: int = 400) -> None:
         self.seed = seed
@@ -106,6 +181,20 @@ class InvariantChecker:
         self._last_applied: dict[NodeId, int] = {}
         self._commit_seen: dict[NodeId, int] = {}
         self._leader_log: dict[tuple[NodeId, int], tuple[int, Entry | None]] = {}
+        # Durable state of each node, from its "persisted" and "restore" events: the votes it
+        # ever cast (by term), its log entries (index -> term) and its snapshot (index, term).
+        self._votes: dict[tuple[NodeId, int], NodeId] = {}
+        self._durable: dict[NodeId, dict[int, int]] = {}
+        self._durable_snapshot: dict[NodeId, tuple[int, int]] = {}
+        # The configurations each node had in force since its last role change or (leader)
+        # commit: a quorum counted then was counted with one of them.
+        self._recent_configs: dict[NodeId, list[Membership]] = {}
+        # The commit index a leader last checked a quorum for: (node, term) -> index.
+        self._leader_commit: dict[tuple[NodeId, int], int] = {}
+        # The last index of a leader's log whose configuration entries were checked.
+        self._configs_checked: dict[tuple[NodeId, int], int] = {}
+        # The configuration in force at each committed index, and the node that first had it.
+        self._committed_config: dict[int, tuple[Membership, NodeId]] = {}
 
     # -- recording ---------------------------------------------------------------------------
 
@@ -138,11 +227,57 @@ class InvariantChecker:
 
     # -- the observer --------------------------------------------------------------------------
 
-    def node_started(self, node_id: NodeId) -> None:
-        """A node (re)started with an empty state machine: it will apply from index 1 again."""
+    def node_started(self, node_id: NodeId, *, stored: StoredState | None = None) -> None:
+        """A node (re)started with an empty state machine: it will apply from index 1 again.
+
+        Args:
+            node_id: The node.
+            stored: What its storage holds durably as it starts (its votes and log count for
+                the vote and commit quorums); if omitted, the checker keeps what it learnt from
+                the node's earlier events.
+        """
         self._last_applied[node_id] = 0
         self._commit_seen[node_id] = 0
+        self._recent_configs.pop(node_id, None)
+        if stored is not None:
+            hs = stored.hard_state
+            if hs.voted_for is not None:
+                self._votes[(node_id, hs.term)] = hs.voted_for
+            self._durable[node_id] = {e.index: e.term for e in stored.entries}
+            self._durable_snapshot[node_id] = (stored.log_start_index, stored.log_start_term)
         self.record(node_id, "start")
+
+    def durable_write(
+        self,
+        node_id: NodeId,
+        hard_state: HardState | None,
+        truncate_from: int | None,
+        entries: Sequence[Entry],
+    ) -> None:
+        """A write of ``node_id`` became durable: its vote and entries now count for the vote
+        and commit quorums. The checker also learns them from ``"persisted"`` events; a storage
+        that reports its syncs (:attr:`SimulatedStorage.on_durable`) covers the writes that
+        have none (a vote saved while the disk refused the entries with it, an install's
+        truncation)."""
+        if hard_state is not None and hard_state.voted_for is not None:
+            self._votes[(node_id, hard_state.term)] = hard_state.voted_for
+        durable = self._durable.setdefault(node_id, {})
+        if truncate_from is not None:
+            for index in [i for i in durable if i >= truncate_from]:
+                del durable[index]
+        for e in entries:
+            durable[e.index] = e.term
+
+    def node_removed(self, node_id: NodeId) -> None:
+        """``node_id`` and its storage are gone for good (its id may be reused by a fresh node
+        with empty storage): forget its votes and durable log. Facts about the cluster (leaders
+        per term, committed entries and configurations) stay."""
+        self._durable.pop(node_id, None)
+        self._durable_snapshot.pop(node_id, None)
+        self._recent_configs.pop(node_id, None)
+        for key in [k for k in self._votes if k[0] == node_id]:
+            del self._votes[key]
+        self.record(node_id, "removed")
 
     def observe(self, node: Node, event: str, data: object) -> None:
         st = node._state
@@ -152,6 +287,7 @@ class InvariantChecker:
             self.record(nid, "role", f"{role.value}@{term}")
             if role is Role.LEADER:
                 self._on_leader(node)
+            self._recent_configs[nid] = []
         elif event == "persisted":
             ready: Ready = data  # type: ignore[assignment]
             self.record(
@@ -159,22 +295,48 @@ class InvariantChecker:
             )
             for e in ready.entries:
                 self._check_log_matching(nid, e, st.log.term(e.index - 1) or 0)
+            self._on_persisted(node, ready)
         elif event == "commit":
             self.record(nid, "commit", st.commit)
             self._on_commit(node)
+            if st.role is Role.LEADER:
+                self._check_commit_quorum(node)
+                self._recent_configs[nid] = []
         elif event == "restore":
             meta = cast("SnapshotMeta", data)
             self.record(nid, "restore", (meta.index, meta.term))
             self._on_restore(nid, meta)
+            self._on_restore_durable(node, meta)
+        elif event == "membership":
+            index, membership = cast("tuple[int, Membership | None]", data)
+            self.record(nid, "membership", (index, _describe_config(membership)))
+            self._check_config_in_force(node, index, membership)
         elif event in ("snapshot", "snapshot-abandoned"):
             meta = cast("SnapshotMeta", data)
             self.record(nid, event, (meta.index, meta.term))
+            if event == "snapshot":
+                self._snapshot_durable(nid, meta)
         elif event == "apply":
             entry, result = cast("tuple[Entry, object]", data)
             self.record(nid, "apply", (entry.index, entry.term, entry.command, result))
             self._on_apply(nid, entry, result)
         if st.role is Role.LEADER:
             self._check_append_only(node)
+            self._check_new_configs(node)
+        m = st.membership
+        recent = self._recent_configs.setdefault(nid, [])
+        if m is not None and (not recent or (recent[-1] is not m and recent[-1] != m)):
+            recent.append(m)
+
+    def _configs_in_force(self, node: Node) -> list[Membership]:
+        """The node's configuration in force now and those it had since its last role change
+        or (as leader) commit: a quorum counted and a configuration appended in one batch of
+        the node's work are reported together, after both."""
+        configs = list(self._recent_configs.get(node.id, ()))
+        m = node._state.membership
+        if m is not None and m not in configs:
+            configs.append(m)
+        return configs
 
     def _on_leader(self, node: Node) -> None:
         st = node._state
@@ -183,6 +345,24 @@ class InvariantChecker:
             raise self.fail(
                 "Election Safety", f"{node.id} and {other} were both leader in term {st.term}"
             )
+        m = st.membership
+        if m is None or node.id not in m.voters | m.outgoing:
+            raise self.fail(
+                "Only voters lead",
+                f"{node.id} became leader of term {st.term} but is not a voter of its "
+                f"configuration in force at {st.membership_index}: {_describe_config(m)}",
+            )
+        ayes = {n for (n, term), vote in self._votes.items() if term == st.term and vote == node.id}
+        ayes.add(node.id)
+        configs = self._configs_in_force(node)
+        if not any(joint_majority(c, ayes) for c in configs):
+            raise self.fail(
+                "Vote quorum",
+                f"{node.id} became leader of term {st.term} with durable votes from "
+                f"{{{', '.join(sorted(ayes))}}} only, not a majority of each voter set of its "
+                f"configuration in force: " + " or ".join(_describe_config(c) for c in configs),
+            )
+        self._leader_commit[(node.id, st.term)] = st.commit
         for index, entry in self._committed.items():
             if index < st.log.start_index:
                 continue  # compacted into a snapshot; its last entry is checked below
@@ -222,6 +402,7 @@ class InvariantChecker:
     def _on_commit(self, node: Node) -> None:
         st = node._state
         start = max(self._commit_seen.get(node.id, 0), st.log.start_index) + 1
+        config = st.membership_at(start - 1) if start <= st.commit else None
         for index in range(start, st.commit + 1):
             entry = st.log.entry(index)
             known = self._committed.setdefault(index, entry)
@@ -230,6 +411,10 @@ class InvariantChecker:
                     "State Machine Safety",
                     f"{node.id} committed {entry} at {index}, but {known} was committed there",
                 )
+            if entry.kind is EntryKind.CONFIG:
+                config = cast("Membership", entry.command)
+            if config is not None:
+                self._agree_config(node.id, index, config, "log")
         self._commit_seen[node.id] = max(st.commit, start - 1)
 
     def _on_restore(self, nid: NodeId, meta: SnapshotMeta) -> None:
@@ -262,3 +447,145 @@ class InvariantChecker:
                 f"{nid} applied {entry} -> {result!r} at {entry.index}, another node applied "
                 f"{known[0]} -> {known[1]!r}",
             )
+
+    # -- membership ----------------------------------------------------------------------------
+
+    def _on_persisted(self, node: Node, ready: Ready) -> None:
+        st = node._state
+        nid = node.id
+        self.durable_write(nid, ready.hard_state, ready.truncate_from, ready.entries)
+        for e in ready.entries:
+            if e.kind is not EntryKind.CONFIG:
+                continue
+            previous = st.membership_at(e.index - 1)
+            following = cast("Membership", e.command)
+            # A bootstrap configuration was never in a log: the first one written may differ
+            # from it (a node started with the current configuration, or from a snapshot
+            # without one).
+            bootstrap = getattr(getattr(st, "_members", None), "bootstrap", None)
+            if previous is bootstrap:
+                continue
+            if previous is not None and config_step(previous, following) is None:
+                raise self.fail(
+                    "One change at a time",
+                    f"{nid} holds configuration entry {e.index} (term {e.term}) "
+                    f"{_describe_config(following)} after {_describe_config(previous)}, which "
+                    "is neither a simple, an enter nor a leave step",
+                )
+
+    def _snapshot_durable(self, nid: NodeId, meta: SnapshotMeta) -> None:
+        """A snapshot of ``nid`` is durable: it covers every entry up to its index (the
+        checker forgets those, keeping its per-node record as short as the log)."""
+        index, _ = self._durable_snapshot.get(nid, (0, 0))
+        if meta.index >= index:
+            self._durable_snapshot[nid] = (meta.index, meta.term)
+            durable = self._durable.get(nid, {})
+            for i in [i for i in durable if i <= meta.index]:
+                del durable[i]
+
+    def _on_restore_durable(self, node: Node, meta: SnapshotMeta) -> None:
+        nid = node.id
+        self._snapshot_durable(nid, meta)
+        if not node._state.log.match_term(meta.index, meta.term):
+            # An install that does not match the log discards it (from storage too).
+            durable = self._durable.get(nid, {})
+            for i in [i for i in durable if i > meta.index]:
+                del durable[i]
+        if meta.membership is not None:
+            self._agree_config(nid, meta.index, meta.membership, "snapshot")
+
+    def _agree_config(self, nid: NodeId, index: int, membership: Membership, what: str) -> None:
+        known, who = self._committed_config.setdefault(index, (membership, nid))
+        if known is not membership and known != membership:
+            raise self.fail(
+                "Configuration agreement",
+                f"{nid} has {_describe_config(membership)} in force at committed index {index} "
+                f"(its {what}), but {who} has {_describe_config(known)} there",
+            )
+
+    def _durably_holds(self, nid: NodeId, index: int, term: int) -> bool:
+        if self._durable.get(nid, {}).get(index) == term:
+            return True
+        snap_index, snap_term = self._durable_snapshot.get(nid, (0, 0))
+        return snap_index > index or (snap_index == index and snap_term == term)
+
+    def _check_commit_quorum(self, node: Node) -> None:
+        st = node._state
+        key = (node.id, st.term)
+        if st.commit <= self._leader_commit.get(key, st.commit):
+            return
+        self._leader_commit[key] = st.commit
+        index = st.commit
+        term = st.log.term(index)
+        if term != st.term:
+            raise self.fail(
+                "Commit quorum",
+                f"leader {node.id} of term {st.term} advanced its commit index to {index}, an "
+                f"entry of term {term}: a leader commits by counting only its own term's entries",
+            )
+        configs = self._configs_in_force(node)
+        voters = frozenset().union(*(c.voters | c.outgoing for c in configs))
+        holders = {n for n in voters if self._durably_holds(n, index, term)}
+        if not any(joint_majority(c, holders) for c in configs):
+            raise self.fail(
+                "Commit quorum",
+                f"leader {node.id} of term {st.term} committed index {index} held durably by "
+                f"{{{', '.join(sorted(holders))}}} only, not a majority of each voter set of "
+                "its configuration in force: " + " or ".join(_describe_config(c) for c in configs),
+            )
+
+    def _check_config_in_force(self, node: Node, index: int, membership: Membership | None) -> None:
+        st = node._state
+        log = st.log
+        for i in range(log.last_index, max(index, log.start_index), -1):
+            e = log.entry(i)
+            if e.kind is EntryKind.CONFIG:
+                raise self.fail(
+                    "Configuration in force",
+                    f"{node.id} reports {_describe_config(membership)} from index {index} in "
+                    f"force, but its log holds configuration entry {i} (term {e.term}) "
+                    f"{_describe_config(cast('Membership', e.command))} after it",
+                )
+        if index > log.start_index and index <= log.last_index:
+            e = log.entry(index)
+            if e.kind is not EntryKind.CONFIG or e.command != membership:
+                raise self.fail(
+                    "Configuration in force",
+                    f"{node.id} reports {_describe_config(membership)} from index {index} in "
+                    f"force, but its entry {index} (term {e.term}) is {e.command!r}",
+                )
+        elif index > log.last_index:
+            raise self.fail(
+                "Configuration in force",
+                f"{node.id} reports {_describe_config(membership)} from index {index} in force, "
+                f"beyond its last entry {log.last_index}",
+            )
+
+    def _check_new_configs(self, node: Node) -> None:
+        """A leader appends a configuration entry only when the previous one is committed."""
+        st = node._state
+        log = st.log
+        key = (node.id, st.term)
+        checked = self._configs_checked.get(key)
+        if checked is None:
+            checked = log.last_index
+            while checked > log.start_index and log.term(checked) == st.term:
+                checked -= 1
+        for i in range(checked + 1, log.last_index + 1):
+            e = log.entry(i)
+            if e.kind is not EntryKind.CONFIG:
+                continue
+            previous = next(
+                (j for j in range(i - 1, log.start_index, -1)
+                 if log.entry(j).kind is EntryKind.CONFIG),
+                0,
+            )  # fmt: skip
+            if previous > st.commit:
+                raise self.fail(
+                    "One change at a time",
+                    f"leader {node.id} of term {st.term} appended configuration entry {i} "
+                    f"{_describe_config(cast('Membership', e.command))} while the previous one, "
+                    f"entry {previous} {_describe_config(st.membership_at(previous))}, was not "
+                    f"committed (commit index {st.commit})",
+                )
+        self._configs_checked[key] = log.last_index

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from typing import Literal, final
 
 import trio
@@ -41,6 +41,10 @@ class SimulatedStorage:
         self._unstalled.set()
         self.syncs = 0
         """How many syncs completed (a statistic for tests)."""
+        self.on_durable: Callable[[HardState | None, int | None, tuple[Entry, ...]], None] | None
+        self.on_durable = None
+        """Called with every write ``(hard_state, truncate_from, entries)`` as a sync makes it
+        durable (the simulator feeds its :class:`InvariantChecker` with it)."""
         self._disk_space: DiskSpace = "ok"
 
     async def load(self) -> StoredState:
@@ -101,6 +105,8 @@ class SimulatedStorage:
         await self._disk_latency()
         for write in self._unsynced[:pending]:
             self._durable.apply_write(*write)
+            if self.on_durable is not None:
+                self.on_durable(*write)
         del self._unsynced[:pending]
         self.syncs += 1
 
