@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import partial
 from typing import Protocol, TextIO, cast
 
 import attrs
@@ -29,6 +30,8 @@ logger = logging.getLogger("trio_raft.serve")
 
 PROGRESS_EVERY_S = 5.0
 """How often a joining learner prints how far behind it still is."""
+BUSY_RETRY_S = 0.5
+"""How long the join flow waits before asking again when another change is in flight."""
 PROMOTE_MARGIN_S = 10.0
 """The promote call's own timeout is its catch-up timeout plus this (the CLI's rule)."""
 QUIET_ELECTION_TIMEOUTS = 10
@@ -157,7 +160,10 @@ async def join_cluster(
     try:
         async with connect(options.urls) as admin:
             try:
-                added = await admin.add_learner(me, peer=options.peer, client=options.client)
+                added = await _while_busy(
+                    partial(admin.add_learner, me, peer=options.peer, client=options.client),
+                    config.catch_up_timeout_s,
+                )
             except (KVError, OSError) as exc:
                 _print(
                     out,
@@ -189,9 +195,13 @@ async def join_cluster(
                 return
             _print(out, f"{me}: caught up, promoting")
             try:
-                promoted = await admin.promote(
-                    me, catch_up_timeout_s=timeout_s, timeout_s=timeout_s + PROMOTE_MARGIN_S
-                )
+                promoted = await _while_busy(
+                    partial(
+                        admin.promote, me, catch_up_timeout_s=timeout_s,
+                        timeout_s=timeout_s + PROMOTE_MARGIN_S,
+                    ),
+                    timeout_s,
+                )  # fmt: skip
             except (KVError, OSError) as exc:
                 _print(
                     out,
@@ -204,6 +214,23 @@ async def join_cluster(
             _print(out, f"{me}: voter in a cluster of {size}")
     except (KVError, OSError) as exc:  # the client itself failed (closing, say)
         _print(out, f"{me}: joining stopped: {exc}; check with trio-raft member list --url {hint}")
+
+
+async def _while_busy(
+    call: Callable[[], Awaitable[Mapping[str, object]]], patience_s: float
+) -> Mapping[str, object]:
+    """``call()``, again every :data:`BUSY_RETRY_S` while the cluster refuses it because
+    another change is in flight (``change_in_progress``: say, a node joining at the same
+    time), for at most ``patience_s``. Both operations are idempotent."""
+    deadline = trio.current_time() + patience_s
+    while True:
+        try:
+            return await call()
+        except KVError as exc:
+            busy = getattr(exc, "code", None) == "change_in_progress"
+            if not busy or trio.current_time() >= deadline:
+                raise
+        await trio.sleep(BUSY_RETRY_S)
 
 
 async def _catch_up(node: Node, target: int, timeout_s: float, out: TextIO) -> bool:
