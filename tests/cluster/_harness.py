@@ -293,7 +293,7 @@ class ProcessCluster:
         result: Statuses = {}
 
         async def one(node_id: str) -> None:
-            result[node_id] = await self.local.status(node_id)
+            result[node_id] = await self.status(node_id)
 
         async with trio.open_nursery() as nursery:
             for node_id in self.ids if ids is None else ids:
