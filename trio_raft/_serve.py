@@ -23,6 +23,10 @@ A cluster is described by one TOML file that every node reads::
 
 Relative paths are relative to the file. Mistakes are reported as :class:`ConfigError` with the
 file, the key and what to write instead.
+
+The ``[nodes.*]`` tables are the cluster's *bootstrap* configuration only (every one a voter);
+once the cluster has run, its log says who the members are and where they listen. A node added
+later has no table: it is started with ``--join`` (:mod:`trio_raft._join`).
 """
 
 from __future__ import annotations
