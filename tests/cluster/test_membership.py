@@ -173,13 +173,6 @@ async def test_replace_a_dead_node_with_a_new_one_then_remove_it(tmp_path: Path)
     )
 
 
-@pytest.mark.xfail(
-    run=False,
-    reason="a leader that removes itself never commits C_new over WebSockets: its followers "
-    "append C_new, call update_members without the leader and close its links (1008 unknown "
-    "node id), so their acknowledgements never reach it (the node must keep its current "
-    "leader's link, see the slice 8 report)",
-)
 async def test_remove_the_leader(tmp_path: Path) -> None:
     with trio.fail_after(DEADLINE_S):
         async with open_process_cluster(tmp_path) as cluster:

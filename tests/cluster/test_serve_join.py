@@ -219,3 +219,43 @@ async def test_learner_flag_stops_after_add_learner(
             assert leader.membership.learners == {"n4"}
             await nodes["n4"].wait_status(lambda s: s.membership == leader.membership)
             nursery.cancel_scope.cancel()
+
+
+async def test_a_leader_that_removes_itself_hands_over_and_exits(
+    cluster_file: ClusterFile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its followers keep answering it after appending the configuration without it (their
+    transports keep the leader's link), so the change commits; then it hands over and its
+    ``serve`` returns."""
+    nodes = record_nodes(monkeypatch)
+    outs = {n: io.StringIO() for n in ("n1", "n2", "n3")}
+    exited: list[NodeId] = []
+
+    async def run(node_id: NodeId) -> None:
+        await serve(cluster_file, node_id, out=outs[node_id])
+        exited.append(node_id)
+
+    with trio.fail_after(DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            for node_id in ("n1", "n2", "n3"):
+                nursery.start_soon(run, node_id)
+            leader = await LeaderAdmin(nodes, []).leader()
+            gone = leader.id
+            await leader.propose(("get", "k"))
+            # Both followers answered (a voter change needs a live majority of old and new).
+            await leader.wait_status(
+                lambda s: (
+                    len(s.followers) == 2
+                    and all(f.match_index >= s.commit_index for f in s.followers.values())
+                )
+            )
+            membership = await leader.remove(gone)
+            assert membership.voters == {"n1", "n2", "n3"} - {gone}
+            await wait_for_line(outs[gone], f"{gone}: removed from the cluster")
+            others = [n for n in ("n1", "n2", "n3") if n != gone]
+            status = await nodes[others[0]].wait_status(lambda s: s.leader_id in others)
+            successor = status.leader_id
+            assert successor is not None
+            await nodes[successor].propose(("get", "k"))  # the two of them commit
+            assert exited == [gone]
+            nursery.cancel_scope.cancel()
