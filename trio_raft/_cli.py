@@ -261,7 +261,10 @@ def _join_options(args: argparse.Namespace, cluster: ClusterFile) -> JoinOptions
     flags = [flag for flag, value in given.items() if value not in (None, False)]
     if not args.join:
         if flags:
-            raise ConfigError(f"{args.id}: {', '.join(flags)} only make sense with --join URL")
+            raise ConfigError(
+                f"{args.id}: {', '.join(flags)} go with --join URL (they describe how this node "
+                "joins a running cluster)"
+            )
         return None
     listed = cluster.nodes.get(args.id)
     peer = args.peer or (listed.peer if listed else None)
