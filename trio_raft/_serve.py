@@ -55,7 +55,6 @@ from ._join import (
     JoinOptions,
     ask_members,
     exit_when_removed,
-    is_member,
     join_cluster,
     kv_admin,
     peer_urls,
@@ -378,10 +377,10 @@ async def serve(
                     file=out,
                     flush=True,
                 )
-                was_member = not joining and (join is None or is_member(node.membership, node_id))
+                # A bootstrap member, or a restart: it has been a member. A joiner has not yet.
                 nursery.start_soon(partial(
                     exit_when_removed, node, nursery.cancel_scope, cluster.raft, out,
-                    was_member=was_member,
+                    was_member=not joining,
                 ))  # fmt: skip
                 nursery.start_soon(warn_without_leader, node, cluster.raft, out)
                 if joining:

@@ -273,8 +273,8 @@ class ProcessCluster:
 
     async def wait_exit(self, node_id: str) -> int:
         """Wait until ``node_id``'s process exits by itself; its exit code."""
-        process = self.local.processes.pop(node_id)
-        code = await process.wait()
+        code = await self.local.processes[node_id].wait()
+        del self.local.processes[node_id]  # only now: a failed wait still kills it at the end
         self.exit_codes[node_id] = code
         return code
 
