@@ -11,6 +11,7 @@ real-process tests (``test_membership.py``) use the real client.
 from __future__ import annotations
 
 import io
+import re
 import secrets
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -22,7 +23,7 @@ import trio
 
 from trio_raft import Membership, Node
 from trio_raft import _serve as serve_module
-from trio_raft._join import ClusterAdmin, JoinOptions
+from trio_raft._join import ClusterAdmin, JoinError, JoinOptions, ask_members, peer_urls
 from trio_raft._serve import ClusterFile, LeaderUrls, load_cluster_file, serve
 from trio_raft._types import NodeId
 
@@ -85,7 +86,7 @@ class LeaderAdmin:
 
 
 def connector(
-    admin: LeaderAdmin,
+    admin: ClusterAdmin,
 ) -> Callable[[tuple[str, ...]], AbstractAsyncContextManager[ClusterAdmin]]:
     @asynccontextmanager
     async def connect(urls: tuple[str, ...]) -> AsyncIterator[ClusterAdmin]:
@@ -259,3 +260,55 @@ async def test_a_leader_that_removes_itself_hands_over_and_exits(
             await nodes[successor].propose(("get", "k"))  # the two of them commit
             assert exited == [gone]
             nursery.cancel_scope.cancel()
+
+
+class FixedAdmin:
+    """A cluster that answers ``members`` with one result, or fails."""
+
+    def __init__(self, result: Mapping[str, object] | None) -> None:
+        self.result = result
+
+    async def members(self) -> Mapping[str, object]:
+        await trio.lowlevel.checkpoint()
+        if self.result is None:
+            raise OSError("connection refused")
+        return self.result
+
+    async def add_learner(self, node: NodeId, *, peer: str, client: str) -> Mapping[str, object]:
+        raise AssertionError("not called")
+
+    async def promote(
+        self, node: NodeId, *, catch_up_timeout_s: float | None = None, timeout_s: float
+    ) -> Mapping[str, object]:
+        raise AssertionError("not called")
+
+
+JOIN = JoinOptions(("ws://127.0.0.1:1/kv",), "ws://127.0.0.1:2/raft", "ws://127.0.0.1:3/kv")
+
+
+@pytest.mark.parametrize(
+    ("result", "expected"),
+    [
+        (None, "cannot learn the cluster's members from ws://127.0.0.1:1/kv"),
+        (
+            {"index": 7, "voters": {"n4": {"peer": "ws://h:1/raft"}}, "learners": {}},
+            "n4 is already a voter of this cluster (configuration at index 7)",
+        ),
+    ],
+)
+async def test_join_refuses_an_unreachable_cluster_and_a_voter_id(
+    result: Mapping[str, object] | None, expected: str
+) -> None:
+    connect = connector(FixedAdmin(result))
+    with pytest.raises(JoinError, match=re.escape(expected)):
+        await ask_members(connect, JOIN, "n4")
+
+
+def test_peer_urls_of_a_members_result() -> None:
+    result = {
+        "voters": {"n1": {"peer": "ws://a:1/raft", "client": "ws://a:2/kv"}, "n4": None},
+        "learners": {"n5": "ws://e:1/raft"},
+    }
+    assert peer_urls(result, "n4") == {"n1": "ws://a:1/raft", "n5": "ws://e:1/raft"}
+    with pytest.raises(JoinError, match="without 'voters'"):
+        peer_urls({"learners": {}}, "n4")
