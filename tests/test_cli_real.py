@@ -93,6 +93,39 @@ def test_serve_reports_an_unknown_node(tmp_path: Path, capsys: pytest.CaptureFix
     assert "no [nodes.n9] table" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--id", "n1", "--peer", "ws://127.0.0.1:7009/raft"], "--peer go with --join URL"),
+        (["--id", "n1", "--learner"], "--learner go with --join URL"),
+        (["--id", "n9", "--join", "ws://127.0.0.1:8001/kv"], "--join needs --peer URL and"),
+        (
+            ["--id", "n9", "--join", "http://127.0.0.1:8001/kv", "--peer",
+             "ws://127.0.0.1:7009/raft", "--client", "ws://127.0.0.1:8009/kv"],
+            "--join must be a member's client URL",
+        ),
+        (
+            ["--id", "n9", "--join", "ws://127.0.0.1:8001/kv", "--peer", "ws://nowhere/raft",
+             "--client", "ws://127.0.0.1:8009/kv"],
+            "--peer must be a URL like ws://",
+        ),
+        (
+            ["--id", "n9", "--join", "ws://127.0.0.1:8001/kv", "--peer",
+             "ws://127.0.0.1:7009/raft", "--client", "ws://127.0.0.1:8009/kv",
+             "--catch-up-timeout", "0"],
+            "--catch-up-timeout must be > 0",
+        ),
+        (["--id", "n9"], "start it with --join URL --peer URL --client URL"),
+    ],
+)  # fmt: skip
+def test_serve_join_flags_are_checked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], expected: str
+) -> None:
+    path = _write(tmp_path, GOOD)
+    assert main(["serve", "--config", str(path), *args]) == 1
+    assert expected in capsys.readouterr().err
+
+
 def _demo_port_offsets(nodes: int) -> list[int]:
     """The ports ``trio-raft cluster`` derives from ``--base-port``, minus the base (read from
     the cluster file it writes, so the test follows the command)."""

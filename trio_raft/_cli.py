@@ -38,8 +38,9 @@ import trio
 from ._cli_member import add_member_commands, configuration_line, run_member_command
 from ._demo import MAX_NODES, MIN_NODES, run_demo
 from ._errors import RaftError
+from ._join import JoinOptions
 from ._local_cluster import render, run_local_cluster
-from ._serve import explain, load_cluster_file, serve
+from ._serve import ClusterFile, ConfigError, explain, load_cluster_file, serve
 from ._version import __version__
 from .kv import KVError, open_client
 
@@ -124,6 +125,23 @@ def _add_real_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     )
     serve.add_argument("--config", required=True, metavar="FILE", help="the cluster file (TOML)")
     serve.add_argument("--id", required=True, metavar="ID", help="which [nodes.ID] this node is")
+    join = serve.add_argument_group(
+        "joining a running cluster",
+        "A new node (no [nodes.ID] table needed) adds itself as a learner, catches up and "
+        "promotes itself. On a restart (its data directory has been a member) --join is ignored.",
+    )
+    join.add_argument(
+        "--join", action="append", metavar="URL",
+        help="a member's client URL, ws://host:port/kv (repeat for several)",
+    )  # fmt: skip
+    join.add_argument("--peer", metavar="URL", help="where the other nodes reach this one")
+    join.add_argument("--client", metavar="URL", help="where KV clients reach this one")
+    join.add_argument("--learner", action="store_true", help="stay a learner: do not promote")
+    join.add_argument(
+        "--catch-up-timeout", type=float, default=None, metavar="SECONDS",
+        help="how long the promotion waits for the node to catch up (default: the [raft] "
+        "catch_up_timeout_s, 60)",
+    )  # fmt: skip
 
     cluster = commands.add_parser(
         "cluster",
@@ -243,6 +261,35 @@ async def _status_command(args: argparse.Namespace) -> int:
     return EXIT_OK if all(statuses.values()) else EXIT_FAILED
 
 
+def _join_options(args: argparse.Namespace, cluster: ClusterFile) -> JoinOptions | None:
+    """``serve``'s join flags, checked (a node listed in the file may leave out --peer and
+    --client: its table gives them)."""
+    given = {"--peer": args.peer, "--client": args.client, "--learner": args.learner,
+             "--catch-up-timeout": args.catch_up_timeout}  # fmt: skip
+    flags = [flag for flag, value in given.items() if value not in (None, False)]
+    if not args.join:
+        if flags:
+            raise ConfigError(
+                f"{args.id}: {', '.join(flags)} go with --join URL (they describe how this node "
+                "joins a running cluster)"
+            )
+        return None
+    listed = cluster.nodes.get(args.id)
+    peer = args.peer or (listed.peer if listed else None)
+    client = args.client or (listed.client if listed else None)
+    if peer is None or client is None:
+        raise ConfigError(
+            f"{args.id}: --join needs --peer URL and --client URL (where this node listens), "
+            f"since {cluster.path} has no [nodes.{args.id}] table"
+        )
+    if args.catch_up_timeout is not None and not args.catch_up_timeout > 0:
+        raise ConfigError(f"{args.id}: --catch-up-timeout must be > 0 seconds")
+    return JoinOptions(
+        tuple(args.join), peer, client, learner=args.learner,
+        catch_up_timeout_s=args.catch_up_timeout,
+    )  # fmt: skip
+
+
 def _run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s {args.id} %(name)s %(levelname)s: %(message)s"
@@ -250,7 +297,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     cluster = None
     try:
         cluster = load_cluster_file(args.config)
-        trio.run(partial(serve, cluster, args.id))
+        join = _join_options(args, cluster)
+        trio.run(partial(serve, cluster, args.id, join=join))
     except (RaftError, OSError) as exc:
         message = explain(exc, cluster, args.id)
         if message is None:

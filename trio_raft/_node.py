@@ -741,13 +741,20 @@ class Node:
             await idle.wait()
 
     def _update_transport(self) -> None:
-        """Tell a membership-aware transport whom to reach (every member but this node)."""
+        """Tell a membership-aware transport whom to reach: every member but this node, and
+        the leader this node knows (which may be one that is removing itself)."""
         update = getattr(self._transport, "update_members", None)
         m = self._state.membership
         if m is not None:
             self._addresses.update(m.addresses)  # retiring peers keep their last address
         if update is not None and m is not None:
-            update({peer: self._addresses.get(peer) for peer in sorted(self._state.replica_ids)})
+            peers = set(self._state.replica_ids)
+            leader = self._state.leader_id
+            if leader is not None and leader != self._id:
+                # A leader removing itself leads until the new configuration commits: its
+                # followers must still answer it after appending that configuration.
+                peers.add(leader)
+            update({peer: self._addresses.get(peer) for peer in sorted(peers)})
 
     def _on_membership_changed(self) -> None:
         st = self._state

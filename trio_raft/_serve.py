@@ -24,6 +24,10 @@ A cluster is described by one TOML file that every node reads::
 
 Relative paths are relative to the file. Mistakes are reported as :class:`ConfigError` with the
 file, the key and what to write instead.
+
+The ``[nodes.*]`` tables are the cluster's *bootstrap* configuration only (every one a voter);
+once the cluster has run, its log says who the members are and where they listen. A node added
+later has no table: it is started with ``--join`` (:mod:`trio_raft._join`).
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ import signal
 import ssl
 import sys
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlsplit
@@ -45,11 +50,24 @@ import trio
 
 from ._config import Config
 from ._errors import RaftError
-from ._node import open_node
+from ._join import (
+    ConnectAdmin,
+    JoinError,
+    JoinOptions,
+    ask_members,
+    exit_when_removed,
+    join_cluster,
+    kv_admin,
+    peer_urls,
+    warn_without_leader,
+)
+from ._node import Node, open_node
 from ._transport import open_websocket_transport
-from ._types import NodeId
+from ._types import Membership, NodeId
 from ._wal._errors import StorageError
-from ._wal._file_storage import open_file_storage
+from ._wal._file_storage import DEFAULT_MAX_RECORD_BYTES, FileStorage, open_file_storage
+from ._wal._fs import OsFileSystem
+from ._wal._snapshot_file import SNAPSHOT_FILE, verify_snapshot
 from .kv import KVStateMachine, serve_kv
 from .kv._server import DEFAULT_MAX_CONNECTIONS, MAX_REFUSING
 
@@ -295,22 +313,32 @@ async def serve(
     cluster: ClusterFile,
     node_id: NodeId,
     *,
+    join: JoinOptions | None = None,
     out: TextIO = sys.stdout,
+    connect_admin: ConnectAdmin | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run ``node_id`` of ``cluster`` until cancelled, SIGINT or SIGTERM: its file storage,
-    its WebSocket transport, the Raft node with a :class:`~trio_raft.kv.KVStateMachine`, and
-    the KV endpoint for clients.
+    """Run ``node_id`` of ``cluster`` until cancelled, SIGINT or SIGTERM (which end the node's
+    block gracefully, so a leader hands over first), or until its own removal is committed:
+    its file storage, its WebSocket transport, the Raft node with a
+    :class:`~trio_raft.kv.KVStateMachine`, and the KV endpoint for clients.
+
+    The cluster file gives the *bootstrap* configuration only (every ``[nodes.*]`` a voter):
+    once the cluster has run, the log decides who the members are and where they are.
+
+    With ``join`` (``serve --join``) the node joins a running cluster, unless its data
+    directory shows it has been a member already (a restart: ``join`` is then ignored).
+    ``connect_admin`` opens the client that runs the membership operations (a KV client with
+    the cluster's token by default).
 
     Raises:
-        ConfigError: ``node_id`` is not in the cluster file.
+        ConfigError: ``node_id`` is not in the cluster file and ``join`` is not given, or a
+            ``join`` URL is wrong.
+        JoinError: the cluster did not tell its members, or ``node_id`` is a voter already.
         StorageError: the data directory is locked by another process or damaged.
         OSError: an address could not be bound.
     """
-    if node_id not in cluster.nodes:
-        raise ConfigError(
-            f"{cluster.path}: no [nodes.{node_id}] table; the members are {sorted(cluster.nodes)}"
-        )
+    me = _own_address(cluster, node_id, join)
     file_limit = raise_file_limit()
     max_clients = client_connection_budget(file_limit, len(cluster.nodes) - 1, _open_files())
     if max_clients < MIN_CLIENT_CONNECTIONS:
@@ -318,55 +346,149 @@ async def serve(
             f"{node_id}: the open-file limit ({file_limit}) leaves room for only {max_clients} "
             f"client connections; raise it (e.g. ulimit -n 4096, or LimitNOFILE= in systemd)"
         )
-    me = cluster.nodes[node_id]
     peer_host, peer_port = me.listen or listen_address(me.peer)
     client_host, client_port = listen_address(me.client)
-    peers = {nid: me.dial.get(nid, a.peer) for nid, a in cluster.nodes.items() if nid != node_id}
+    peers = {nid: a.peer for nid, a in cluster.nodes.items() if nid != node_id}
     dial = {nid: url for nid, url in me.dial.items() if nid != node_id}  # wins over addresses
-    leader_urls = {nid: a.client for nid, a in cluster.nodes.items()}
     data_dir = cluster.data_dir / node_id
     server_tls = cluster.tls.server_context() if cluster.tls else None
     client_tls = cluster.tls.client_context() if cluster.tls else None
+    connect = connect_admin or kv_admin(cluster.admin_token or cluster.token, client_tls)
+    members: Membership | None = None if join is not None else bootstrap_membership(cluster)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with (
-            open_file_storage(data_dir, cluster_id=cluster.cluster_id, node_id=node_id) as storage,
-            open_websocket_transport(
-                node_id, peers, cluster_id=cluster.cluster_id, secret=cluster.secret,
-                host=peer_host, port=peer_port, ssl_context=server_tls,
-                peer_ssl_context=client_tls, dial_overrides=dial,
-            ) as transport,
-            open_node(
-                node_id, sorted(cluster.nodes), state_machine=KVStateMachine(),
-                transport=transport, storage=storage, config=cluster.raft,
-            ) as node,
-            trio.open_nursery() as nursery,
-        ):  # fmt: skip
-            await nursery.start(
-                _serve_clients,
-                node,
-                client_host,
-                client_port,
-                leader_urls,
-                cluster.token,
-                server_tls,
-                max_clients,
-                cluster.admin_token,
+        async with open_file_storage(
+            data_dir, cluster_id=cluster.cluster_id, node_id=node_id
+        ) as storage:
+            joining = join is not None and not await _has_been_member(storage, data_dir, node_id)
+            if join is not None and not joining:
+                print(f"{node_id}: this data directory has been a member before: a restart, "
+                      "--join ignored", file=out, flush=True)  # fmt: skip
+            if joining:
+                assert join is not None
+                current = await ask_members(connect, join, node_id)
+                peers = peer_urls(current, node_id)
+            async with (
+                open_websocket_transport(
+                    node_id, peers, cluster_id=cluster.cluster_id, secret=cluster.secret,
+                    host=peer_host, port=peer_port, ssl_context=server_tls,
+                    peer_ssl_context=client_tls, dial_overrides=dial,
+                ) as transport,
+                open_node(
+                    node_id, members, state_machine=KVStateMachine(), transport=transport,
+                    storage=storage, config=cluster.raft,
+                ) as node,
+                trio.open_nursery() as nursery,
+            ):  # fmt: skip
+                await nursery.start(
+                    _serve_clients, node, client_host, client_port,
+                    LeaderUrls(node, cluster), cluster.token, server_tls, max_clients,
+                    cluster.admin_token,
+                )  # fmt: skip
+                print(
+                    f"{node_id}: serving peers on {me.peer}, clients on {me.client} (at most "
+                    f"{max_clients} connections, file limit {file_limit}), data in {data_dir}",
+                    file=out,
+                    flush=True,
+                )
+                # A bootstrap member, or a restart: it has been a member. A joiner has not yet.
+                nursery.start_soon(partial(
+                    exit_when_removed, node, nursery.cancel_scope, cluster.raft, out,
+                    was_member=not joining,
+                ))  # fmt: skip
+                nursery.start_soon(warn_without_leader, node, cluster.raft, out)
+                if joining:
+                    assert join is not None
+                    nursery.start_soon(join_cluster, node, connect, join, cluster.raft, out)
+                task_status.started()
+                async for signum in signals:
+                    print(f"{node_id}: {signal.Signals(signum).name}, shutting down", file=out)
+                    nursery.cancel_scope.cancel()
+                    break
+
+
+def bootstrap_membership(cluster: ClusterFile) -> Membership:
+    """The configuration a new cluster starts with: every ``[nodes.*]`` a voter, with address
+    ``{"peer": ..., "client": ...}``."""
+    return Membership(
+        voters=cluster.nodes,
+        addresses={nid: {"peer": a.peer, "client": a.client} for nid, a in cluster.nodes.items()},
+    )
+
+
+def _own_address(cluster: ClusterFile, node_id: NodeId, join: JoinOptions | None) -> NodeAddress:
+    """Where ``node_id`` listens: its ``[nodes.ID]`` table, with ``--peer``/``--client`` winning."""
+    listed = cluster.nodes.get(node_id)
+    if join is None:
+        if listed is None:
+            raise ConfigError(
+                f"{cluster.path}: no [nodes.{node_id}] table; the members in the file are "
+                f"{sorted(cluster.nodes)}. To add a new node to a running cluster, start it "
+                "with --join URL --peer URL --client URL"
             )
-            print(
-                f"{node_id}: serving peers on {me.peer}, clients on {me.client} (at most "
-                f"{max_clients} connections, file limit {file_limit}), data in {data_dir}",
-                file=out,
-                flush=True,
+        return listed
+    for flag, url, path in (("--peer", join.peer, "/raft"), ("--client", join.client, "/kv")):
+        if _listen_address(url) is None or url.startswith("wss://") != (cluster.tls is not None):
+            scheme = "wss" if cluster.tls else "ws"
+            raise ConfigError(
+                f"{node_id}: {flag} must be a URL like {scheme}://10.0.0.4:7100{path} (where "
+                f"the other nodes reach this one), got {url!r}"
             )
-            task_status.started()
-            async for signum in signals:
-                print(f"{node_id}: {signal.Signals(signum).name}, shutting down", file=out)
-                nursery.cancel_scope.cancel()
-                break
+    for url in join.urls:
+        if _listen_address(url) is None:
+            raise ConfigError(
+                f"{node_id}: --join must be a member's client URL like ws://10.0.0.1:7200/kv, "
+                f"got {url!r}"
+            )
+    if listed is None:
+        return NodeAddress(join.peer, join.client)
+    return attrs.evolve(listed, peer=join.peer, client=join.client)
+
+
+async def _has_been_member(storage: FileStorage, data_dir: Path, node_id: NodeId) -> bool:
+    """Whether a configuration in the data directory lists ``node_id``: a configuration entry
+    of its log, or its snapshot's."""
+    stored = await storage.load()
+    for entry in stored.entries:
+        if isinstance(entry.command, Membership) and node_id in entry.command.members:
+            return True
+    path = os.fspath(data_dir / SNAPSHOT_FILE)
+    meta = await trio.to_thread.run_sync(
+        verify_snapshot, OsFileSystem(), path, DEFAULT_MAX_RECORD_BYTES
+    )
+    return meta is not None and meta.membership is not None and node_id in meta.membership.members
+
+
+@attrs.frozen
+class LeaderUrls(Mapping[NodeId, str]):
+    """The client URL of each member, for ``serve_kv``'s redirects: read from the node's
+    configuration (the ``"client"`` key of each address) at every lookup, so a leader that
+    joined later is found; the cluster file is the fallback."""
+
+    node: Node
+    cluster: ClusterFile
+
+    def _live(self) -> dict[NodeId, str]:
+        membership = self.node.membership
+        urls = {nid: a.client for nid, a in self.cluster.nodes.items()}
+        if membership is not None:
+            for nid, address in membership.addresses.items():
+                client = address.get("client") if isinstance(address, Mapping) else None
+                if isinstance(client, str):
+                    urls[nid] = client
+        return urls
+
+    def __getitem__(self, node_id: NodeId) -> str:
+        return self._live()[node_id]
+
+    def __iter__(self) -> Iterator[NodeId]:
+        return iter(self._live())
+
+    def __len__(self) -> int:
+        return len(self._live())
 
 
 async def _serve_clients(
-    node: object,
+    node: Node,
     host: str,
     port: int,
     leader_urls: Mapping[NodeId, str],
@@ -378,7 +500,7 @@ async def _serve_clients(
     task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     await serve_kv(
-        node,  # type: ignore[arg-type]
+        node,
         host=host,
         port=port,
         leader_urls=leader_urls,
@@ -440,7 +562,7 @@ def _open_files() -> int:
 
 def explain(exc: BaseException, cluster: ClusterFile | None, node_id: str) -> str | None:
     """A message a person can act on for an error of ``serve``, or ``None`` if unexpected."""
-    if isinstance(exc, ConfigError | StorageError):
+    if isinstance(exc, ConfigError | StorageError | JoinError):
         return str(exc)
     if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
         where = f" (change nodes.{node_id} in {cluster.path})" if cluster else ""

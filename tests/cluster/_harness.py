@@ -28,7 +28,7 @@ import trio
 
 from trio_raft import kv
 from trio_raft._local_cluster import LocalCluster
-from trio_raft._serve import ClusterFile, load_cluster_file
+from trio_raft._serve import ClusterFile, NodeAddress, load_cluster_file
 from trio_raft._types import SnapshotMeta
 from trio_raft._wal._file_storage import DEFAULT_MAX_RECORD_BYTES
 from trio_raft._wal._fs import OsFileSystem
@@ -151,6 +151,12 @@ class ProcessCluster:
     local: LocalCluster
     exit_codes: dict[str, int] = attrs.Factory(dict)
     """Exit code of every process stopped at the end (0: a clean SIGTERM shutdown)."""
+    joined: dict[str, NodeAddress] = attrs.Factory(dict)
+    """Nodes started with ``serve --join`` (not in the cluster file), by :meth:`join`."""
+
+    def address(self, node_id: str) -> NodeAddress:
+        """Where ``node_id`` listens: its table in the cluster file, or its join flags."""
+        return self.joined.get(node_id) or self.file.nodes[node_id]
 
     @property
     def file(self) -> ClusterFile:
@@ -166,7 +172,7 @@ class ProcessCluster:
 
     def urls(self, ids: Iterable[str] | None = None) -> list[str]:
         """Client URLs of ``ids`` (default: every node)."""
-        return [self.file.nodes[n].client for n in (self.ids if ids is None else ids)]
+        return [self.address(n).client for n in (self.ids if ids is None else ids)]
 
     def client(
         self, ids: Iterable[str] | None = None, *, timeout_s: float | None = CLIENT_TIMEOUT_S
@@ -223,14 +229,71 @@ class ProcessCluster:
         await self.local.kill(node_id)
 
     async def status(self, node_id: str) -> Status | None:
-        return await self.local.status(node_id)
+        """A node's status, or ``None`` if it does not answer quickly."""
+        if node_id not in self.joined:
+            return await self.local.status(node_id)
+        with trio.move_on_after(1.0):
+            try:
+                async with self.client([node_id], timeout_s=0.5) as client:
+                    return await client.status()
+            except (kv.KVError, OSError):
+                return None
+        return None
+
+    async def join(
+        self,
+        node_id: str,
+        ports: NodePorts,
+        *,
+        via: Iterable[str],
+        learner: bool = False,
+        extra: Sequence[str] = (),
+    ) -> None:
+        """Start ``trio-raft serve --join`` for a new node ``node_id`` listening on ``ports``,
+        asking the members ``via`` (ids) to add it."""
+        assert node_id not in self.local.processes, f"{node_id} is already running"
+        address = NodeAddress(f"ws://{HOST}:{ports.peer}/raft", f"ws://{HOST}:{ports.client}/kv")
+        self.joined[node_id] = address
+        command = [sys.executable, "-m", "trio_raft", "serve", "--config", str(self.file.path),
+                   "--id", node_id, "--peer", address.peer, "--client", address.client,
+                   *(f"--join={self.address(n).client}" for n in via),
+                   *(["--learner"] if learner else []), *extra]  # fmt: skip
+        with (self.local.directory / f"{node_id}.log").open("ab") as log:
+            self.local.processes[node_id] = await trio.lowlevel.open_process(
+                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+
+    async def wait_log(self, node_id: str, text: str) -> None:
+        """Wait until ``text`` appears in ``node_id``'s log (its output)."""
+        while True:
+            if text in self.log(node_id):
+                return
+            self.check_alive()
+            await trio.sleep(POLL_S)
+
+    async def wait_exit(self, node_id: str) -> int:
+        """Wait until ``node_id``'s process exits by itself; its exit code."""
+        code = await self.local.processes[node_id].wait()
+        del self.local.processes[node_id]  # only now: a failed wait still kills it at the end
+        self.exit_codes[node_id] = code
+        return code
+
+    async def cli(self, *args: str) -> str:
+        """Run ``trio-raft ARGS...``; its standard output (it must exit with 0)."""
+        result = await trio.run_process(
+            [sys.executable, "-m", "trio_raft", *args], capture_stdout=True,
+            capture_stderr=True, check=False,
+        )  # fmt: skip
+        output = result.stdout.decode(errors="replace")
+        assert result.returncode == 0, (args, output, result.stderr.decode(errors="replace"))
+        return output
 
     async def statuses(self, ids: Iterable[str] | None = None) -> Statuses:
         """Statuses of ``ids`` (default: every node), polled concurrently; ``None``: no answer."""
         result: Statuses = {}
 
         async def one(node_id: str) -> None:
-            result[node_id] = await self.local.status(node_id)
+            result[node_id] = await self.status(node_id)
 
         async with trio.open_nursery() as nursery:
             for node_id in self.ids if ids is None else ids:
@@ -324,7 +387,7 @@ class ProcessCluster:
         return path.read_text(errors="replace") if path.exists() else "(no log)"
 
     def print_logs(self) -> None:
-        for node_id in self.ids:
+        for node_id in [*self.ids, *self.joined]:
             print(f"----- log of {node_id} -----\n{self.log(node_id)}", flush=True)
 
     async def kill_all(self) -> None:
