@@ -397,27 +397,21 @@ async def _truncated_inside_an_older_segment() -> tuple[dict[str, bytes], Stored
         return fs.files(), await s.load()
 
 
-@pytest.mark.xfail(
-    reason="known limit: the cut directory is a valid one (entries 1..5 in term 1, then a "
-    "segment from 6 in term 2); telling them apart needs a format change, e.g. each segment "
-    "header carrying the term of the entry before its first index",
-    raises=AssertionError,
-)
 def test_cut_removing_a_truncation_inside_an_older_segment_is_refused() -> None:
     """Cut segment 1 after the dropped entry 5 of term 1: its truncation record and the entry 5
-    that replaced it are gone, and segment 2 still follows on at 6. Loading must not bring back
-    the dropped entry 5 (it does today, see the xfail reason and storage.rst's limits)."""
+    that replaced it are gone, and segment 2 still follows on at 6. Segment 2's header says
+    entry 5 had term 2 when it was started, so the dropped entry 5 is refused, not loaded: the
+    error names segment 1 at that entry."""
     files, _ = trio.run(_truncated_inside_an_older_segment)
     first = f"{DIR}/wal-0000000001-00000000000000000001.log"
-    offset = next(
-        o for o, n in _frames(files[first]) if n and o > 0 and _index(files, first, o) == 6
-    )
-    try:
-        state = open_and_load({**files, first: files[first][:offset]})
-    except StorageCorruptError as exc:
-        assert exc.path == first
-    else:
-        assert state.entries[4].term == 2, f"the dropped entry came back: {state.entries[4]}"
+    second = f"{DIR}/wal-0000000002-00000000000000000006.log"
+    at = [(o, _index(files, first, o)) for o, _ in _frames(files[first])[1:]]
+    old_5, cut = (next(o for o, index in at if index == i) for i in (5, 6))
+    with pytest.raises(StorageCorruptError, match="a truncation dropped") as info:
+        open_and_load({**files, first: files[first][:cut]})
+    assert (info.value.path, info.value.offset) == (first, old_5)
+    assert f"segment {second} was started after entry 5 of term 2" in info.value.reason
+    assert "entry 5 here has term 1" in info.value.reason
 
 
 def _index(files: dict[str, bytes], path: str, offset: int) -> int:

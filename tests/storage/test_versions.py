@@ -30,7 +30,7 @@ from trio_raft._wal._segments import (
 from trio_raft._wal._simfs import SimulatedFileSystem
 from trio_raft._wal._snapshot_file import SNAPSHOT_VERSION, encode_snapshot_header
 
-from ._old_format import frames, header_version, make_old, old_snapshot_header
+from ._old_format import frames, header_version, make_old, old_segment, old_snapshot_header
 
 D = "/d"
 JOINT = Membership(
@@ -87,11 +87,12 @@ def test_configuration_record_holds_the_plain_membership() -> None:
     record = decode_record(payload)
     assert record == Append(config(7))
     assert isinstance(record, Append) and type(record.entry.command) is Membership
-    assert cbor2.loads(encode_header(3, 40)) == [2, FORMAT_VERSION, 3, 40] == [2, 2, 3, 40]
+    header = encode_header(3, 40, prev_term=5)
+    assert cbor2.loads(header) == [2, FORMAT_VERSION, 3, 40, 5] == [2, 2, 3, 40, 5]
 
 
 def test_old_headers_are_what_older_releases_wrote() -> None:
-    assert encode_header(3, 40, version=1) == cbor2.dumps([2, 1, 3, 40])
+    assert encode_header(3, 40, prev_term=None, version=1) == cbor2.dumps([2, 1, 3, 40])
     old = encode_snapshot_header(SnapshotMeta(9, 2, JOINT), version=1)
     assert old == old_snapshot_header(9, 2)  # version 1 has no room for the membership
     assert SNAPSHOT_VERSION == 2
@@ -233,18 +234,15 @@ async def test_a_configuration_entry_in_a_version_1_segment_is_corruption() -> N
         await st.save(entries=commands(1, 3))
         await st.sync()
     (path,) = segments(fs)
-    data = fs.files()[path]
-    header = frame(encode_header(1, 1, version=1))
+    data = old_segment(fs.files()[path])
     record = frame(encode_append(config(4)))
-    fs.put_file(
-        path, header + data[len(header) :] + record + frame(encode_append(commands(5, 1)[0]))
-    )
+    fs.put_file(path, data + record + frame(encode_append(commands(5, 1)[0])))
     with pytest.raises(StorageCorruptError, match="version-1 segment cannot hold") as info:
         async with open_file_storage(D, fs=fs):
             pass  # pragma: no cover
     assert (info.value.path, info.value.offset) == (path, len(data))
     # Even as the very last record (where a torn write would be forgiven): it is no tear.
-    fs.put_file(path, header + data[len(header) :] + record)
+    fs.put_file(path, data + record)
     with pytest.raises(StorageCorruptError, match="kind 2"):
         async with open_file_storage(D, fs=fs):
             pass  # pragma: no cover
