@@ -274,8 +274,10 @@ async def test_a_newer_segment_version_is_refused_with_the_version() -> None:
 async def test_a_reader_of_version_1_only_refuses_what_this_release_wrote(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """What an older release says: it reads version 1 only (simulated), and the upgraded
-    directory's new segment tells it why it cannot go on."""
+    """A reader of version 1 only (this code with READ_VERSIONS limited, standing in for an
+    older release) refuses the upgraded directory at the new segment's header. An actual older
+    release, which knows only the four-item header, says "unknown record type 2 with 4 fields"
+    there instead (storage.rst, "Upgrading and downgrading")."""
     fs = SimulatedFileSystem()
     await _old_directory(fs)
     async with open_file_storage(D, fs=fs, segment_bytes=300) as st:
