@@ -1,9 +1,10 @@
 """Data directories as a release before membership changes wrote them (segment format 1,
 snapshot header 1), made by rewriting the headers of a directory this release wrote.
 
-The two formats differ only in their headers (and in what version 2 may hold), so rewriting
-the segment headers to version 1 and the snapshot header to ``{"v": 1, "index", "term"}``
-gives exactly the bytes an older release writes for the same calls.
+The two formats differ only in their headers (a version-2 header also holds the previous
+entry's term) and in what version 2 may hold, so rewriting the segment headers to version 1
+and the snapshot header to ``{"v": 1, "index", "term"}`` gives exactly the bytes an older
+release writes for the same calls.
 """
 
 from __future__ import annotations
@@ -42,9 +43,8 @@ def old_segment(data: bytes) -> bytes:
     for _, payload in rest:
         record = decode_record(payload)
         assert not (isinstance(record, Append) and record.entry.kind is EntryKind.CONFIG)
-    old = frame(encode_header(header.seq, header.first_index, version=1))
-    assert len(old) == FRAME.size + len(first)  # same size: offsets are unchanged
-    return old + data[len(old) :]
+    old = frame(encode_header(header.seq, header.first_index, prev_term=None, version=1))
+    return old + data[FRAME.size + len(first) :]  # a version-1 header lacks the previous term
 
 
 def old_snapshot(data: bytes) -> bytes:

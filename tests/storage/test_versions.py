@@ -17,10 +17,11 @@ import pytest
 from trio_raft import Entry, EntryKind, HardState, Membership, StorageCorruptError
 from trio_raft._types import SnapshotMeta
 from trio_raft._wal import _segments
-from trio_raft._wal._file_storage import open_file_storage
+from trio_raft._wal._file_storage import FileStorage, open_file_storage
 from trio_raft._wal._segments import (
     FORMAT_VERSION,
     Append,
+    Header,
     decode_record,
     encode_append,
     encode_header,
@@ -30,7 +31,7 @@ from trio_raft._wal._segments import (
 from trio_raft._wal._simfs import SimulatedFileSystem
 from trio_raft._wal._snapshot_file import SNAPSHOT_VERSION, encode_snapshot_header
 
-from ._old_format import frames, header_version, make_old, old_snapshot_header
+from ._old_format import frames, header_version, make_old, old_segment, old_snapshot_header
 
 D = "/d"
 JOINT = Membership(
@@ -87,11 +88,12 @@ def test_configuration_record_holds_the_plain_membership() -> None:
     record = decode_record(payload)
     assert record == Append(config(7))
     assert isinstance(record, Append) and type(record.entry.command) is Membership
-    assert cbor2.loads(encode_header(3, 40)) == [2, FORMAT_VERSION, 3, 40] == [2, 2, 3, 40]
+    header = encode_header(3, 40, prev_term=5)
+    assert cbor2.loads(header) == [2, FORMAT_VERSION, 3, 40, 5] == [2, 2, 3, 40, 5]
 
 
 def test_old_headers_are_what_older_releases_wrote() -> None:
-    assert encode_header(3, 40, version=1) == cbor2.dumps([2, 1, 3, 40])
+    assert encode_header(3, 40, prev_term=None, version=1) == cbor2.dumps([2, 1, 3, 40])
     old = encode_snapshot_header(SnapshotMeta(9, 2, JOINT), version=1)
     assert old == old_snapshot_header(9, 2)  # version 1 has no room for the membership
     assert SNAPSHOT_VERSION == 2
@@ -233,18 +235,15 @@ async def test_a_configuration_entry_in_a_version_1_segment_is_corruption() -> N
         await st.save(entries=commands(1, 3))
         await st.sync()
     (path,) = segments(fs)
-    data = fs.files()[path]
-    header = frame(encode_header(1, 1, version=1))
+    data = old_segment(fs.files()[path])
     record = frame(encode_append(config(4)))
-    fs.put_file(
-        path, header + data[len(header) :] + record + frame(encode_append(commands(5, 1)[0]))
-    )
+    fs.put_file(path, data + record + frame(encode_append(commands(5, 1)[0])))
     with pytest.raises(StorageCorruptError, match="version-1 segment cannot hold") as info:
         async with open_file_storage(D, fs=fs):
             pass  # pragma: no cover
     assert (info.value.path, info.value.offset) == (path, len(data))
     # Even as the very last record (where a torn write would be forgiven): it is no tear.
-    fs.put_file(path, header + data[len(header) :] + record)
+    fs.put_file(path, data + record)
     with pytest.raises(StorageCorruptError, match="kind 2"):
         async with open_file_storage(D, fs=fs):
             pass  # pragma: no cover
@@ -275,8 +274,10 @@ async def test_a_newer_segment_version_is_refused_with_the_version() -> None:
 async def test_a_reader_of_version_1_only_refuses_what_this_release_wrote(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """What an older release says: it reads version 1 only (simulated), and the upgraded
-    directory's new segment tells it why it cannot go on."""
+    """A reader of version 1 only (this code with READ_VERSIONS limited, standing in for an
+    older release) refuses the upgraded directory at the new segment's header. An actual older
+    release, which knows only the four-item header, says "unknown record type 2 with 4 fields"
+    there instead (storage.rst, "Upgrading and downgrading")."""
     fs = SimulatedFileSystem()
     await _old_directory(fs)
     async with open_file_storage(D, fs=fs, segment_bytes=300) as st:
@@ -373,3 +374,141 @@ async def test_a_version_1_snapshot_header_is_read_without_a_membership() -> Non
         meta, chunks = loaded
         assert meta == SnapshotMeta(3, 1) and meta.membership is None
         assert b"".join([c async for c in chunks]) == b"old state"
+
+
+# -- the previous entry's term in version-2 headers ----------------------------------------------
+
+
+def _header(data: bytes) -> Header:
+    header = decode_record(frames(data)[0][1])
+    assert isinstance(header, Header)
+    return header
+
+
+class _Seams:
+    """Checks, after each call, that every segment created since has in its header the term
+    of the entry just before its first index (0 for none), as the log is after the call."""
+
+    def __init__(self, fs: SimulatedFileSystem) -> None:
+        self.fs = fs
+        self.seen: set[str] = set()
+        self.checked: list[tuple[int, int]] = []  # (first_index, prev_term) of each new one
+
+    def check(self, st: FileStorage) -> None:
+        start, start_term = st.log_start_index, st.log_start_term
+        for path in segments(self.fs):
+            if path in self.seen:
+                continue
+            self.seen.add(path)
+            header = _header(self.fs.files()[path])
+            before = header.first_index - 1
+            if before == 0:
+                expected = 0
+            elif before == start:
+                expected = start_term
+            else:
+                (entry,) = st.entries(before, before + 1)
+                expected = entry.term
+            assert header.version == 2 and header.prev_term == expected, (path, header)
+            self.checked.append((header.first_index, expected))
+
+
+async def test_every_new_segment_header_holds_the_previous_entry_s_term() -> None:
+    """Each way a segment is started: the empty log, a rotation, a truncation reaching into
+    an older segment, a compaction past the end of the log, a snapshot install that drops the
+    whole log first."""
+    fs = SimulatedFileSystem()
+    seams = _Seams(fs)
+    async with open_file_storage(D, fs=fs, segment_bytes=300) as st:
+        seams.check(st)  # the empty log: segment 1 at index 1, previous term 0
+        for term in (1, 2, 3):  # rotations at segment_bytes, in several terms
+            await st.save(hard_state=HardState(term, None))
+            await st.save(entries=commands(st.last_index() + 1, 4, term=term))
+            seams.check(st)
+        await st.save(hard_state=HardState(4, None))
+        await st.save(truncate_from=3, entries=commands(3, 2, term=4))  # into segment 1
+        await st.sync()
+        seams.check(st)
+        await st.save_snapshot(SnapshotMeta(9, 5), _chunks(b"9"))
+        await st.compact(9, 5)  # past the end (4): the log restarts at 10
+        seams.check(st)
+        await st.save(entries=commands(10, 6, term=5))
+        await st.sync()
+        seams.check(st)
+        await st.save(truncate_from=10)  # a snapshot install drops the whole log
+        await st.sync()
+        seams.check(st)
+        await st.save_snapshot(SnapshotMeta(12, 6), _chunks(b"12"))
+        await st.compact(12, 6)
+        await st.save(entries=commands(13, 3, term=6))
+        await st.sync()
+        seams.check(st)
+    firsts = [first for first, _ in seams.checked]
+    assert seams.checked[0] == (1, 0) and 3 in firsts and 10 in firsts and 13 in firsts
+    assert len(seams.checked) >= 8
+    async with open_file_storage(D, fs=fs, segment_bytes=300) as st:  # and it opens
+        assert (await st.load()).entries == tuple(commands(13, 3, term=6))
+
+
+async def test_the_upgrade_segment_holds_the_last_term_of_the_version_1_log() -> None:
+    fs = SimulatedFileSystem()
+    live = await _old_directory(fs)
+    async with open_file_storage(D, fs=fs, segment_bytes=300) as st:
+        await st.save(entries=commands(17, 1, term=3))
+        await st.sync()
+    header = _header(fs.files()[segments(fs)[-1]])
+    assert (header.version, header.first_index, header.prev_term) == (2, 17, live[-1].term) == (
+        2, 17, 2,
+    )  # fmt: skip
+    # A version-1 directory whose log was compacted whole: the log start's term.
+    fs = SimulatedFileSystem()
+    async with open_file_storage(D, fs=fs) as st:
+        await st.save(entries=commands(1, 4))
+        await st.save_snapshot(SnapshotMeta(10, 2), _chunks(b"from the leader"))
+        await st.compact(10, 2)
+    make_old(fs, D)
+    async with open_file_storage(D, fs=fs) as st:
+        await st.save(entries=[config(11, term=2)])
+        await st.sync()
+    header = _header(fs.files()[segments(fs)[-1]])
+    assert (header.version, header.first_index, header.prev_term) == (2, 11, 2)
+
+
+async def test_a_cut_of_the_last_version_1_segment_before_the_upgrade_segment_is_refused() -> None:
+    """The seam between the last version-1 segment and the first version-2 one is checked:
+    the version-2 header knows the term of the entry before it."""
+    fs = SimulatedFileSystem()
+    async with open_file_storage(D, fs=fs, segment_bytes=4096) as st:
+        await st.save(hard_state=HardState(2, None), entries=commands(1, 8))
+        await st.save(truncate_from=4, entries=commands(4, 3, term=2))
+        await st.sync()
+    make_old(fs, D)
+    (old,) = segments(fs)
+    async with open_file_storage(D, fs=fs, segment_bytes=4096) as st:
+        await st.save(entries=commands(7, 2, term=2))  # the upgrade rotation, at 7
+        await st.sync()
+    data = fs.files()[old]
+    at = [(o, cbor2.loads(p)) for o, p in frames(data)[1:]]
+    cut = next(o for o, record in at if record[:2] == [0, 7])  # old entries 1..6 of term 1
+    fs.put_file(old, data[:cut])
+    with pytest.raises(StorageCorruptError, match="a truncation dropped") as info:
+        async with open_file_storage(D, fs=fs):
+            pass  # pragma: no cover
+    old_6 = next(o for o, record in at if record[:3] == [0, 6, 1])
+    assert (info.value.path, info.value.offset) == (old, old_6)
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ([2, 2, 1, 1], "a version-2 segment header with 3 fields, not 4"),
+        ([2, 1, 1, 1, 0], "a version-1 segment header with 4 fields, not 3"),
+        ([2, 2, 1, 1, 3], "starting at index 1 after an entry of term 3"),
+        ([2, 2, 1, 5, 0], "starting at index 5 after an entry of term 0"),
+        ([2, 2, 1, 5, 2**62 + 1], "above the largest term"),
+        ([2, 2, 1, 5, -1], "non-negative integers"),
+    ],
+)
+def test_a_malformed_header_is_not_a_record(fields: list[int], reason: str) -> None:
+    with pytest.raises(_segments.Malformed, match=reason):
+        decode_record(cbor2.dumps(fields))

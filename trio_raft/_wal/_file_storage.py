@@ -234,7 +234,13 @@ class FileStorage:
                 self._check_usable()
                 await trio.lowlevel.checkpoint()
                 return
-            await self._run(self._wal.save, hard_state, truncate_from, payloads, use_reserve)
+            truncate = None
+            if truncate_from is not None:  # with the term of the entry kept before it
+                kept = truncate_from - start - 1
+                before = self._entries[kept - 1].term if kept else self.log_start_term
+                truncate = (truncate_from, before)
+            appends = [(e.term, payload) for e, payload in zip(entries, payloads, strict=True)]
+            await self._run(self._wal.save, hard_state, truncate, appends, use_reserve)
             self._state = self._wal.state
             if truncate_from is not None:
                 del self._entries[truncate_from - start - 1 :]

@@ -11,10 +11,16 @@ next append had when it was created (``first_index``); against the log replayed 
 * above ``next``: only if everything below it was compacted (``first_index <= log_start + 1``),
   otherwise entries are missing (see :func:`_gap` for which file is named).
 
+A version-2 header also carries the term the entry at ``first_index - 1`` had when the
+segment was started; whenever that entry is in the log replayed so far, its term must match
+(:func:`_check_seam`).
+
 Older segments are never rewritten, so a cut in one is damage, not a crash. It is found
-whenever it removes a live entry (the next segment no longer follows on) or ends inside a
-frame; a cut at a frame boundary that removes only records a later truncation dropped (the
-tail of the segment before a truncation segment) leaves nothing to find, and loses nothing.
+whenever it removes a live entry (the next segment no longer follows on), ends inside a frame,
+or (for a version-2 segment after it) removes a truncation record so that the entry before the
+next segment is one the truncation dropped; a cut at a frame boundary that removes only records
+a later truncation dropped (the tail of the segment before a truncation segment) leaves nothing
+to find, and loses nothing.
 """
 
 from __future__ import annotations
@@ -101,11 +107,40 @@ def _gap(prev: ScannedSegment, seg: ScannedSegment, next_index: int) -> StorageC
     )  # fmt: skip
 
 
+def _check_seam(
+    scanned: list[ScannedSegment],
+    seg: ScannedSegment,
+    prev_term: int,
+    before: Entry,
+    owner: tuple[int, int],
+) -> None:
+    """Check that ``before``, the entry at ``seg.first_index - 1`` in the log replayed from the
+    segments before ``seg``, has the term ``seg``'s header says it had when ``seg`` was started.
+
+    Only damage to an earlier segment makes them differ: the one holding ``before`` lost a
+    truncation record and the entries written after it, so ``before`` is an entry that
+    truncation had dropped (a Raft log never holds two entries with the same index and term
+    that differ), or a segment between them that started with a truncation was deleted.
+    """
+    if before.term == prev_term:
+        return
+    holder = scanned[owner[0]]
+    present = [s.seq for s in scanned if holder.seq < s.seq < seg.seq]
+    missing = seg.seq - holder.seq - 1 - len(present)
+    between = f", or {missing} segment(s) between them were deleted" if missing else ""
+    raise StorageCorruptError(
+        holder.path, owner[1], f"entry {before.index} here has term {before.term}, but the "
+        f"segment {seg.path} was started after entry {before.index} of term {prev_term}: this "
+        "is an entry a truncation dropped (this segment lost the truncation record and the "
+        f"entries written after it{between})",
+    )  # fmt: skip
+
+
 def _replay(scanned: list[ScannedSegment], state: State) -> tuple[list[Entry], list[Segment], int]:
     """The live entries, the segments' bookkeeping, and the WAL's next index."""
     base = next_index = scanned[0].first_index
     entries: list[Entry] = []
-    owners: list[int] = []  # position in ``scanned`` of each entry's segment
+    owners: list[tuple[int, int]] = []  # position in ``scanned`` of each entry's segment, offset
     start = state.log_start_index
     for pos, seg in enumerate(scanned):
         records = seg.records
@@ -139,6 +174,9 @@ def _replay(scanned: list[ScannedSegment], state: State) -> tuple[list[Entry], l
                 seg.path, records[0][0], f"the segment starts at index {first}, below the end "
                 f"of the previous segment ({next_index - 1}), without a truncation record",
             )  # fmt: skip
+        if header.prev_term is not None and base <= first - 1 < next_index:
+            at = first - 1 - base
+            _check_seam(scanned, seg, header.prev_term, entries[at], owners[at])
         for offset, record in records[1:]:
             if isinstance(record, Append):
                 if record.entry.index != next_index:
@@ -147,7 +185,7 @@ def _replay(scanned: list[ScannedSegment], state: State) -> tuple[list[Entry], l
                         f"entry {record.entry.index} where entry {next_index} was expected",
                     )  # fmt: skip
                 entries.append(record.entry)
-                owners.append(pos)
+                owners.append((pos, offset))
                 next_index += 1
             elif isinstance(record, Truncate):
                 if record.index > next_index:
@@ -175,7 +213,7 @@ def _replay(scanned: list[ScannedSegment], state: State) -> tuple[list[Entry], l
     live, live_owners = entries[cut:], owners[cut:]
     segments = []
     for pos, seg in enumerate(scanned):
-        mine = [e.index for e, owner in zip(live, live_owners, strict=True) if owner == pos]
+        mine = [e.index for e, (owner, _) in zip(live, live_owners, strict=True) if owner == pos]
         lo, hi = (mine[0], mine[-1] + 1) if mine else (seg.first_index, seg.first_index)
         ends = [offset for offset, _ in seg.records[1:]] + [seg.valid_bytes]
         starts_with_truncation = seg.records[1:2] == [(ends[0], Truncate(seg.first_index))]
@@ -370,7 +408,9 @@ def _recover(
         file.fsync()
     wal = Wal(
         fs, directory, segment_bytes=segment_bytes, state=state, segments=segments,
-        active=file, next_index=next_index, counters=counters, reserve_bytes=reserve_bytes,
+        active=file, next_index=next_index,
+        last_term=entries[-1].term if entries else state.log_start_term,
+        counters=counters, reserve_bytes=reserve_bytes,
     )  # fmt: skip
     if state.newest_segment != newest:  # a directory of an older release, or a crash in rotation
         wal.record_newest_segment()
@@ -381,11 +421,11 @@ def _recover(
 
 
 def _create(fs: FileSystem, directory: str, segment_bytes: int, counters: Counters) -> Wal:
-    segment, file = create_segment(fs, directory, 1, 1, truncate=False)
+    segment, file = create_segment(fs, directory, 1, 1, 0, truncate=False)
     fs.fsync_dir(directory)
     state = State(newest_segment=1)
     write_state_file(fs, directory, state, counters)
     return Wal(
         fs, directory, segment_bytes=segment_bytes, state=state, segments=[segment],
-        active=file, next_index=1, counters=counters,
+        active=file, next_index=1, last_term=0, counters=counters,
     )  # fmt: skip

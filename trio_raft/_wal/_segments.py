@@ -6,15 +6,19 @@ Every record, in a segment or in the state file, is one *frame*::
 
 with ``1 <= length <= max_record_bytes``. A WAL payload is a CBOR array whose first item says
 what it is (the array length is fixed per kind, so the first two bytes of a payload are one of
-three markers, which :func:`scan_segment` uses to recognise frame starts):
+four markers, which :func:`scan_segment` uses to recognise frame starts):
 
-* ``[2, version, seq, first_index]``: the header, first record of every segment;
+* ``[2, 2, seq, first_index, prev_term]``: the header, first record of every segment
+  (``prev_term``: the term of the entry at ``first_index - 1`` when the segment was started,
+  0 if there is none; a version-1 header is ``[2, 1, seq, first_index]``);
 * ``[0, index, term, kind, command]``: append an entry;
 * ``[1, index]``: truncate: drop every entry at ``index`` or later.
 
 Segments are written in format ``FORMAT_VERSION`` (2) and read in formats 1 and 2. They differ in
-one thing: only a version-2 segment may hold entries of kind 2 (:attr:`EntryKind.CONFIG`), whose
-command is stored as the membership's plain form (:meth:`Membership.to_plain`). The WAL
+two things: a version-2 header carries ``prev_term`` (so recovery can check that a segment
+continues the log it was started after), and only a version-2 segment may hold entries of kind
+2 (:attr:`EntryKind.CONFIG`), whose command is stored as the membership's plain form
+(:meth:`Membership.to_plain`). The WAL
 never appends to a version-1 segment (it starts a new segment first), so an older release,
 which reads only version 1, refuses a directory this one wrote to with a message naming the
 version rather than with "unknown entry kind".
@@ -53,7 +57,7 @@ SEGMENT_TMP = "segment.tmp"
 LOCK_FILE = "LOCK"
 _SEGMENT_NAME = re.compile(r"wal-(\d{10})-(\d{20})\.log")
 _APPEND, _TRUNCATE, _HEADER = 0, 1, 2
-_MARKERS = (b"\x85\x00", b"\x82\x01", b"\x84\x02")  # array(5)+0, array(2)+1, array(4)+2
+_MARKERS = (b"\x85\x00", b"\x82\x01", b"\x85\x02", b"\x84\x02")  # array(n) + record type
 _CHUNK_BYTES = 1 << 20
 
 
@@ -87,6 +91,9 @@ class Header:
     first_index: int
     version: int = FORMAT_VERSION
     """The segment's format version (one of :data:`READ_VERSIONS`)."""
+    prev_term: int | None = 0
+    """Term of the entry at ``first_index - 1`` when the segment was started (0: none, the
+    log was empty); ``None`` in a version-1 header, which does not carry it."""
 
 
 @attrs.frozen
@@ -106,11 +113,16 @@ class Truncate:
 Record = Header | Append | Truncate
 
 
-def encode_header(seq: int, first_index: int, version: int = FORMAT_VERSION) -> bytes:
-    """The payload of a segment header (``version`` other than the current one: for tests
-    that build the directories of older releases)."""
-    assert version in READ_VERSIONS
-    return cbor2.dumps([_HEADER, version, seq, first_index])
+def encode_header(
+    seq: int, first_index: int, *, prev_term: int | None, version: int = FORMAT_VERSION
+) -> bytes:
+    """The payload of a segment header; ``prev_term`` is the term of the entry at
+    ``first_index - 1`` (0 if there is none), ``None`` for version 1 (``version`` other than the
+    current one: for tests that build the directories of older releases)."""
+    assert version in READ_VERSIONS and (prev_term is None) == (version == 1)
+    if prev_term is None:
+        return cbor2.dumps([_HEADER, version, seq, first_index])
+    return cbor2.dumps([_HEADER, version, seq, first_index, prev_term])
 
 
 def encode_truncate(index: int) -> bytes:
@@ -196,20 +208,42 @@ def decode_record(payload: bytes, version: int = FORMAT_VERSION) -> Record:
             if index < 1:
                 raise Malformed("truncation index 0")
             return Truncate(index)
-        if kind == _HEADER and len(rest) == 3:
-            header_version, seq, first_index = _ints(rest, 3)
-            if header_version > max(READ_VERSIONS):
-                raise UnknownVersion(
-                    f"segment format version {header_version}; this trio-raft reads "
-                    f"{' and '.join(map(str, READ_VERSIONS))} (a newer release wrote it: run "
-                    "that release, or start this node with an empty directory so it rejoins)"
-                )
-            if header_version not in READ_VERSIONS:
-                raise Malformed(f"segment format version {header_version} does not exist")
-            return Header(seq, first_index, header_version)
+        if kind == _HEADER and rest and type(rest[0]) is int:
+            return _decode_header(rest)
     except (ValueError, TypeError) as exc:  # Entry / EntryKind / Membership validators
         raise Malformed(str(exc)) from exc
     raise Malformed(f"unknown record type {kind} with {len(rest)} fields")
+
+
+def _decode_header(rest: list[object]) -> Header:
+    """A header's fields after the record type: ``[version, seq, first_index]`` in version 1,
+    ``[version, seq, first_index, prev_term]`` in version 2 (the version is read first, so a
+    newer release's header, whatever its shape, is reported as such)."""
+    version = rest[0]
+    assert type(version) is int
+    if version > max(READ_VERSIONS):
+        raise UnknownVersion(
+            f"segment format version {version}; this trio-raft reads "
+            f"{' and '.join(map(str, READ_VERSIONS))} (a newer release wrote it: run "
+            "that release, or start this node with an empty directory so it rejoins)"
+        )
+    if version not in READ_VERSIONS:
+        raise Malformed(f"segment format version {version} does not exist")
+    fields = 3 if version == 1 else 4
+    if len(rest) != fields:
+        raise Malformed(f"a version-{version} segment header with {len(rest)} fields, not {fields}")
+    if version == 1:
+        _, seq, first_index = _ints(rest, 3)
+        return Header(seq, first_index, version, prev_term=None)
+    _, seq, first_index, prev_term = _ints(rest, 4)
+    if prev_term > MAX_TERM:
+        raise Malformed(f"previous term {prev_term} is above the largest term {MAX_TERM}")
+    if first_index < 1 or (first_index == 1) != (prev_term == 0):
+        raise Malformed(
+            f"a segment starting at index {first_index} after an entry of term {prev_term} "
+            "(only a segment starting at index 1 has no entry before it, of term 0)"
+        )
+    return Header(seq, first_index, version, prev_term)
 
 
 # -- the state file ------------------------------------------------------------------------------

@@ -27,6 +27,12 @@ Rules that keep recovery unambiguous (``docs/source/storage.rst`` explains them)
    segment first, as a rotation does. So a record kind that only the current format knows
    never lands in an old segment, and an older release refuses the directory by the version
    in the new segment's header.
+7. Each segment's header carries the term of the entry just before its first index at the
+   time it is started (``prev_term``: the last appended entry's for a rotation, the kept
+   entry's before the truncation point for a truncation, the compaction's term when it
+   restarts the log, 0 for an empty log). Recovery checks it against the log replayed from the
+   segments before, so a cut of an older segment that removes a truncation record (and with
+   it the entries that replaced the dropped ones) cannot bring dropped entries back unnoticed.
 """
 
 from __future__ import annotations
@@ -118,14 +124,15 @@ def write_state_file(fs: FileSystem, directory: str, state: State, counters: Cou
 
 
 def create_segment(
-    fs: FileSystem, directory: str, seq: int, first_index: int, *, truncate: bool
+    fs: FileSystem, directory: str, seq: int, first_index: int, prev_term: int, *, truncate: bool
 ) -> tuple[Segment, AppendFile]:
     """Create a segment holding its header (and a truncation record at ``first_index`` if
     ``truncate``), durably, under a temporary name renamed into place: a segment file never
-    exists without its header. The name is durable once the caller fsyncs the directory."""
+    exists without its header. ``prev_term`` is the term of entry ``first_index - 1`` (0 if
+    there is none). The name is durable once the caller fsyncs the directory."""
     tmp = join_path(directory, SEGMENT_TMP)
     path = join_path(directory, segment_name(seq, first_index))
-    head = frame(encode_header(seq, first_index))
+    head = frame(encode_header(seq, first_index, prev_term=prev_term))
     if truncate:
         head += frame(encode_truncate(first_index))
     file = fs.open_append(tmp, create=True)
@@ -152,6 +159,8 @@ class Wal:
         segments: Every segment, in order; the last one is the active one.
         active: The active segment, open for appending.
         next_index: Index of the next append.
+        last_term: Term of entry ``next_index - 1`` (the log start's term if that entry was
+            compacted, 0 if there is none).
         counters: Where to count the work done.
         reserve_bytes: Refuse appends that would leave less free space than this.
     """
@@ -166,6 +175,7 @@ class Wal:
         segments: list[Segment],
         active: AppendFile,
         next_index: int,
+        last_term: int,
         counters: Counters,
         reserve_bytes: int = 0,
     ) -> None:
@@ -177,6 +187,7 @@ class Wal:
         self.state = state
         self.segments = segments
         self.next_index = next_index
+        self.last_term = last_term
         self.counters = counters
         self._active = active
         self._unsynced = False  # bytes written to the active segment since its last fsync
@@ -193,33 +204,33 @@ class Wal:
     def save(
         self,
         hard_state: HardState | None,
-        truncate_from: int | None,
-        payloads: Sequence[bytes],
+        truncate: tuple[int, int] | None,
+        appends: Sequence[tuple[int, bytes]],
         use_reserve: bool = False,
     ) -> None:
         """Write, in this order: a new hard state in the state file (durably, after the WAL
-        so far), a truncation of every entry at ``truncate_from`` or later (``< next_index``),
-        and one append record per payload (their indexes follow on). Appends are not durable
-        yet.
+        so far), a truncation (``(index, term of entry index - 1)``) of every entry at
+        ``index`` or later (``< next_index``), and one append record per ``(term, payload)``
+        (their indexes follow on). Appends are not durable yet.
 
         Raises:
             StorageFullError: there are payloads, and writing them would leave less than
                 ``reserve_bytes`` free (with ``use_reserve``, less than half of it);
                 nothing was written.
         """
-        if payloads:
+        if appends:
             floor = self.reserve_bytes // 2 if use_reserve else self.reserve_bytes
-            self.check_space(sum(FRAME.size + len(p) for p in payloads), floor)
+            self.check_space(sum(FRAME.size + len(p) for _, p in appends), floor)
         if hard_state is not None:
             self._write_state(attrs.evolve(self.state, hard_state=hard_state))
-        if truncate_from is not None:
-            self._truncate(truncate_from)
+        if truncate is not None:
+            self._truncate(*truncate)
         pending: list[bytes] = []
         pending_bytes = 0
         active = self.segments[-1]
-        if payloads and active.version != FORMAT_VERSION:  # rule 6
+        if appends and active.version != FORMAT_VERSION:  # rule 6
             active = self._rotate(self.next_index, truncate=False)
-        for payload in payloads:
+        for term, payload in appends:
             record = frame(payload)
             size = active.size + pending_bytes
             if size + len(record) > self.segment_bytes and size > active.header_bytes:
@@ -231,6 +242,7 @@ class Wal:
             if not active.live:
                 active.live_lo = self.next_index
             self.next_index += 1
+            self.last_term = term
             active.live_hi = self.next_index
         self._write(pending)
 
@@ -272,8 +284,9 @@ class Wal:
         if index + 1 >= self.next_index:  # the whole log: continue in a fresh segment
             active = self.segments[-1]
             if not (active.first_index == index + 1 and active.size == active.header_bytes):
-                self._rotate(index + 1, truncate=False)
+                self._rotate(index + 1, truncate=False, prev_term=term)
             self.next_index = index + 1
+            self.last_term = term
             self._flush()
         self.drop_dead_prefix()
 
@@ -319,7 +332,7 @@ class Wal:
         write_state_file(self.fs, self.directory, state, self.counters)
         self.state = state
 
-    def _truncate(self, index: int) -> None:
+    def _truncate(self, index: int, prev_term: int) -> None:
         assert self.state.log_start_index < index < self.next_index
         for segment in self.segments:
             segment.live_hi = min(segment.live_hi, index)
@@ -327,7 +340,7 @@ class Wal:
         if index >= self.segments[-1].first_index:
             self._write([frame(encode_truncate(index))])
         else:  # the truncation reaches into older segments: start a new one at ``index``
-            self._rotate(index, truncate=True)
+            self._rotate(index, truncate=True, prev_term=prev_term)
             # Segments right before the new one that hold nothing live can go, once the
             # truncation record is durable (a suffix: see rule 3).
             for segment in reversed(self.segments[:-1]):
@@ -336,13 +349,19 @@ class Wal:
                 if segment not in self._doomed:
                     self._doomed.append(segment)
         self.next_index = index
+        self.last_term = prev_term
 
-    def _rotate(self, first_index: int, *, truncate: bool) -> Segment:
+    def _rotate(self, first_index: int, *, truncate: bool, prev_term: int | None = None) -> Segment:
+        """Start the next segment at ``first_index``; ``prev_term`` is the term of entry
+        ``first_index - 1`` (by default: the last entry's, for a segment that continues the
+        log at ``next_index``)."""
+        assert prev_term is not None or first_index == self.next_index
         self._flush()  # rule 1
         self._active.close()
         segment, file = create_segment(
-            self.fs, self.directory, self.segments[-1].seq + 1, first_index, truncate=truncate
-        )
+            self.fs, self.directory, self.segments[-1].seq + 1, first_index,
+            self.last_term if prev_term is None else prev_term, truncate=truncate,
+        )  # fmt: skip
         self._active = file
         self.segments.append(segment)
         self._dir_unsynced = True
