@@ -153,6 +153,9 @@ class Node:
         self._replicator_scopes: dict[NodeId, trio.CancelScope] = {}
         self._role_nursery: tuple[trio.Nursery, int] | None = None
         self._addresses: dict[NodeId, object] = {}
+        self._transport_leader: NodeId | None = None
+        """The leader the transport was last told about (kept reachable even when it is not
+        a member of this node's configuration, as a leader removing itself is)."""
         """The last known address of every node that was a member (for retiring peers)."""
         self._changed = Broadcast()
         self._role_scope: trio.CancelScope | None = None
@@ -618,6 +621,8 @@ class Node:
                 break
             for message in ready.messages:
                 self._transport.send(message)
+        if st.leader_id != self._transport_leader and st.membership is not None:
+            self._update_transport()  # drop a former leader that is no longer a member
         # Answers change progress and the commit index without producing a Ready.
         if st.role is Role.LEADER:
             for signal in self._replicator_signals.values():
@@ -749,7 +754,7 @@ class Node:
             self._addresses.update(m.addresses)  # retiring peers keep their last address
         if update is not None and m is not None:
             peers = set(self._state.replica_ids)
-            leader = self._state.leader_id
+            leader = self._transport_leader = self._state.leader_id
             if leader is not None and leader != self._id:
                 # A leader removing itself leads until the new configuration commits: its
                 # followers must still answer it after appending that configuration.

@@ -251,7 +251,9 @@ async def propose_all(nodes: dict[str, Node], commands: list[object]) -> None:
 
 
 async def wait_caught_up(nodes: dict[str, Node], leader: Node) -> None:
-    target = leader.status.commit_index
+    """Wait until every node has applied what any node knows committed (under load the
+    leadership may have moved during the proposals, so ``leader`` alone may know less)."""
+    target = max(leader.status.commit_index, *(n.status.commit_index for n in nodes.values()))
     for node in nodes.values():
         await node.wait_status(lambda s: s.last_applied >= target)
 
