@@ -273,6 +273,18 @@ class _Cluster:
                 return
             await trio.sleep(POLL_S * 5)
 
+    async def wait_snapshot(self, node_id: str) -> None:
+        """Wait until ``node_id`` has saved the snapshot it was due to take (the KV service
+        serializes its whole state for it, which can pause a node for a while)."""
+        while True:
+            self.check_alive()
+            s = await self.status(node_id)
+            if s is not None and _int(s, "applied") - _int(s, "snapshot") < (
+                DEFAULTS.snapshot_entries
+            ):
+                return
+            await trio.sleep(POLL_S * 5)
+
     def disk_bytes(self, node_id: str) -> int:
         root = self.directory / "data" / node_id
         return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
@@ -522,6 +534,7 @@ async def _large(ports: _Ports, settings: Settings, figures: _Figures) -> None:
         leader = await cluster.wait_leader(FOUNDERS)
         for node_id in FOUNDERS:
             await cluster.wait_caught_up(node_id, leader)
+            await cluster.wait_snapshot(node_id)
         status = await cluster.status(leader)
         assert status is not None
         figures.notes.append(
@@ -531,14 +544,22 @@ async def _large(ports: _Ports, settings: Settings, figures: _Figures) -> None:
             f"{cluster.disk_bytes(leader) / 1e6:,.1f} MB"
         )
         async with _writing(cluster, figures) as writer:
+            before = await cluster.status(leader)
             start = trio.current_time()
             timeout = ["--catch-up-timeout", str(_bound_s("large", settings))]
             seen = await _join(cluster, "n4", timeout)
             figures.add("large", await writer.gap(start, start + seen["voter"]), seen["voter"])
+            after = await cluster.status(leader)
             figures.notes.append(
-                "n4 learner after {learner:.2f} s, caught up after {caught up:.2f} s, voter "
-                "after {voter:.2f} s (from its process start)".format_map(seen)
+                f"n4 learner after {seen['learner']:.2f} s, caught up after "
+                f"{seen['caught up']:.2f} s, voter after {seen['voter']:.2f} s (from its process "
+                "start)"
             )
+            if before is not None and after is not None:
+                figures.notes.append(
+                    f"{leader}'s snapshot index {_int(before, 'snapshot'):,} before the join, "
+                    f"{_int(after, 'snapshot'):,} after it"
+                )
         figures.notes.append(f"n4's data directory then: {cluster.disk_bytes('n4') / 1e6:,.1f} MB")
 
 
