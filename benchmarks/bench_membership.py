@@ -575,11 +575,30 @@ async def _measure(name: str, settings: Settings) -> _Figures:
     ports = _Ports()
     runner = {"transfer": _transfers, "kill": _kills, "join": _joins_and_removals,
               "large": _large}[name]  # fmt: skip
+    interrupted = False
     try:
-        with trio.fail_after(_bound_s(name, settings)):
-            await runner(ports, settings, figures)
+        # Ctrl-C reaches the nodes too (one process group), and they exit at once: the
+        # measurement is cancelled first, so that their exit is not reported as a failure.
+        with trio.open_signal_receiver(signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def watch() -> None:
+                    nonlocal interrupted
+                    async for _ in signals:
+                        interrupted = True
+                        nursery.cancel_scope.cancel()
+
+                nursery.start_soon(watch)
+                with trio.fail_after(_bound_s(name, settings)):
+                    await runner(ports, settings, figures)
+                nursery.cancel_scope.cancel()
+    except Exception:
+        if not interrupted:
+            raise
     finally:
         ports.close()
+    if interrupted:
+        raise KeyboardInterrupt
     return figures
 
 
@@ -667,8 +686,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeat, --entries and --value-bytes must be at least 1")
     if settings.value_bytes > kv.MAX_VALUE_BYTES:
         parser.error(f"--value-bytes must be at most {kv.MAX_VALUE_BYTES}")
-    for line in run(quick=args.quick, only=args.only or SCENARIOS, settings=settings):
-        print(line, flush=True)
+    try:
+        for line in run(quick=args.quick, only=args.only or SCENARIOS, settings=settings):
+            print(line, flush=True)
+    except KeyboardInterrupt:
+        print("interrupted: every node stopped, every data directory deleted", flush=True)
+        return 130
     return 0
 
 
