@@ -185,7 +185,7 @@ class MembershipNemesis:
     outcomes: dict[str, int] = attrs.Factory(dict)
     """``"action:outcome"`` → count; the outcome is ``ok``, ``no_leader``, ``timeout`` or the
     exception's class name."""
-    _fresh: Iterator[NodeId] | None = None
+    _fresh: Iterator[NodeId] | None = attrs.field(default=None, init=False)
 
     def _count(self, action: str, outcome: str) -> None:
         key = f"{action}:{outcome}"
