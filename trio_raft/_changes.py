@@ -12,6 +12,7 @@ then waits until the target is the committed configuration in force. The Raft ru
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
@@ -161,7 +162,10 @@ async def _catch_up(
                 now - started,
             )
         # Wake on any change, or when the closest learner would have kept up long enough.
-        with trio.move_on_at(min(deadline, now + min(behind.values()))):
+        # (At least to the next representable time: a shortfall below the clock's resolution,
+        # now + s == now, would otherwise wake at once, forever.)
+        wake = max(math.nextafter(now, math.inf), now + min(behind.values()))
+        with trio.move_on_at(min(deadline, wake)):
             await _wait_changed(node)
 
 

@@ -31,9 +31,11 @@ from ._network import WireCodecError as WireCodecError
 from ._storage import SimulatedStorage as SimulatedStorage
 from ._workload import ACTIONS as ACTIONS
 from ._workload import CHAOS_CONFIG as CHAOS_CONFIG
+from ._workload import MEMBERSHIP_ACTIONS as MEMBERSHIP_ACTIONS
 from ._workload import ChaosReport as ChaosReport
 from ._workload import Fault as Fault
 from ._workload import KVClients as KVClients
+from ._workload import MembershipNemesis as MembershipNemesis
 from ._workload import apply_fault as apply_fault
 from ._workload import random_schedule as random_schedule
 from ._workload import run_chaos as run_chaos

@@ -9,13 +9,21 @@ and a linearizability check of everything the clients saw.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 
 import attrs
 import trio
 
 from .._config import Config
-from .._errors import LeadershipLostError, NodeClosedError, NotLeaderError, ProposalDroppedError
+from .._errors import (
+    LeadershipLostError,
+    LeadershipTransferError,
+    MembershipError,
+    NodeClosedError,
+    NotLeaderError,
+    ProposalDroppedError,
+)
+from .._node import Node
 from .._types import NodeId
 from ._cluster import SimulatedCluster, open_simulated_cluster
 from ._history import History
@@ -31,6 +39,15 @@ class Fault:
     space of ``nodes``: ``"disk_low"`` (below the reserve: the disk-space alarm),
     ``"disk_full"`` (every append refused) and ``"disk_ok"`` (see
     :meth:`SimulatedStorage.set_disk_space <trio_raft.testing.SimulatedStorage.set_disk_space>`).
+    Ids the cluster does not know (yet) are skipped.
+
+    The membership actions (`MEMBERSHIP_ACTIONS`, see :func:`run_chaos`) act through the
+    current leader's :class:`~trio_raft.Node` API: ``"add_learner"`` (start ``nodes[0]``, a
+    fresh node, in join mode if the cluster does not know it, and add it as a learner),
+    ``"promote"``, ``"demote"``, ``"remove"`` (of ``nodes[0]``), ``"replace"`` (add fresh
+    ``nodes[0]`` as a learner, promote it, remove ``nodes[1]``) and ``"transfer"`` (to
+    ``nodes[0]``, or to whichever voter the leader picks if ``nodes`` is empty). A missing id
+    is drawn at random when the action runs (a fresh id for a new node).
     """
 
     after_s: float
@@ -52,12 +69,22 @@ ACTIONS = (
     "disk_full",
     "disk_ok",
 )
+"""The fault actions of the classic nemesis."""
+
+MEMBERSHIP_ACTIONS = ("add_learner", "promote", "demote", "remove", "replace", "transfer")
+"""The membership nemesis's actions (``run_chaos(membership=True)``)."""
 
 
 async def apply_fault(cluster: SimulatedCluster, fault: Fault) -> None:
     """Carry out one :class:`Fault` (after its delay)."""
     await trio.sleep(fault.after_s)
     ids = cluster.node_ids
+    if fault.action in MEMBERSHIP_ACTIONS:
+        raise ValueError(
+            f"{fault.action!r} is a membership action: run it with run_chaos(membership=True)"
+        )
+    if fault.action not in ("partition", "heal", "restart_all"):
+        fault = attrs.evolve(fault, nodes=tuple(n for n in fault.nodes if n in ids))
     if fault.action == "partition":
         side = set(fault.nodes)
         cluster.partition([n for n in ids if n in side], [n for n in ids if n not in side])
@@ -90,20 +117,168 @@ async def apply_fault(cluster: SimulatedCluster, fault: Fault) -> None:
 
 
 def random_schedule(
-    rng: random.Random, node_ids: Sequence[NodeId], duration_s: float
+    rng: random.Random,
+    node_ids: Sequence[NodeId],
+    duration_s: float,
+    *,
+    membership: bool = False,
 ) -> list[Fault]:
-    """A random fault schedule over ``duration_s`` (a seeded nemesis)."""
+    """A random fault schedule over ``duration_s`` (a seeded nemesis).
+
+    With ``membership``, about a third of the actions are `MEMBERSHIP_ACTIONS`: nodes added
+    get fresh ids (``n6``, ``n7``, ... after ``n5``), and the faults after an addition may act
+    on them too. The other membership actions leave ``nodes`` empty: their node is drawn when
+    they run, among the configuration in force then.
+    """
     schedule: list[Fault] = []
+    pool = list(node_ids)
+    fresh = _fresh_ids(node_ids)
     t = 0.0
     while True:
         gap = rng.uniform(0.2, 4.0)
         t += gap
         if t >= duration_s:
             return schedule
+        if membership and rng.random() < 1 / 3:
+            action = rng.choices(MEMBERSHIP_ACTIONS, weights=(3, 3, 1, 2, 2, 3))[0]
+            nodes: tuple[NodeId, ...] = ()
+            if action in ("add_learner", "replace"):
+                nodes = (next(fresh),)
+                pool.append(nodes[0])
+            schedule.append(Fault(gap, action, nodes))
+            continue
         action = rng.choices(ACTIONS, weights=(3, 2, 3, 2, 2, 2, 1, 1, 2))[0]
-        k = rng.randint(1, max(1, (len(node_ids) - 1) // 2 + 1))
-        nodes = tuple(sorted(rng.sample(list(node_ids), k)))
+        k = rng.randint(1, max(1, (len(pool) - 1) // 2 + 1))
+        nodes = tuple(sorted(rng.sample(pool, k)))
         schedule.append(Fault(gap, action, nodes))
+
+
+def _fresh_ids(node_ids: Sequence[NodeId]) -> Iterator[NodeId]:
+    """``n{k}`` for k after the highest ``n<number>`` in ``node_ids``, skipping known ids."""
+    numbers = [int(n[1:]) for n in node_ids if n.startswith("n") and n[1:].isdigit()]
+    k = max(numbers, default=0)
+    while True:
+        k += 1
+        if f"n{k}" not in node_ids:
+            yield f"n{k}"
+
+
+@attrs.define
+class MembershipNemesis:
+    """Runs the membership actions of a schedule (see :class:`Fault`) through the current
+    leader's :class:`~trio_raft.Node` API and counts their outcomes in :attr:`outcomes`.
+
+    Every typed refusal is an expected outcome: :exc:`~trio_raft.NotLeaderError`, every
+    :exc:`~trio_raft.MembershipError`, :exc:`~trio_raft.LeadershipLostError`,
+    :exc:`~trio_raft.LeadershipTransferError` and :exc:`~trio_raft.NodeClosedError` (the
+    leader crashed meanwhile). Anything else propagates and fails the run.
+    """
+
+    cluster: SimulatedCluster
+    """The cluster acted on."""
+    rng: random.Random
+    """Draws the nodes that a fault leaves open."""
+    timeout_s: float = 10.0
+    """Each call is given up (``trio.move_on_after``) after this long: outcome ``timeout``."""
+    catch_up_timeout_s: float = 5.0
+    """Passed to ``promote``."""
+    outcomes: dict[str, int] = attrs.Factory(dict)
+    """``"action:outcome"`` → count; the outcome is ``ok``, ``no_leader``, ``timeout`` or the
+    exception's class name."""
+    _fresh: Iterator[NodeId] | None = attrs.field(default=None, init=False)
+
+    def _count(self, action: str, outcome: str) -> None:
+        key = f"{action}:{outcome}"
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1
+        self.cluster.checker.record("nemesis", action, outcome)
+
+    def _fresh_id(self) -> NodeId:
+        if self._fresh is None:
+            self._fresh = _fresh_ids(self.cluster.node_ids)
+        while True:
+            nid = next(self._fresh)
+            if nid not in self.cluster.node_ids:
+                return nid
+
+    async def apply(self, fault: Fault) -> None:
+        """Carry out one membership :class:`Fault` (after its delay), and count its outcome."""
+        await trio.sleep(fault.after_s)
+        action = fault.action
+        with trio.move_on_after(self.timeout_s):
+            try:
+                await self._act(action, fault.nodes)
+            except _Skipped as exc:
+                self._count(action, exc.reason)
+                return
+            except (
+                NotLeaderError, MembershipError, LeadershipLostError, LeadershipTransferError,
+                NodeClosedError,
+            ) as exc:  # fmt: skip
+                self._count(action, type(exc).__name__)
+                return
+            self._count(action, "ok")
+            return
+        self._count(action, "timeout")
+
+    async def _leader(self) -> Node:
+        # Give an election in progress a moment (as a client retrying would).
+        with trio.move_on_after(2 * self.cluster.config.election_timeout_s_max):
+            return await self.cluster.wait_leader()
+        raise _Skipped("no_leader")
+
+    def _pick(self, nodes: Sequence[NodeId], i: int, among: Collection[NodeId]) -> NodeId | None:
+        if len(nodes) > i:
+            return nodes[i]
+        return self.rng.choice(sorted(among)) if among else None
+
+    async def _add(self, node_id: NodeId | None) -> NodeId:
+        nid = node_id if node_id is not None else self._fresh_id()
+        if nid not in self.cluster.node_ids:
+            await self.cluster.add_node(nid, join=True)
+        elif nid not in self.cluster.nodes:
+            await self.cluster.start(nid)
+        await (await self._leader()).add_learner(nid)
+        return nid
+
+    async def _act(self, action: str, nodes: Sequence[NodeId]) -> None:
+        leader = await self._leader()
+        m = leader.membership
+        assert m is not None  # a leader always has a configuration
+        if action == "add_learner":
+            await self._add(nodes[0] if nodes else None)
+        elif action == "promote":
+            target = self._pick(nodes, 0, m.learners)
+            if target is None:
+                raise _Skipped("no_learner")
+            await leader.promote(target, catch_up_timeout_s=self.catch_up_timeout_s)
+        elif action == "demote":
+            target = self._pick(nodes, 0, m.voters)
+            assert target is not None
+            await leader.demote(target)
+        elif action == "remove":
+            target = self._pick(nodes, 0, m.members)
+            assert target is not None
+            await leader.remove(target)
+        elif action == "replace":
+            old = self._pick(nodes, 1, m.voters)
+            nid = await self._add(nodes[0] if nodes else None)
+            await (await self._leader()).promote(nid, catch_up_timeout_s=self.catch_up_timeout_s)
+            assert old is not None
+            await (await self._leader()).remove(old)
+        elif action == "transfer":
+            others = [v for v in m.voters if v != leader.id]
+            target = nodes[0] if nodes else (self.rng.choice([None, *sorted(others)]))
+            await leader.transfer_leadership(target)
+        else:
+            raise ValueError(f"unknown membership action {action!r}")
+
+
+class _Skipped(Exception):
+    """The action cannot start (no running node leads, no learner to promote)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @attrs.define
@@ -223,6 +398,9 @@ class ChaosReport:
     """Hash of every node event: two runs of one seed must agree on it."""
     messages: int
     """Messages the network carried."""
+    membership: Mapping[str, int] = attrs.field(factory=dict)
+    """Outcomes of the membership nemesis's actions, ``"action:outcome"`` → count (see
+    :class:`MembershipNemesis`); empty without ``membership``."""
 
 
 async def run_chaos(
@@ -238,10 +416,19 @@ async def run_chaos(
     converge_s: float = 30.0,
     config: Config | None = None,
     wire_codec: bool = False,
+    membership: bool = False,
 ) -> ChaosReport:
     """Run one randomized chaos simulation and check it. Call under a MockClock (autojump).
 
     With ``wire_codec`` every message goes through the real codec (see :class:`MemoryNetwork`).
+
+    With ``membership`` the nemesis also changes the configuration (`MEMBERSHIP_ACTIONS`, about
+    a third of the random schedule's actions; see :class:`MembershipNemesis`): each action
+    runs in the background, through the leader of the moment, and its outcome is counted in
+    :attr:`ChaosReport.membership`. Removed nodes keep running as bystanders. After healing,
+    the run also requires that the configuration settles (not joint, the same committed one
+    on every running member) and that the bystanders then change no term and no leader for
+    ten maximum election timeouts.
 
     Raises:
         InvariantViolation: a safety property broke (the message has the seed and a trace).
@@ -256,13 +443,25 @@ async def run_chaos(
         faults = (
             list(schedule)
             if schedule is not None
-            else random_schedule(random.Random(master.random()), cluster.node_ids, duration_s)
-        )
+            else random_schedule(
+                random.Random(master.random()), cluster.node_ids, duration_s,
+                membership=membership,
+            )
+        )  # fmt: skip
         workload = KVClients(cluster, random.Random(master.random()))
+        nemesis = MembershipNemesis(cluster, random.Random(f"{seed}/membership"))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(workload.run, clients, duration_s)
             for fault in faults:
-                await apply_fault(cluster, fault)
+                if fault.action in MEMBERSHIP_ACTIONS:
+                    if not membership:
+                        raise ValueError(
+                            f"{fault.action!r} is a membership action: pass membership=True"
+                        )
+                    await trio.sleep(fault.after_s)
+                    nursery.start_soon(nemesis.apply, attrs.evolve(fault, after_s=0.0))
+                else:
+                    await apply_fault(cluster, fault)
         # Liveness phase: a healed, fully running cluster must elect and converge.
         cluster.network.reset_faults()
         await apply_fault(cluster, Fault(0.0, "disk_ok", cluster.node_ids))
@@ -286,6 +485,8 @@ async def run_chaos(
                 + cluster.checker.format_trace()
             )
         await cluster.wait_logs_bounded()  # no node may have stopped compacting
+        if membership:
+            await _check_bystanders(cluster, seed)
         # Only members of the committed configuration converge; removed bystanders never do.
         members = cluster.members
         states = {
@@ -305,5 +506,26 @@ async def run_chaos(
         return ChaosReport(
             seed=seed, operations=len(ops), acknowledged_writes=workload.acknowledged,
             linearizability=result, events=cluster.checker.events, digest=cluster.checker.digest,
-            messages=stats.total.sent,
+            messages=stats.total.sent, membership=dict(nemesis.outcomes),
         )  # fmt: skip
+
+
+async def _check_bystanders(cluster: SimulatedCluster, seed: int) -> None:
+    """Liveness after healing and settling: the running nodes outside the configuration
+    (removed bystanders, which keep their timers) change no term and no leader."""
+    leader = cluster.leader()
+    assert leader is not None  # the caller has just converged
+    term = leader.status.term
+    await trio.sleep(10 * cluster.config.election_timeout_s_max)
+    after = cluster.leader()
+    if after is not leader or leader.status.term != term:
+        members = cluster.members
+        bystanders = sorted(n for n in cluster.nodes if members is None or n not in members.members)
+        raise AssertionError(
+            f"seed={seed}: with bystanders {bystanders} running, the settled cluster's leader "
+            f"{leader.id} (term {term}) became {after.id if after else None} "
+            f"(term {after.status.term if after else None})\n"
+            + "\n".join(str(n.status) for n in cluster.nodes.values())
+            + "\n"
+            + cluster.checker.format_trace()
+        )
