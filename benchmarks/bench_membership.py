@@ -49,6 +49,7 @@ import attrs
 import trio
 
 from trio_raft import Config, kv
+from trio_raft._local_cluster import stop_processes
 
 try:
     import fcntl
@@ -218,18 +219,8 @@ class _Cluster:
 
     async def stop_all(self) -> None:
         """SIGTERM every node; SIGKILL those still running after :data:`STOP_GRACE_S`."""
-        with trio.CancelScope(shield=True):
-            for process in self.processes.values():
-                if process.returncode is None:
-                    process.send_signal(signal.SIGTERM)
-            with trio.move_on_after(STOP_GRACE_S):
-                for process in self.processes.values():
-                    await process.wait()
-            for process in self.processes.values():
-                if process.returncode is None:
-                    process.kill()
-                    await process.wait()
-            self.processes.clear()
+        await stop_processes(self.processes.values(), STOP_GRACE_S)
+        self.processes.clear()
 
     def log(self, node_id: str) -> str:
         path = self.directory / f"{node_id}.log"

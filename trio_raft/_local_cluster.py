@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TextIO
 
@@ -54,6 +54,23 @@ def write_cluster_file(directory: Path, nodes: int, base_port: int) -> Path:
     return path
 
 
+async def stop_processes(processes: Iterable[trio.Process], grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM every process; SIGKILL those still running after ``grace_s`` (shielded, so
+    it also runs while the caller is being cancelled)."""
+    processes = list(processes)
+    with trio.CancelScope(shield=True):
+        for process in processes:
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(grace_s):
+            for process in processes:
+                await process.wait()
+        for process in processes:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+
+
 @attrs.define
 class LocalCluster:
     """The processes of a local cluster."""
@@ -80,17 +97,7 @@ class LocalCluster:
 
     async def stop_all(self) -> None:
         """SIGTERM every node; SIGKILL those still running after :data:`STOP_GRACE_S`."""
-        with trio.CancelScope(shield=True):
-            for process in self.processes.values():
-                if process.returncode is None:
-                    process.send_signal(signal.SIGTERM)
-            with trio.move_on_after(STOP_GRACE_S):
-                for process in self.processes.values():
-                    await process.wait()
-            for process in self.processes.values():
-                if process.returncode is None:
-                    process.kill()
-                    await process.wait()
+        await stop_processes(self.processes.values())
 
     async def status(self, node_id: str) -> dict[str, object] | None:
         """A node's status, or ``None`` if it does not answer quickly."""
