@@ -289,3 +289,38 @@ def test_config_validates_snapshot_bytes() -> None:
     assert Config().snapshot_bytes == 64 << 20
     with pytest.raises(ValueError, match="snapshot_bytes must be >= 1"):
         Config(snapshot_bytes=0)
+
+
+def test_batch_respects_both_limits_but_sends_at_least_one() -> None:
+    log = RaftLog([Entry(1, i, "x" * 10) for i in range(1, 11)])
+    one = entry_size(log.entry(1))
+    entries, size = log.batch(3, max_entries=4, max_bytes=10**6)
+    assert [e.index for e in entries] == [3, 4, 5, 6] and size == 4 * one
+    entries, size = log.batch(3, max_entries=100, max_bytes=2 * one)
+    assert [e.index for e in entries] == [3, 4] and size == 2 * one
+    entries, size = log.batch(10, max_entries=100, max_bytes=1)  # over the limit alone
+    assert [e.index for e in entries] == [10] and size == one
+
+
+@pytest.mark.parametrize("start", [0, 11])
+def test_batch_outside_the_log_is_a_bug(start: int) -> None:
+    log = RaftLog([Entry(1, i, None) for i in range(1, 11)])
+    with pytest.raises(AssertionError, match="outside the log"):
+        log.batch(start, 10, 10)
+
+
+@pytest.mark.parametrize(
+    ("prev_index", "commit", "expected"),
+    [
+        (9, 0, (0, 7)),  # past the end: resend from our end
+        (0, 0, (0, 1)),
+        (5, 0, (2, 3)),  # inside term 2 (indexes 3..5): back up to its first entry
+        (5, 3, (2, 4)),  # never to a committed index
+        (6, 0, (3, 6)),
+    ],
+)
+def test_conflict_hint(prev_index: int, commit: int, expected: tuple[int, int]) -> None:
+    """Fast back-up: the refused index's term and where that term starts, bounded below by
+    the commit index and the log's start."""
+    log = RaftLog([Entry(t, i, None) for i, t in enumerate([1, 1, 2, 2, 2, 3], start=1)])
+    assert log.conflict_hint(prev_index, commit) == expected

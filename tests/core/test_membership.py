@@ -9,7 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_raft import InvalidMembershipError
+from trio_raft import (
+    InvalidMembershipError,
+    LearnerNotCaughtUpError,
+    MembershipChangeInProgressError,
+    QuorumUnavailableError,
+)
+from trio_raft._config import Config
 from trio_raft._core import _membership as mb
 from trio_raft._types import (
     MAX_ADDRESS_BYTES,
@@ -346,3 +352,58 @@ def test_a_snapshot_replaces_a_bootstrap_configuration() -> None:
     joining = mb.MembershipLog(None, None, 0, [])
     assert joining.current is None
     assert joining.installed(9, new, kept=False) and joining.current == new
+
+
+# -- check_change: the leader's checks, in order -------------------------------------------------
+
+
+def _facts(**overrides: object) -> mb.LeaderFacts:
+    base: dict[str, object] = {
+        "index": 5,
+        "commit": 7,
+        "ready": True,
+        "transfer_target": None,
+        "caught_up": {"n4": (10.0, 0)},
+        "live": frozenset({"n1", "n2", "n3", "n4"}),
+    }
+    base.update(overrides)
+    return mb.LeaderFacts(**base)  # type: ignore[arg-type]
+
+
+C3_L4 = Membership({"n1", "n2", "n3"}, learners={"n4"})
+C4 = Membership({"n1", "n2", "n3", "n4"})
+JOINT = Membership({"n1", "n2"}, outgoing={"n1", "n2", "n3"})
+
+
+@pytest.mark.parametrize(
+    ("current", "target", "facts", "error", "words"),
+    [
+        (C3, Membership({"n9"}), _facts(), InvalidMembershipError, "n9"),
+        (C3, C3_L4, _facts(transfer_target="n2"), MembershipChangeInProgressError,
+         "leadership transfer to 'n2'"),
+        (C3, C3_L4, _facts(index=8), MembershipChangeInProgressError, "committed up to 7"),
+        (JOINT, Membership({"n1", "n2"}, learners={"n3"}), _facts(),
+         MembershipChangeInProgressError, "in flight"),
+        (C3, C3_L4, _facts(ready=False), MembershipChangeInProgressError, "just elected"),
+        (C3_L4, C4, _facts(caught_up={"n4": (0.1, 3)}), LearnerNotCaughtUpError,
+         "3 entries behind"),
+        (C3_L4, C4, _facts(caught_up={}), LearnerNotCaughtUpError, "None entries behind"),
+        (C3_L4, C4, _facts(live=frozenset({"n1", "n4"})), QuorumUnavailableError,
+         "unreachable: n2, n3"),
+        (C3_L4, C4, _facts(), None, ""),
+    ],
+)  # fmt: skip
+def test_check_change(
+    current: Membership,
+    target: Membership,
+    facts: mb.LeaderFacts,
+    error: type[Exception] | None,
+    words: str,
+) -> None:
+    """Each refusal of a membership change names its cause; a change that passes every
+    check returns."""
+    if error is None:
+        mb.check_change(current, target, facts, Config())
+        return
+    with pytest.raises(error, match=words):
+        mb.check_change(current, target, facts, Config())

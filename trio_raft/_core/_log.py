@@ -75,6 +75,33 @@ class RaftLog:
         base = self.start_index + 1
         return self._entries[max(lo - base, 0) : max(hi - base, 0)]
 
+    def batch(self, start: int, max_entries: int, max_bytes: int) -> tuple[list[Entry], int]:
+        """Entries from ``start`` (inside the log), at most ``max_entries`` of them and at most
+        ``max_bytes`` by `entry_size` (but always at least one), and their total size."""
+        if not self.start_index < start <= self.last_index:
+            raise AssertionError(
+                f"batch from {start} outside the log ({self.start_index + 1}..{self.last_index})"
+            )
+        entries = self.slice(start, start + max_entries)
+        size = 0
+        for i, e in enumerate(entries):
+            e_size = entry_size(e)
+            if size + e_size > max_bytes and i > 0:
+                return entries[:i], size
+            size += e_size
+        return entries, size
+
+    def conflict_hint(self, prev_index: int, commit: int) -> tuple[int, int]:
+        """For a refused AppendEntries at ``prev_index``: ``(conflict_term, conflict_index)``
+        telling the leader where this log stops agreeing, a whole term at a time (fast
+        back-up). ``conflict_term`` is 0 when the log has no entry at ``prev_index``; the
+        index never falls to ``commit`` or below (committed entries always match)."""
+        if prev_index > self.last_index or prev_index < 1:
+            return 0, min(max(prev_index, 1), self.last_index + 1)
+        return self.term(prev_index) or 0, max(
+            self.first_index_of_term(prev_index), commit + 1, self.start_index + 1
+        )
+
     def tail_start(self, end: int, max_entries: int, max_bytes: int) -> int:
         """The index to compact up to so that at most ``max_entries`` entries ending at ``end``
         remain before ``end + 1``, and at most ``max_bytes`` of them (by `entry_size`); never

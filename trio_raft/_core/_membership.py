@@ -5,8 +5,8 @@ A change of the voters always goes through a joint configuration (Raft thesis §
 the leader appends ``next_step(C_old, C_new)``, the joint C_old,new, and once that commits, its
 ``leave()``, C_new. A change that leaves the voters alone (a learner added or removed, an address
 changed) is *simple*: one entry with the target itself. These functions only compute values and
-raise :class:`~trio_raft.InvalidMembershipError`; when a change may start (one at a time, caught
-up learners, live quorums) is decided by :class:`~trio_raft._core._state.RaftState`.
+raise typed errors; :func:`check_change` decides whether a change may start (one at a time,
+caught-up learners, live quorums) from facts :class:`~trio_raft._core._state.RaftState` gathers.
 """
 
 from __future__ import annotations
@@ -15,7 +15,15 @@ import enum
 from collections.abc import Collection, Iterable, Mapping
 from typing import Final
 
-from .._errors import InvalidMembershipError
+import attrs
+
+from .._config import Config
+from .._errors import (
+    InvalidMembershipError,
+    LearnerNotCaughtUpError,
+    MembershipChangeInProgressError,
+    QuorumUnavailableError,
+)
 from .._types import Entry, EntryKind, FieldError, Membership, NodeId
 
 
@@ -212,6 +220,77 @@ def choose_successor(
     if not candidates:
         return None
     return min(candidates, key=lambda v: (-match.get(v, 0), v))
+
+
+@attrs.frozen
+class LeaderFacts:
+    """What :func:`check_change` needs to know about the leader proposing a change."""
+
+    index: int
+    """The index of the configuration in force."""
+    commit: int
+    """The leader's commit index."""
+    ready: bool
+    """Whether it has committed an entry of its own term."""
+    transfer_target: NodeId | None
+    """The target of a leadership transfer in progress."""
+    caught_up: Mapping[NodeId, tuple[float, int | None]]
+    """For each would-be voter that is not one now: how long it has been caught up (seconds)
+    and how many entries it is behind (``None``: unknown)."""
+    live: frozenset[NodeId]
+    """The leader and the peers heard from within the minimum election timeout."""
+
+
+def check_change(
+    current: Membership, target: Membership, leader: LeaderFacts, config: Config
+) -> None:
+    """Every check a leader runs before appending the configuration toward ``target`` (see
+    membership.rst, "The checks"), in order; returns if the change may start.
+
+    Raises:
+        InvalidMembershipError: ``target`` is not reachable from ``current``.
+        MembershipChangeInProgressError: a change or a transfer is in flight, or the leader
+            has not committed an entry of its term.
+        LearnerNotCaughtUpError: a new voter has not kept up for an election timeout.
+        QuorumUnavailableError: the current or the target voters lack a live majority.
+    """
+    check_target(current, target)
+    if leader.transfer_target is not None:
+        raise MembershipChangeInProgressError(
+            f"a leadership transfer to {leader.transfer_target!r} is in progress; retry after it"
+        )
+    if current.is_joint or leader.index > leader.commit:
+        raise MembershipChangeInProgressError(
+            f"a membership change is in flight ({current!r} at index {leader.index}, "
+            f"committed up to {leader.commit}); wait for it to finish and retry",
+            current,
+            leader.index,
+        )
+    if not leader.ready:
+        raise MembershipChangeInProgressError(
+            "the leader was just elected and has not committed an entry of its term yet; "
+            "retry in a moment"
+        )
+    for voter in sorted(target.voters - current.all_voters):
+        waited, lag = leader.caught_up.get(voter, (0.0, None))
+        if waited < config.election_timeout_s_max:
+            raise LearnerNotCaughtUpError(
+                f"learner {voter!r} is not caught up ({lag} entries behind, caught up for "
+                f"{waited:.3f} s of the {config.election_timeout_s_max} s needed); wait or "
+                "check the learner",
+                voter,
+                -1 if lag is None else lag,
+                0.0,
+            )
+    unreachable = unreachable_voters(current, target, leader.live)
+    if unreachable is not None:
+        raise QuorumUnavailableError(
+            f"the current voters ({', '.join(sorted(current.voters))}) or the new ones "
+            f"({', '.join(sorted(target.voters))}) lack a majority that answered within "
+            f"{config.election_timeout_s_min} s (unreachable: {', '.join(sorted(unreachable))}); "
+            "bring them back first",
+            unreachable,
+        )
 
 
 class MembershipLog:

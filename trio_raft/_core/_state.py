@@ -14,13 +14,9 @@ import attrs
 
 from .._config import Config
 from .._errors import (
-    InvalidMembershipError,
-    LeadershipTransferError,
-    LearnerNotCaughtUpError,
     MembershipChangeInProgressError,
     NoSpaceError,
     NotLeaderError,
-    QuorumUnavailableError,
     TooManyUncommittedError,
 )
 from .._messages import (
@@ -44,68 +40,22 @@ from .._types import (
     SnapshotMeta,
     StoredState,
 )
-from ._log import RaftLog, entry_size
+from ._log import RaftLog
 from ._membership import (
+    LeaderFacts,
     MembershipLog,
     already_in_force,
-    check_target,
+    check_change,
     choose_successor,
     next_step,
-    unreachable_voters,
 )
 from ._progress import Progress, ProgressState
 from ._quorum import VoteResult, joint_committed_index, joint_vote_result
+from ._reads import ReadQueue
+from ._ready import Ready
+from ._transfer import Transfer, pick_target
 
-
-@attrs.define
-class Ready:
-    """Effects of the inputs since the last `RaftState.take_ready`, in the order to do them."""
-
-    hard_state: HardState | None = None
-    """A new term/vote to persist, or ``None`` if unchanged."""
-    truncate_from: int | None = None
-    """Persisted entries at this index and after must be dropped."""
-    entries: list[Entry] = attrs.Factory(list)
-    """New entries to persist, after the truncation."""
-    messages: list[Message] = attrs.Factory(list)
-    """To send only once the writes above are durable."""
-    role_changed: bool = False
-    """The role or term changed: the node must cancel the current role's scope."""
-    reset_election_timer: bool = False
-    """Draw a fresh randomized election deadline."""
-    confirmed_reads: list[tuple[int, int]] = attrs.Factory(list)
-    """``(read_id, read_index)`` pairs whose leadership check passed."""
-    failed_reads: list[int] = attrs.Factory(list)
-    """Read ids that can no longer be confirmed (this node stopped leading)."""
-    membership_changed: bool = False
-    """The configuration in force changed (appended, rolled back or installed): the node
-    resizes its replicators and tells its transport."""
-    replicas_changed: bool = False
-    """A leader stopped replicating to a removed peer (it learned of its removal)."""
-
-    @property
-    def must_sync(self) -> bool:
-        return self.hard_state is not None or self.truncate_from is not None or bool(self.entries)
-
-
-@attrs.define
-class Transfer:
-    """A leadership transfer in progress (leader only)."""
-
-    target: NodeId
-    deadline: float
-    """When the leader gives up and accepts proposals again."""
-    lag: int
-    """How far behind the target was when the transfer began."""
-    sent: bool = False
-    """Whether ``TimeoutNow`` went out."""
-
-
-@attrs.frozen
-class _PendingRead:
-    read_id: int
-    seq: int
-    index: int
+__all__ = ["RaftState", "Ready", "Transfer"]
 
 
 class RaftState:
@@ -167,8 +117,7 @@ class RaftState:
         """The node's disk-space alarm: as leader, accept only ``frees_space`` proposals."""
         self._durable_index = self.log.last_index
         self._saved_index = self.log.last_index
-        self._reads: list[_PendingRead] = []
-        self._next_read_id = 0
+        self._reads = ReadQueue()
         self._term_start_index = 0
         self._ready = Ready()
 
@@ -176,12 +125,7 @@ class RaftState:
 
     def has_ready(self) -> bool:
         """Whether any effect is waiting in the current :class:`Ready`."""
-        r = self._ready
-        return bool(
-            r.must_sync or r.messages or r.role_changed or r.reset_election_timer
-            or r.confirmed_reads or r.failed_reads or r.membership_changed
-            or r.replicas_changed
-        )  # fmt: skip
+        return bool(self._ready)
 
     def take_ready(self) -> Ready:
         """Return and reset the accumulated effects."""
@@ -413,11 +357,7 @@ class RaftState:
             t = self.transfer
             if t is not None and now >= t.deadline:
                 self.transfer = None
-                self.transfer_failure = (
-                    f"leadership transfer to {t.target!r} timed out: it was {t.lag} entries "
-                    f"behind when the transfer began, and TimeoutNow "
-                    f"{'was sent' if t.sent else 'was never sent (it did not catch up)'}"
-                )
+                self.transfer_failure = t.failure()
                 if now < self._quorum_check_due:
                     return  # the timer fired for the transfer, before the CheckQuorum round
             self._quorum_check_due = now + self.config.election_timeout_s_min
@@ -577,15 +517,7 @@ class RaftState:
             )  # fmt: skip
             return
         # Fast back-up: tell the leader where our log stops agreeing, a whole term at a time.
-        if m.prev_index > self.log.last_index or m.prev_index < 1:
-            conflict_term, conflict_index = 0, min(max(m.prev_index, 1), self.log.last_index + 1)
-        else:
-            conflict_term = self.log.term(m.prev_index) or 0
-            conflict_index = max(
-                self.log.first_index_of_term(m.prev_index),
-                self.commit + 1,
-                self.log.start_index + 1,
-            )
+        conflict_term, conflict_index = self.log.conflict_hint(m.prev_index, self.commit)
         self._send(
             AppendResponse(
                 self.id, m.src, self.term, False, rejected_index=m.prev_index,
@@ -758,29 +690,10 @@ class RaftState:
                 None if self.transfer is not None else m,
                 0 if self.transfer is not None else self._members.index,
             )
-        others = m.voters - {self.id}
-        if not others:
-            raise InvalidMembershipError(
-                f"{self.id!r} is the only voter: there is no one to hand leadership to (add "
-                "and promote another node first)",
-                "no_other_voter",
-            )
-        if target is None:
-            match = {p: pr.match for p, pr in self.progress.items()}
-            target = choose_successor(m, match, self._live_peers(), self.id)
-            if target is None:
-                raise LeadershipTransferError(
-                    f"no other voter ({', '.join(sorted(others))}) answered within "
-                    f"{self.config.election_timeout_s_min} s; leadership stays here",
-                    None,
-                    moved=False,
-                )
-        elif target not in m.voters:
-            raise InvalidMembershipError(
-                f"{target!r} is not a voter (voters: {', '.join(sorted(m.voters))}); only a "
-                "voter can lead",
-                "not_a_voter",
-            )
+        match = {p: pr.match for p, pr in self.progress.items()}
+        target = pick_target(
+            m, target, self.id, match, self._live_peers(), self.config.election_timeout_s_min
+        )
         lag = self.log.last_index - self.progress[target].match
         self.transfer = Transfer(target, now + self.config.election_timeout_s_max, lag)
         self.transfer_failure = None
@@ -863,46 +776,18 @@ class RaftState:
         assert current is not None  # a leader has a configuration
         if already_in_force(current, target):
             return None
-        check_target(current, target)
-        if self.transfer is not None:
-            raise MembershipChangeInProgressError(
-                f"a leadership transfer to {self.transfer.target!r} is in progress; retry after it"
-            )
-        if current.is_joint or self._members.index > self.commit:
-            raise MembershipChangeInProgressError(
-                f"a membership change is in flight ({current!r} at index "
-                f"{self._members.index}, committed up to {self.commit}); wait for it to finish "
-                "and retry",
-                current,
-                self._members.index,
-            )
-        if not self.leader_ready:
-            raise MembershipChangeInProgressError(
-                f"node {self.id!r} was just elected and has not committed an entry of its term "
-                "yet; retry in a moment"
-            )
-        cfg = self.config
-        for voter in sorted(target.voters - current.all_voters):
-            waited = self.caught_up_for(voter, now)
-            if waited < cfg.election_timeout_s_max:
-                lag = self.lag(voter)
-                raise LearnerNotCaughtUpError(
-                    f"learner {voter!r} is not caught up ({lag} entries behind, caught up for "
-                    f"{waited:.3f} s of the {cfg.election_timeout_s_max} s needed); wait or "
-                    "check the learner",
-                    voter,
-                    -1 if lag is None else lag,
-                    0.0,
-                )
-        unreachable = unreachable_voters(current, target, self._live_peers() | {self.id})
-        if unreachable is not None:
-            raise QuorumUnavailableError(
-                f"the current voters ({', '.join(sorted(current.voters))}) or the new ones "
-                f"({', '.join(sorted(target.voters))}) lack a majority that answered within "
-                f"{cfg.election_timeout_s_min} s (unreachable: {', '.join(sorted(unreachable))}); "
-                "bring them back first",
-                unreachable,
-            )
+        facts = LeaderFacts(
+            index=self._members.index,
+            commit=self.commit,
+            ready=self.leader_ready,
+            transfer_target=None if self.transfer is None else self.transfer.target,
+            caught_up={
+                v: (self.caught_up_for(v, now), self.lag(v))
+                for v in target.voters - current.all_voters
+            },
+            live=frozenset(self._live_peers() | {self.id}),
+        )
+        check_change(current, target, facts, self.config)
         entry = Entry(
             self.term, self.log.last_index + 1, next_step(current, target), EntryKind.CONFIG
         )
@@ -950,12 +835,10 @@ class RaftState:
             NotLeaderError: not the leader.
         """
         self._require_leader()
-        self._next_read_id += 1
         self.seq += 1
-        index = max(self.commit, self._term_start_index)
-        self._reads.append(_PendingRead(self._next_read_id, self.seq, index))
+        read_id = self._reads.add(self.seq, max(self.commit, self._term_start_index))
         self._confirm_reads()
-        return self._next_read_id
+        return read_id
 
     def _confirm_reads(self) -> None:
         if not self._reads or self.log.term(self.commit) != self.term:
@@ -965,14 +848,10 @@ class RaftState:
             return
         acked = {p: pr.acked_seq for p, pr in self.progress.items()}
         acked[self.id] = self.seq
-        quorum_seq = joint_committed_index(m, acked)
-        while self._reads and self._reads[0].seq <= quorum_seq:
-            r = self._reads.pop(0)
-            self._ready.confirmed_reads.append((r.read_id, r.index))
+        self._ready.confirmed_reads += self._reads.confirm(joint_committed_index(m, acked))
 
     def _fail_reads(self) -> None:
-        self._ready.failed_reads.extend(r.read_id for r in self._reads)
-        self._reads.clear()
+        self._ready.failed_reads += self._reads.fail_all()
 
     def next_append(self, peer: NodeId, now: float, heartbeat_due: bool) -> AppendRequest | None:
         """What the replicator for ``peer`` should send now, if anything; records it as sent.
@@ -1050,16 +929,4 @@ class RaftState:
     def _batch(self, start: int) -> tuple[list[Entry], int]:
         """Entries from ``start`` within the per-message limits, and their estimated size."""
         cfg = self.config
-        if not self.log.start_index < start <= self.log.last_index:
-            raise AssertionError(
-                f"{self.id}: batch from {start} outside the log "
-                f"({self.log.start_index + 1}..{self.log.last_index})"
-            )
-        entries = self.log.slice(start, start + cfg.max_entries_per_append)
-        size = 0
-        for i, e in enumerate(entries):
-            e_size = entry_size(e)
-            if size + e_size > cfg.max_bytes_per_append and i > 0:
-                return entries[:i], size
-            size += e_size
-        return entries, size
+        return self.log.batch(start, cfg.max_entries_per_append, cfg.max_bytes_per_append)
