@@ -50,3 +50,27 @@ def test_library_code_reads_no_wall_clock_and_no_global_random() -> None:
         text = path.read_text()
         for forbidden in ("time.time(", "time.monotonic(", "random.random(", "random.randint("):
             assert forbidden not in text, f"{path.relative_to(PACKAGE)} uses {forbidden}"
+
+
+def test_documented_constant_values_match_the_code() -> None:
+    """Every ``.. py:data::`` with a ``:value:`` in the reference pages shows the value the
+    code really has (a value written by hand goes stale when the code grows)."""
+    docs = pathlib.Path(__file__).parent.parent / "docs" / "source"
+    checked = 0
+    for page in sorted(docs.glob("reference*.rst")):
+        module: types.ModuleType | None = None
+        name: str | None = None
+        for line in page.read_text(encoding="utf-8").splitlines():
+            stripped = line.strip()
+            if stripped.startswith(".. module::"):
+                module = __import__(stripped.split("::")[1].strip(), fromlist=["_"])
+            elif stripped.startswith(".. py:data::"):
+                name = stripped.split("::")[1].strip()
+            elif stripped.startswith(":value:") and name is not None:
+                assert module is not None, f"{page.name}: {name} before any module directive"
+                documented = ast.literal_eval(stripped.removeprefix(":value:").strip())
+                actual = getattr(module, name)
+                assert documented == actual, f"{page.name}: {name} is documented as {documented!r}"
+                checked += 1
+                name = None
+    assert checked >= 2
