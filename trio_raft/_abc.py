@@ -24,7 +24,8 @@ class StateMachine(Protocol):
     command entry, in log order, from the node's applier task (never concurrently). If it raises
     an :class:`Exception` (say, for a malformed command), that exception is the command's outcome:
     it must leave the state unchanged, it is raised from the proposer's :meth:`Node.propose`, and
-    the node carries on. Snapshot and restore hooks arrive with log compaction.
+    the node carries on. Log compaction needs snapshots as well: see
+    :class:`SnapshottingStateMachine`.
     """
 
     def apply(self, command: object) -> object:
