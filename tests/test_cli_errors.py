@@ -8,6 +8,7 @@ The command line goes through the real parser; the async body runs in this trio 
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,7 +19,7 @@ import pytest
 import trio
 import trustme
 
-from trio_raft._cli import build_parser, parse_command_line, run_client_command
+from trio_raft._cli import build_parser, main, parse_command_line, run_client_command
 from trio_raft._cli_client import TOKEN_ENV
 from trio_raft._transport import open_websocket_transport
 
@@ -160,3 +161,30 @@ async def test_options_go_before_or_after_the_command(
             (tmp_path / "token").write_text(TOKEN)
             assert await run("status", "--url", where.tls, "--ca", str(where.ca), "--json") == 0
             assert json.loads(capsys.readouterr().out)["nodes"][0]["role"] == "leader"
+
+
+def test_cluster_refuses_ports_it_cannot_have(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["cluster", "--base-port", "65500"]) == 1
+    assert first_line(capsys) == (
+        "trio-raft cluster: --base-port 65500 puts the client ports up to 65603, past 65535; "
+        "use a base port of at most 65432"
+    )
+    assert main(["cluster", "--base-port", "70000"]) == 2
+    assert first_line(capsys) == (
+        f"{PROG} cluster: error: argument --base-port: must be a port between 1 and 65535, got "
+        f"70000 (see {PROG} cluster --help)"
+    )
+
+
+@pytest.mark.process  # the check binds the cluster's fixed ports
+def test_cluster_refuses_a_port_in_use(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as busy:  # port 0: the kernel's choice, free a moment ago
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["cluster", "--base-port", str(port - 1)]) == 1
+    assert first_line(capsys) == (
+        f"trio-raft cluster: port {port} (n1's peer port) is in use on 127.0.0.1 (Address "
+        "already in use): stop what uses it (another `trio-raft cluster`?) or pick another "
+        "--base-port"
+    )

@@ -72,27 +72,37 @@ def test_a_good_cluster_file_loads(tmp_path: Path) -> None:
         ("cluster_id = [", "not valid TOML"),
         (GOOD.replace("[nodes.n1]", "[nodes.n1]\ncolour = 2"), "in [nodes.n1]"),
         # [raft] values of the wrong type
-        (GOOD + '[raft]\nsnapshot_entries = "big"\n',
-         "[raft] snapshot_entries must be a whole number (e.g. snapshot_entries = 1000), "
-         "got 'big'"),
+        (
+            GOOD + '[raft]\nsnapshot_entries = "big"\n',
+            "[raft] snapshot_entries must be a whole number (e.g. snapshot_entries = 1000), "
+            "got 'big'",
+        ),
         (GOOD + "[raft]\nsnapshot_entries = 1.5\n", "snapshot_entries must be a whole number"),
         (GOOD + "[raft]\npre_vote = 1\n", "[raft] pre_vote must be true or false"),
         (GOOD + '[raft]\nheartbeat_s = "50ms"\n', "heartbeat_s must be a number of seconds"),
         # two nodes on one address
-        (GOOD + TWO.format(peer=7001, client=8002),
-         "nodes.n2.peer and nodes.n1.peer are both on 127.0.0.1:7001: give every node its own "
-         "peer port and client port"),
+        (
+            GOOD + TWO.format(peer=7001, client=8002),
+            "nodes.n2.peer and nodes.n1.peer are both on 127.0.0.1:7001: give every node its own "
+            "peer port and client port",
+        ),
         (GOOD + TWO.format(peer=7002, client=8001), "nodes.n2.client and nodes.n1.client"),
         (GOOD + TWO.format(peer=8002, client=8002), "nodes.n2.client and nodes.n2.peer"),
         # ids too long for the wire format
         (GOOD.replace("[nodes.n1]", f"[nodes.{'n' * 129}]"), "ids are 1 to 128"),
-        (GOOD.replace('cluster_id = "t"', f'cluster_id = "{"c" * 129}"'),
-         "cluster_id must be at most 128 characters, got 129"),
+        (
+            GOOD.replace('cluster_id = "t"', f'cluster_id = "{"c" * 129}"'),
+            "cluster_id must be at most 128 characters, got 129",
+        ),
         # tokens too short to resist guessing
-        (GOOD.replace("cluster_id", 'token = "x"\ncluster_id'),
-         "token must be at least 16 characters, got 1; generate one"),
-        (GOOD.replace("cluster_id", 'admin_token = "short"\ncluster_id'),
-         "admin_token must be at least 16 characters"),
+        (
+            GOOD.replace("cluster_id", 'token = "x"\ncluster_id'),
+            "token must be at least 16 characters, got 1; generate one",
+        ),
+        (
+            GOOD.replace("cluster_id", 'admin_token = "short"\ncluster_id'),
+            "admin_token must be at least 16 characters",
+        ),
     ],
 )
 def test_cluster_file_mistakes_are_explained(tmp_path: Path, text: str, expected: str) -> None:

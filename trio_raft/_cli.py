@@ -51,7 +51,7 @@ from ._cli_status import query_statuses
 from ._demo import MAX_NODES, MIN_NODES, run_demo
 from ._errors import RaftError
 from ._join import JoinOptions
-from ._local_cluster import render, run_local_cluster
+from ._local_cluster import PortError, check_ports, render, run_local_cluster
 from ._serve import ClusterFile, ConfigError, explain, load_cluster_file, serve
 from ._version import __version__
 from .kv import KVError, open_client
@@ -128,8 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _port(text: str) -> int:
     value = _seed(text)
-    if not 1 <= value <= 65000:
-        raise argparse.ArgumentTypeError(f"must be a port between 1 and 65000, got {value}")
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port between 1 and 65535, got {value}")
     return value
 
 
@@ -180,7 +180,8 @@ def _add_real_commands(commands: argparse._SubParsersAction[OneLineParser]) -> N
         type=Path,
         default=None,
         metavar="DIR",
-        help="keep the cluster file, logs and data here (default: a temp dir)",
+        help="keep the cluster file, logs and data here (default: a new temporary directory, "
+        "whose data is deleted at the end but whose cluster file and logs are kept)",
     )
     cluster.add_argument(
         "--duration",
@@ -378,6 +379,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return _run_serve(args)
         if args.command == "cluster":
+            try:
+                check_ports(args.nodes, args.base_port)
+            except PortError as exc:
+                print(f"trio-raft cluster: {exc}", file=sys.stderr)
+                return EXIT_FAILED
             ok = trio.run(
                 partial(
                     run_local_cluster, args.nodes, directory=args.dir, base_port=args.base_port,
