@@ -110,6 +110,9 @@ CASES = [
      "trio-raft member list: {tls}: certificate verify failed: "
      "unable to get local issuer certificate; pass its CA with --ca PEM, or --config FILE "
      "with a [tls] table"),
+    (["kv", "get", "k", "--url", "wss://127.0.0.1:{kv_port}/kv"], 1,
+     "trio-raft kv get: wss://127.0.0.1:{kv_port}/kv: TLS handshake failed (WRONG_VERSION_NUMBER):"
+     " does the node serve ws://? use ws://127.0.0.1:{kv_port}/kv"),
     (["kv", "get", "k", "--url", "{tls}", "--ca", "{tmp}/missing.pem"], 1,
      "trio-raft kv get: cannot read --ca {tmp}/missing.pem: no such file; pass the CA's PEM file"),
     (["kv", "get", "k", "--url", "{kv}", "--token-file", "{tmp}/none"], 1,
