@@ -66,6 +66,14 @@ async def endpoints(tmp_path: Path) -> AsyncIterator[Endpoints]:
         )  # fmt: skip
 
 
+async def closed_port() -> int:
+    """A port nothing listens on (bound by the kernel's choice, then closed)."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port: int = listeners[0].socket.getsockname()[1]
+    await listeners[0].aclose()
+    return port
+
+
 def first_line(capsys: pytest.CaptureFixture[str]) -> str:
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -113,6 +121,9 @@ CASES = [
     (["kv", "get", "k", "--url", "wss://127.0.0.1:{kv_port}/kv"], 1,
      "trio-raft kv get: wss://127.0.0.1:{kv_port}/kv: TLS handshake failed (WRONG_VERSION_NUMBER):"
      " does the node serve ws://? use ws://127.0.0.1:{kv_port}/kv"),
+    (["kv", "put", "k", "v", "--url", "ws://127.0.0.1:{closed}/kv", "--timeout", "0.3"], 1,
+     "trio-raft kv put: put 'k': no answer in time (last: ws://127.0.0.1:{closed}/kv: cannot "
+     "connect"),
     (["kv", "get", "k", "--url", "{tls}", "--ca", "{tmp}/missing.pem"], 1,
      "trio-raft kv get: cannot read --ca {tmp}/missing.pem: no such file; pass the CA's PEM file"),
     (["kv", "get", "k", "--url", "{kv}", "--token-file", "{tmp}/none"], 1,
@@ -134,7 +145,7 @@ async def test_every_client_error_is_one_line_that_says_what_to_do(
             fill = {
                 "kv": where.kv, "kv_port": where.kv.split(":")[2].split("/")[0],
                 "peer": str(where.peer_port), "tls": where.tls, "tmp": str(tmp_path),
-                "prog": PROG,
+                "prog": PROG, "closed": await closed_port(),
             }  # fmt: skip
             for argv, code, expected in CASES:
                 filled = [arg.format(**fill) for arg in argv]

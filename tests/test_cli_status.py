@@ -12,16 +12,9 @@ import trio
 from trio_raft._cli_client import TOKEN_ENV
 
 from .kv.test_server_client import TEST_S, kv_cluster
-from .test_cli_errors import first_line, run
+from .test_cli_errors import closed_port, first_line, run
 
 TOKEN = "a-client-token-of-24-chr"
-
-
-async def closed_port() -> int:
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port: int = listeners[0].socket.getsockname()[1]
-    await listeners[0].aclose()
-    return port
 
 
 async def test_status_reads_the_cluster_file_and_prints_json(

@@ -462,5 +462,7 @@ def explain_client_error(exc: BaseException, *, admin: bool) -> str:
             )
         return f"{exc}; pass the cluster's token (--token-file FILE, ${TOKEN_ENV} or --config FILE)"
     if isinstance(exc, KVTimeoutError):
-        return f"{exc}; raise --timeout if the cluster is slow or electing"
+        # The client's message speaks of its timeout_s argument: the command's is --timeout.
+        text = " ".join(str(exc).split()).replace("raise timeout_s", "raise --timeout")
+        return text if "--timeout" in text else f"{text}; raise --timeout if the cluster is slow"
     return " ".join(str(exc).split()) or type(exc).__name__
