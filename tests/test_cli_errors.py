@@ -105,6 +105,9 @@ CASES = [
     (["--url", "{kv}", "demo"], 2,
      "{prog}: error: --url go with the client commands (kv, status, member, transfer-leader), "
      "not demo (see {prog} --help)"),
+    (["--json", "kv", "get", "k", "--url", "{kv}"], 2,
+     "{prog}: error: --json go with status, member and transfer-leader, not kv "
+     "(see {prog} --help)"),
     (["kv", "get", "k", "--url", "ws://127.0.0.1:{kv_port}/wrong"], 1,
      "trio-raft kv get: ws://127.0.0.1:{kv_port}/wrong: no KV service at /wrong: use "
      "ws://127.0.0.1:{kv_port}/kv"),

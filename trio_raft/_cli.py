@@ -353,9 +353,12 @@ def parse_command_line(argv: Sequence[str] | None) -> argparse.Namespace | int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     misplaced = misplaced_options(args)
     if misplaced:
+        takers = "the client commands (kv, status, member, transfer-leader)"
+        if args.command == "kv":
+            takers = "status, member and transfer-leader"
         print(
-            f"{parser.prog}: error: {', '.join(misplaced)} go with the client commands (kv, "
-            f"status, member, transfer-leader), not {args.command} (see {parser.prog} --help)",
+            f"{parser.prog}: error: {', '.join(misplaced)} go with {takers}, not {args.command} "
+            f"(see {parser.prog} --help)",
             file=sys.stderr,
         )
         return EXIT_USAGE

@@ -160,7 +160,9 @@ def option(args: argparse.Namespace, name: str, default: object = None) -> objec
 
 
 def misplaced_options(args: argparse.Namespace) -> list[str]:
-    """The client options given to a command that is not a client command."""
+    """The client options given to a command that does not take them (``--json`` to ``kv``)."""
+    if args.command == "kv":
+        return ["--json"] if hasattr(args, "json") else []
     if args.command in CLIENT_COMMANDS:
         return []
     own = {"serve": {"config"}}.get(args.command, set())  # serve --config is its own option
