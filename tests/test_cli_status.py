@@ -4,15 +4,18 @@ down node reported at once (not after the timeout). In-process, port 0."""
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
 
 from trio_raft._cli_client import TOKEN_ENV
+from trio_raft.kv import open_client
 
 from .kv.test_server_client import TEST_S, kv_cluster
 from .test_cli_errors import closed_port, first_line, run
+from .test_cli_member import PEER
 
 TOKEN = "a-client-token-of-24-chr"
 
@@ -68,3 +71,30 @@ async def test_status_reads_the_cluster_file_and_prints_json(
             # Without a token the nodes refuse, and say what to pass.
             assert await run("status", "--url", cluster.urls["n1"]) == 1
             assert "pass the cluster's token (--token-file FILE" in first_line(capsys)
+
+
+async def test_status_from_the_file_finds_members_that_joined_later(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with trio.fail_after(3 * TEST_S):
+        async with kv_cluster() as cluster, trio.open_nursery() as nursery:
+            await nursery.start(partial(cluster.run_node, "n4", {}, join=True))
+            async with open_client(list(cluster.urls.values())) as kv:
+                await kv.add_learner("n4", peer=PEER, client=cluster.urls["n4"])
+            await cluster.nodes["n4"].wait_status(lambda s: s.membership is not None)
+            lines = ['cluster_id = "t"\nsecret = "0123456789abcdef0123"']
+            for i, node_id in enumerate(("n1", "n2", "n3"), 1):  # the bootstrap members only
+                url = cluster.urls[node_id]
+                lines.append(
+                    f'[nodes.{node_id}]\npeer = "ws://127.0.0.1:{i}/raft"\nclient = "{url}"'
+                )
+            path = tmp_path / "cluster.toml"
+            path.write_text("\n".join(lines) + "\n")
+            capsys.readouterr()
+            assert await run("status", "--config", str(path), "--json") == 0
+            view = json.loads(capsys.readouterr().out)
+            assert [n["id"] for n in view["nodes"]] == ["n1", "n2", "n3", "n4"]
+            assert view["nodes"][3]["role"] == "learner"
+            assert view["nodes"][3]["url"] == cluster.urls["n4"]
+            assert view["configuration"]["learners"] == ["n4"]
+            nursery.cancel_scope.cancel()

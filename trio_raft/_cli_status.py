@@ -1,4 +1,5 @@
-"""``trio-raft status``: every node asked at once, each within the command's timeout.
+"""``trio-raft status``: every node asked at once, each within the command's timeout (with a
+cluster file, also the members that joined later).
 
 ``--json`` prints one object with these keys (stable: new keys may be added, none removed or
 changed in meaning)::
@@ -43,6 +44,7 @@ import trio
 
 from ._cli_client import Target, explain_client_error, probe
 from .kv import KVError, open_client
+from .kv._protocol import client_url
 
 STATUS_KEYS: Final = ("role", "term", "commit", "applied", "last_index")
 
@@ -123,18 +125,57 @@ def _lag(leader: Mapping[str, object] | None, node_id: str | None) -> int | None
 
 
 async def query_statuses(where: Target) -> StatusView:
-    """Ask every URL of ``where`` for its status at once, each within ``where.timeout_s``."""
-    answers: list[NodeAnswer | None] = [None] * len(where.urls)
+    """Ask every URL of ``where`` for its status at once, each within ``where.timeout_s``.
+
+    With a cluster file, the members the leader's configuration lists but the file does not
+    (nodes that joined later) are asked too, at the client URLs of their addresses.
+    """
+    answers = await _query_all(where, list(zip(where.urls, where.ids, strict=False)))
+    view = StatusView(answers)
+    leader = view.leader()
+    if where.cluster is None or leader is None:
+        return view
+    members: set[str] = set()
+    for key in ("voters", "learners"):
+        ids = leader.get(key)
+        if isinstance(ids, list):
+            members.update(map(str, ids))
+    missing = members - {a.id for a in answers}
+    if not missing:
+        return view
+    leader_url = next(a.url for a in answers if a.status is leader)
+    with trio.move_on_after(where.timeout_s):
+        try:
+            async with open_client(
+                [leader_url],
+                token=where.token,
+                timeout_s=where.timeout_s,
+                ssl_context=where.ssl_context,
+            ) as kv:
+                configuration = await kv.members()
+        except (KVError, OSError):
+            return view
+        more: list[tuple[str, str | None]] = []
+        for key in ("voters", "learners"):
+            group = configuration.get(key)
+            for node_id, address in group.items() if isinstance(group, dict) else ():
+                url = client_url(address)
+                if str(node_id) in missing and url is not None:
+                    more.append((url, str(node_id)))
+        view = StatusView(answers + await _query_all(where, sorted(more, key=lambda m: m[1] or "")))
+    return view
+
+
+async def _query_all(where: Target, nodes: list[tuple[str, str | None]]) -> tuple[NodeAnswer, ...]:
+    answers: list[NodeAnswer | None] = [None] * len(nodes)
 
     async def one(i: int) -> None:
-        url = where.urls[i]
-        node_id = where.ids[i] if i < len(where.ids) else None
-        answers[i] = await _query(where, url, node_id)
+        answers[i] = await _query(where, *nodes[i])
 
     async with trio.open_nursery() as nursery:
-        for i in range(len(where.urls)):
+        for i in range(len(nodes)):
             nursery.start_soon(one, i)
-    return StatusView(tuple(a for a in answers if a is not None))
+    return tuple(a for a in answers if a is not None)
 
 
 async def _query(where: Target, url: str, node_id: str | None) -> NodeAnswer:
