@@ -92,6 +92,9 @@ CASES = [
     (["member", "list", "--url", "tcp://h:1"], 2,
      "{prog} member list: error: argument --url: 'tcp://h:1' is not a WebSocket URL: "
      "use ws://h:1/kv (wss:// with TLS) (see {prog} member list --help)"),
+    (["member", "add", "n5", "--peer", "10.0.0.5:7100", "--client", "ws://h:1/kv"], 2,
+     "{prog} member add: error: argument --peer: '10.0.0.5:7100' is not a URL: use "
+     "ws://10.0.0.5:7100/raft (the node's peer URL) (see {prog} member add --help)"),
     (["kv", "--url", "{kv}", "--timeout", "-1", "get", "k"], 2,
      "{prog} kv: error: argument --timeout: must be a positive number of seconds, got -1 "
      "(see {prog} kv --help)"),

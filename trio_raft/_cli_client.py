@@ -82,28 +82,37 @@ def url_argument(text: str) -> str:
     return text
 
 
-def suggest_url(text: str) -> str | None:
+def peer_url_argument(text: str) -> str:
+    """An argparse type: a node's peer URL, or a one-line hint at the right form."""
+    suggestion = suggest_url(text, "/raft", "peer")
+    if suggestion is not None:
+        raise argparse.ArgumentTypeError(suggestion)
+    return text
+
+
+def suggest_url(text: str, path: str = "/kv", kind: str = "client") -> str | None:
     """None if ``text`` is a ``ws://`` or ``wss://`` URL with a host and a valid port, else
-    what is wrong and the URL to use instead."""
+    what is wrong and the URL to use instead (a ``kind`` URL, whose usual path is ``path``)."""
+    form = f"ws://host:port{path}"
     if "://" not in text:
         hostport = text.strip("/") or "host:port"
-        return f"{text!r} is not a URL: use ws://{hostport}/kv (the node's client URL)"
+        return f"{text!r} is not a URL: use ws://{hostport}{path} (the node's {kind} URL)"
     parts = urllib.parse.urlsplit(text)
     try:
         port = parts.port
     except ValueError:
-        return f"{text!r} has no valid port: use ws://host:port/kv with a port of 1 to 65535"
+        return f"{text!r} has no valid port: use {form} with a port of 1 to 65535"
     netloc = parts.netloc or "host:port"
-    path = parts.path if parts.path not in ("", "/") else "/kv"
+    given = parts.path if parts.path not in ("", "/") else path
     if parts.scheme in ("http", "https"):
         scheme = "wss" if parts.scheme == "https" else "ws"
-        return f"{text!r} is an HTTP URL: use {scheme}://{netloc}{path} (a WebSocket URL)"
+        return f"{text!r} is an HTTP URL: use {scheme}://{netloc}{given} (a WebSocket URL)"
     if parts.scheme not in ("ws", "wss"):
-        return f"{text!r} is not a WebSocket URL: use ws://{netloc}/kv (wss:// with TLS)"
+        return f"{text!r} is not a WebSocket URL: use ws://{netloc}{path} (wss:// with TLS)"
     if not parts.hostname:
-        return f"{text!r} has no host: use ws://host:port/kv"
+        return f"{text!r} has no host: use {form}"
     if port == 0:
-        return f"{text!r} has port 0: use the node's client port"
+        return f"{text!r} has port 0: use the node's {kind} port"
     return None
 
 

@@ -21,6 +21,7 @@ from ._cli_client import (
     OneLineParser,
     add_client_options,
     check_urls,
+    peer_url_argument,
     report,
     seconds_argument,
     target,
@@ -70,7 +71,9 @@ def add_member_commands(commands: argparse._SubParsersAction[OneLineParser]) -> 
         "With --voter, promote it once it has caught up.",
     )
     add.add_argument("id", metavar="ID")
-    add.add_argument("--peer", required=True, type=url_argument, metavar="URL", help="its Raft URL")
+    add.add_argument(
+        "--peer", required=True, type=peer_url_argument, metavar="URL", help="its Raft URL"
+    )
     add.add_argument("--client", required=True, type=url_argument, metavar="URL", help="its KV URL")
     add.add_argument("--voter", action="store_true", help="then promote it")
     _catch_up_option(add)
