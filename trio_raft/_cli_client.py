@@ -434,18 +434,20 @@ def _client_port_hint(cluster: ClusterFile | None, port: int) -> str:
 
 
 async def check_urls(target: Target) -> list[Verdict]:
-    """Probe every URL of ``target`` at once, for at most :data:`PROBE_S` (an unfinished probe
-    counts as ok: the command then finds out).
+    """Probe every URL of ``target`` at once, each for at most :data:`PROBE_S` (or the
+    command's timeout, if shorter; the peer-port check may take a second probe). A probe that
+    does not finish counts as ok: the command then finds out.
 
     Raises:
         CliError: a URL is definitely wrong (the first such, in the order given).
     """
     verdicts = [Verdict(True)] * len(target.urls)
+    bound = min(PROBE_S, target.timeout_s)
 
     async def one(i: int) -> None:
-        verdicts[i] = await probe(target.urls[i], target.ssl_context, target.cluster)
+        verdicts[i] = await probe(target.urls[i], target.ssl_context, target.cluster, bound)
 
-    with trio.move_on_after(PROBE_S * 2):
+    with trio.move_on_after(bound * 2):
         async with trio.open_nursery() as nursery:
             for i in range(len(target.urls)):
                 nursery.start_soon(one, i)
