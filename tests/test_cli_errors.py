@@ -20,7 +20,7 @@ import trio
 import trustme
 
 from trio_raft._cli import build_parser, main, parse_command_line, run_client_command
-from trio_raft._cli_client import TOKEN_ENV
+from trio_raft._cli_client import TOKEN_ENV, target
 from trio_raft._transport import open_websocket_transport
 
 from .kv.test_server_client import TEST_S, kv_cluster
@@ -208,3 +208,37 @@ def test_cluster_refuses_a_port_in_use(capsys: pytest.CaptureFixture[str]) -> No
         "already in use): stop what uses it (another `trio-raft cluster`?) or pick another "
         "--base-port"
     )
+
+
+def test_where_the_token_comes_from(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "token").write_text("from-the-token-file\n")
+    (tmp_path / "token").chmod(0o644)
+    (tmp_path / "cluster.toml").write_text(
+        'cluster_id = "t"\nsecret = "0123456789abcdef0123"\ntoken = "from-the-cluster-file"\n'
+        'admin_token = "the-admin-token-in-the-file"\n'
+        '[nodes.n1]\npeer = "ws://127.0.0.1:7001/raft"\nclient = "ws://127.0.0.1:8001/kv"\n'
+    )
+
+    def token(*argv: str, admin: bool = False) -> str | None:
+        args = parse_command_line(["status", *argv])
+        assert not isinstance(args, int)
+        return target(args, admin=admin).token
+
+    config = ("--config", str(tmp_path / "cluster.toml"))
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    assert token(*config) == "from-the-cluster-file"
+    assert token(*config, admin=True) == "the-admin-token-in-the-file"
+    args = parse_command_line(["status", *config])
+    assert not isinstance(args, int)
+    assert target(args, admin=False).urls == ("ws://127.0.0.1:8001/kv",)
+    monkeypatch.setenv(TOKEN_ENV, "from-the-environment")
+    assert token(*config) == "from-the-environment"
+    capsys.readouterr()
+    assert token(*config, "--token-file", str(tmp_path / "token")) == "from-the-token-file"
+    assert first_line(capsys) == (
+        f"trio-raft: warning: --token-file {tmp_path / 'token'} is readable by every user; "
+        "chmod 600 it"
+    )
+    assert token(*config, "--token-file", str(tmp_path / "token"), "--token", "given") == "given"
