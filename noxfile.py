@@ -9,6 +9,9 @@ or ``TRIO_RAFT_SEEDS=50 nox -s sim -- -x``. ``nox -s hypothesis`` runs the prope
 The suite is split in two by the ``process`` marker: ``tests`` runs everything else (virtual
 time, in-process, port 0), ``processes`` the tests that start OS processes or bind fixed ports
 (real time, real sockets; see ``tests/_ports.py`` and ``tests/_process_guard.py``).
+
+``nox -s tests_all_pythons`` (optional, not in CI) runs the ``tests`` session on every
+supported Python (3.11, 3.12, 3.13) found on the PATH.
 """
 
 from __future__ import annotations
@@ -49,6 +52,15 @@ def _install(session: nox.Session, *extras: str, project: bool = True) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the test suite on two workers (pytest-xdist), except the tests marked ``process``."""
+    _install(session, "test")
+    session.run("pytest", "-n", "2", "-m", "not process", *session.posargs)
+
+
+@nox.session(python=["3.11", "3.12", "3.13"])
+def tests_all_pythons(session: nox.Session) -> None:
+    """Optional, not run by CI (its time is capped): the ``tests`` session's tests on each
+    supported Python that is installed (``nox -s tests_all_pythons-3.13`` picks one); a
+    missing interpreter is skipped."""
     _install(session, "test")
     session.run("pytest", "-n", "2", "-m", "not process", *session.posargs)
 

@@ -39,6 +39,13 @@ client = "ws://127.0.0.1:8001/kv"
 """
 
 
+TWO = """
+[nodes.n2]
+peer = "ws://127.0.0.1:{peer}/raft"
+client = "ws://127.0.0.1:{client}/kv"
+"""
+
+
 def _write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "cluster.toml"
     path.write_text(text)
@@ -64,6 +71,38 @@ def test_a_good_cluster_file_loads(tmp_path: Path) -> None:
         (GOOD + "[raft]\nheartbeat_s = 1.0\n", "heartbeat_s"),
         ("cluster_id = [", "not valid TOML"),
         (GOOD.replace("[nodes.n1]", "[nodes.n1]\ncolour = 2"), "in [nodes.n1]"),
+        # [raft] values of the wrong type
+        (
+            GOOD + '[raft]\nsnapshot_entries = "big"\n',
+            "[raft] snapshot_entries must be a whole number (e.g. snapshot_entries = 1000), "
+            "got 'big'",
+        ),
+        (GOOD + "[raft]\nsnapshot_entries = 1.5\n", "snapshot_entries must be a whole number"),
+        (GOOD + "[raft]\npre_vote = 1\n", "[raft] pre_vote must be true or false"),
+        (GOOD + '[raft]\nheartbeat_s = "50ms"\n', "heartbeat_s must be a number of seconds"),
+        # two nodes on one address
+        (
+            GOOD + TWO.format(peer=7001, client=8002),
+            "nodes.n2.peer and nodes.n1.peer are both on 127.0.0.1:7001: give every node its own "
+            "peer port and client port",
+        ),
+        (GOOD + TWO.format(peer=7002, client=8001), "nodes.n2.client and nodes.n1.client"),
+        (GOOD + TWO.format(peer=8002, client=8002), "nodes.n2.client and nodes.n2.peer"),
+        # ids too long for the wire format
+        (GOOD.replace("[nodes.n1]", f"[nodes.{'n' * 129}]"), "ids are 1 to 128"),
+        (
+            GOOD.replace('cluster_id = "t"', f'cluster_id = "{"c" * 129}"'),
+            "cluster_id must be at most 128 characters, got 129",
+        ),
+        # tokens too short to resist guessing
+        (
+            GOOD.replace("cluster_id", 'token = "x"\ncluster_id'),
+            "token must be at least 16 characters, got 1; generate one",
+        ),
+        (
+            GOOD.replace("cluster_id", 'admin_token = "short"\ncluster_id'),
+            "admin_token must be at least 16 characters",
+        ),
     ],
 )
 def test_cluster_file_mistakes_are_explained(tmp_path: Path, text: str, expected: str) -> None:
@@ -73,10 +112,28 @@ def test_cluster_file_mistakes_are_explained(tmp_path: Path, text: str, expected
     assert str(tmp_path / "cluster.toml") in str(info.value)
 
 
+def test_a_world_readable_secret_file_is_warned_about(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("0123456789abcdef0123\n")
+    text = GOOD.replace('secret = "0123456789abcdef0123"', 'secret_file = "secret"')
+    secret.chmod(0o644)
+    assert load_cluster_file(_write(tmp_path, text)).secret == b"0123456789abcdef0123"
+    assert capsys.readouterr().err == (
+        f"trio-raft: warning: {tmp_path / 'cluster.toml'}: secret_file 'secret' is readable by "
+        f"every user of this machine; chmod 600 {secret}\n"
+    )
+    secret.chmod(0o600)
+    load_cluster_file(_write(tmp_path, text))
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.process
 def test_serve_reports_a_port_in_use(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     port, client_port = _ports.allocate(2)
     with socket.socket() as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past an earlier TIME_WAIT
         busy.bind(("127.0.0.1", port))
         busy.listen()
         text = GOOD.replace("7001", str(port)).replace("8001", str(client_port))

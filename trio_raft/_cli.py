@@ -25,9 +25,9 @@ error (argparse prints what is wrong), 130 when interrupted with Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
-import ssl
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -35,11 +35,23 @@ from pathlib import Path
 
 import trio
 
+from ._cli_client import (
+    TOKEN_ENV,
+    CliError,
+    OneLineParser,
+    Target,
+    add_client_options,
+    check_urls,
+    misplaced_options,
+    report,
+    target,
+)
 from ._cli_member import add_member_commands, configuration_line, run_member_command
+from ._cli_status import query_statuses
 from ._demo import MAX_NODES, MIN_NODES, run_demo
 from ._errors import RaftError
 from ._join import JoinOptions
-from ._local_cluster import render, run_local_cluster
+from ._local_cluster import PortError, check_ports, render, run_local_cluster
 from ._serve import ClusterFile, ConfigError, explain, load_cluster_file, serve
 from ._version import __version__
 from .kv import KVError, open_client
@@ -81,11 +93,16 @@ def _prog() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``trio-raft`` command."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=_prog(),
         description="Raft consensus for trio applications.",
+        epilog="The client commands (kv, status, member, transfer-leader) read where the "
+        "cluster is from --config FILE or --url URL, and the token from --token-file FILE, "
+        f"${TOKEN_ENV} or the cluster file; these options may come before or after the "
+        "command.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    add_client_options(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     demo = commands.add_parser(
         "demo",
@@ -111,12 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _port(text: str) -> int:
     value = _seed(text)
-    if not 1 <= value <= 65000:
-        raise argparse.ArgumentTypeError(f"must be a port between 1 and 65000, got {value}")
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port between 1 and 65535, got {value}")
     return value
 
 
-def _add_real_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_real_commands(commands: argparse._SubParsersAction[OneLineParser]) -> None:
     serve = commands.add_parser(
         "serve",
         help="run one node of a cluster described by a cluster file",
@@ -163,7 +180,8 @@ def _add_real_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         type=Path,
         default=None,
         metavar="DIR",
-        help="keep the cluster file, logs and data here (default: a temp dir)",
+        help="keep the cluster file, logs and data here (default: a new temporary directory, "
+        "whose data is deleted at the end but whose cluster file and logs are kept)",
     )
     cluster.add_argument(
         "--duration",
@@ -174,52 +192,60 @@ def _add_real_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     )
     cluster.add_argument("--demo", action="store_true", help="run the scripted tour and exit")
 
-    def client_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--url",
-            action="append",
-            required=True,
-            metavar="URL",
-            help="a node's client URL, ws://host:port/kv (repeat for several)",
-        )
-        p.add_argument("--token", default=None, help="the cluster's client token, if any")
-        p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS")
-        p.add_argument(
-            "--ca",
-            type=Path,
-            default=None,
-            metavar="PEM",
-            help="trust this CA for wss:// URLs (default: the system's CAs)",
-        )
-
-    kv = commands.add_parser("kv", help="read and write keys of a running cluster")
-    client_options(kv)
+    kv = commands.add_parser(
+        "kv",
+        help="read and write keys of a running cluster",
+        description="get / put / delete / cas / list. Exits 0 when done, 1 when the key is "
+        "absent (get), the value differs (cas) or the cluster failed to answer.",
+    )
+    add_client_options(kv, json=False)
     ops = kv.add_subparsers(dest="op", metavar="OP", required=True)
-    ops.add_parser("get", help="print a key's value").add_argument("key")
+    get = ops.add_parser("get", help="print a key's value")
+    get.add_argument("key")
     put = ops.add_parser("put", help="set a key")
     put.add_argument("key")
     put.add_argument("value")
-    ops.add_parser("delete", help="remove a key").add_argument("key")
+    delete = ops.add_parser("delete", help="remove a key")
+    delete.add_argument("key")
     cas = ops.add_parser("cas", help="set KEY to NEW if it is EXPECTED ('-' means absent)")
     cas.add_argument("key")
     cas.add_argument("expected")
     cas.add_argument("new")
     listing = ops.add_parser("list", help="list keys with a prefix")
     listing.add_argument("prefix", nargs="?", default="")
-    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--limit", type=_positive, default=100)
+    for op in (get, put, delete, cas, listing):
+        add_client_options(op, json=False)
 
-    status = commands.add_parser("status", help="show each node's role, term and progress")
-    client_options(status)
+    status = commands.add_parser(
+        "status",
+        help="show each node's role, term and progress",
+        description="Ask every node at once (each within --timeout) for its status. Exits 0 "
+        "if every node answered, 1 otherwise (the nodes that did not are shown as down).",
+    )
+    add_client_options(status)
     add_member_commands(commands)
 
 
-def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
-    return ssl.create_default_context(cafile=str(args.ca)) if args.ca else None
+def _positive(text: str) -> int:
+    value = _seed(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 async def _kv_command(args: argparse.Namespace) -> int:
+    try:
+        where = target(args, admin=False)
+        await check_urls(where)
+        return await _kv_op(args, where)
+    except (CliError, KVError, OSError) as exc:
+        return report(f"kv {args.op}", exc, admin=False)
+
+
+async def _kv_op(args: argparse.Namespace, where: Target) -> int:
     async with open_client(
-        args.url, token=args.token, timeout_s=args.timeout, ssl_context=_tls(args)
+        where.urls, token=where.token, timeout_s=where.timeout_s, ssl_context=where.ssl_context
     ) as kv:
         if args.op == "get":
             value = await kv.get(args.key)
@@ -243,22 +269,31 @@ async def _kv_command(args: argparse.Namespace) -> int:
 
 
 async def _status_command(args: argparse.Namespace) -> int:
-    statuses: dict[str, dict[str, object] | None] = {}
-    for url in args.url:
-        try:
-            async with open_client(
-                [url], token=args.token, timeout_s=args.timeout, ssl_context=_tls(args)
-            ) as kv:
-                status = await kv.status()
-            statuses[str(status["node"])] = status
-        except (KVError, OSError) as exc:
-            statuses[url] = None
-            print(f"{url}: no answer ({exc})", file=sys.stderr)
-    print(render(statuses))
-    configuration = configuration_line(statuses)
-    if configuration is not None:
-        print(configuration)
-    return EXIT_OK if all(statuses.values()) else EXIT_FAILED
+    try:
+        where = target(args, admin=False)
+    except CliError as exc:
+        return report("status", exc, admin=False)
+    view = await query_statuses(where)
+    for problem in view.problems:
+        print(f"trio-raft status: {problem}", file=sys.stderr)
+    if where.json:
+        print(json.dumps(view.as_json(), sort_keys=True))
+    else:
+        print(render(view.by_node()))
+        configuration = configuration_line(view.by_node())
+        if configuration is not None:
+            print(configuration)
+    return EXIT_OK if not view.problems else EXIT_FAILED
+
+
+async def run_client_command(args: argparse.Namespace) -> int:
+    """Run a parsed client command (``kv``, ``status``, ``member``, ``transfer-leader``) in
+    the current trio run; return its exit code (its errors are printed, one line each)."""
+    if args.command in ("member", "transfer-leader"):
+        return await run_member_command(args)
+    if args.command == "kv":
+        return await _kv_command(args)
+    return await _status_command(args)
 
 
 def _join_options(args: argparse.Namespace, cluster: ClusterFile) -> JoinOptions | None:
@@ -308,6 +343,28 @@ def _run_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def parse_command_line(argv: Sequence[str] | None) -> argparse.Namespace | int:
+    """The parsed command line, or the exit code if parsing ended the command (``--help``,
+    ``--version``, or a usage error, printed as one line)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    misplaced = misplaced_options(args)
+    if misplaced:
+        takers = "the client commands (kv, status, member, transfer-leader)"
+        if args.command == "kv":
+            takers = "status, member and transfer-leader"
+        print(
+            f"{parser.prog}: error: {', '.join(misplaced)} go with {takers}, not {args.command} "
+            f"(see {parser.prog} --help)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``trio-raft`` command with ``argv`` (``sys.argv[1:]`` by default).
 
@@ -315,11 +372,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit code: 0 on success, 1 if the command failed, 2 for a usage error (after
         argparse printed the problem to standard error), 130 on Ctrl-C.
     """
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, --version, or a usage error already printed
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    args = parse_command_line(argv)
+    if isinstance(args, int):
+        return args
     try:
         if args.command == "demo":
             ok = run_demo(seed=args.seed, nodes=args.nodes)
@@ -327,6 +382,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return _run_serve(args)
         if args.command == "cluster":
+            try:
+                check_ports(args.nodes, args.base_port)
+            except PortError as exc:
+                print(f"trio-raft cluster: {exc}", file=sys.stderr)
+                return EXIT_FAILED
             ok = trio.run(
                 partial(
                     run_local_cluster, args.nodes, directory=args.dir, base_port=args.base_port,
@@ -334,16 +394,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )  # fmt: skip
             return EXIT_OK if ok else EXIT_FAILED
-        if args.command in ("member", "transfer-leader"):
-            return trio.run(run_member_command, args)
-        try:
-            if args.command == "kv":
-                return trio.run(_kv_command, args)
-            return trio.run(_status_command, args)
-        except RaftError as exc:
-            print(f"trio-raft {args.command}: {exc}", file=sys.stderr)
-            return EXIT_FAILED
+        return trio.run(run_client_command, args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    parser.error(f"unknown command {args.command!r}")  # unreachable: argparse checks choices
+    except BrokenPipeError:  # e.g. `trio-raft status --json | head -c 100`: the reader left
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the exit's flush does not fail again
+        return EXIT_FAILED

@@ -10,25 +10,31 @@ from __future__ import annotations
 
 import argparse
 import json
-import ssl
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Final
 
 import trio
 
+from ._cli_client import (
+    CliError,
+    OneLineParser,
+    add_client_options,
+    check_urls,
+    peer_url_argument,
+    report,
+    seconds_argument,
+    target,
+    url_argument,
+)
 from ._config import Config
 from .kv import (
-    KVAuthError,
     KVClient,
     KVError,
-    KVTimeoutError,
     MembershipRefusedError,
     TransferFailedError,
     open_client,
 )
-from .kv._protocol import check_url
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -46,50 +52,7 @@ _HINTS: Final = {
 }
 
 
-def _url(text: str) -> str:
-    try:
-        return check_url(text, "--url")
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
-    return value
-
-
-def client_options(parser: argparse.ArgumentParser) -> None:
-    """The options every membership command takes: where the cluster is, how to reach it."""
-    parser.add_argument(
-        "--url",
-        action="append",
-        required=True,
-        type=_url,
-        metavar="URL",
-        help="a node's client URL, ws://host:port/kv (repeat for several)",
-    )
-    parser.add_argument(
-        "--token",
-        default=None,
-        help="the cluster's admin_token (or its token, if it has no admin_token)",
-    )
-    parser.add_argument("--timeout", type=_seconds, default=5.0, metavar="SECONDS")
-    parser.add_argument(
-        "--ca",
-        type=Path,
-        default=None,
-        metavar="PEM",
-        help="trust this CA for wss:// URLs (default: the system's CAs)",
-    )
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
-
-
-def add_member_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_member_commands(commands: argparse._SubParsersAction[OneLineParser]) -> None:
     """Register ``member`` and ``transfer-leader`` on the ``trio-raft`` parser."""
     member = commands.add_parser(
         "member",
@@ -97,9 +60,10 @@ def add_member_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         description="Change who is in the cluster, one step at a time (see the operations "
         "guide in the documentation). Exits 0 when done, 1 when refused or failed.",
     )
+    add_client_options(member)
     actions = member.add_subparsers(dest="action", metavar="ACTION", required=True)
     listing = actions.add_parser("list", help="the configuration, with each member's progress")
-    client_options(listing)
+    add_client_options(listing)
     add = actions.add_parser(
         "add",
         help="add a node as a learner (or change a member's URLs)",
@@ -107,33 +71,35 @@ def add_member_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         "With --voter, promote it once it has caught up.",
     )
     add.add_argument("id", metavar="ID")
-    add.add_argument("--peer", required=True, type=_url, metavar="URL", help="its Raft URL")
-    add.add_argument("--client", required=True, type=_url, metavar="URL", help="its KV URL")
+    add.add_argument(
+        "--peer", required=True, type=peer_url_argument, metavar="URL", help="its Raft URL"
+    )
+    add.add_argument("--client", required=True, type=url_argument, metavar="URL", help="its KV URL")
     add.add_argument("--voter", action="store_true", help="then promote it")
     _catch_up_option(add)
-    client_options(add)
+    add_client_options(add)
     promote = actions.add_parser("promote", help="make a learner a voter once it caught up")
     promote.add_argument("id", metavar="ID")
     _catch_up_option(promote)
-    client_options(promote)
+    add_client_options(promote)
     for name, text in (("demote", "make a voter a learner"), ("remove", "remove a member")):
         parser = actions.add_parser(name, help=text)
         parser.add_argument("id", metavar="ID")
-        client_options(parser)
+        add_client_options(parser)
     transfer = commands.add_parser(
         "transfer-leader",
         help="hand leadership to another voter",
         description="Hand leadership to --to (default: the most up-to-date voter).",
     )
     transfer.add_argument("--to", default=None, metavar="ID", help="the voter to lead next")
-    client_options(transfer)
+    add_client_options(transfer)
 
 
 def _catch_up_option(parser: argparse.ArgumentParser) -> None:
     default = Config().catch_up_timeout_s
     parser.add_argument(
         "--catch-up-timeout",
-        type=_seconds,
+        type=seconds_argument,
         default=None,
         metavar="SECONDS",
         help="how long the leader waits for the learner to catch up (default: the cluster's "
@@ -144,10 +110,13 @@ def _catch_up_option(parser: argparse.ArgumentParser) -> None:
 async def run_member_command(args: argparse.Namespace) -> int:
     """Run ``member ...`` or ``transfer-leader``; return the exit code."""
     name = "transfer-leader" if args.command == "transfer-leader" else f"member {args.action}"
-    context = ssl.create_default_context(cafile=str(args.ca)) if args.ca else None
     try:
+        where = target(args, admin=True)
+        await check_urls(where)
+        args.json = where.json
+        args.timeout = where.timeout_s
         async with open_client(
-            args.url, token=args.token, timeout_s=args.timeout, ssl_context=context
+            where.urls, token=where.token, timeout_s=where.timeout_s, ssl_context=where.ssl_context
         ) as kv:
             if args.command == "transfer-leader":
                 return await _transfer(kv, args)
@@ -162,21 +131,13 @@ async def run_member_command(args: argparse.Namespace) -> int:
         _fail(name, f"refused ({exc.code}): {exc}", _HINTS.get(exc.code))
     except TransferFailedError as exc:
         _fail(name, str(exc), "retry, or name another voter with --to")
-    except KVAuthError as exc:
-        _fail(name, str(exc), "membership commands need the cluster's admin_token as --token")
-    except KVTimeoutError as exc:
-        _fail(name, str(exc), "raise --timeout if the cluster is slow or electing")
-    except KVError as exc:
-        _fail(name, str(exc), None)
-    except OSError as exc:  # e.g. the --ca file
-        _fail(name, str(exc), None)
+    except (CliError, KVError, OSError) as exc:  # OSError: e.g. the --ca file
+        return report(name, exc, admin=True)
     return EXIT_FAILED
 
 
 def _fail(name: str, message: str, hint: str | None) -> None:
-    print(f"trio-raft {name}: {message}", file=sys.stderr)
-    if hint is not None:
-        print(f"  {hint}", file=sys.stderr)
+    print(f"trio-raft {name}: {message}{'' if hint is None else f'; {hint}'}", file=sys.stderr)
 
 
 async def _change(

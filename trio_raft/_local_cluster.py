@@ -10,7 +10,9 @@ failover, restart and catch-up.
 from __future__ import annotations
 
 import secrets
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +32,50 @@ POLL_S = 0.5
 """Refresh period of the status view."""
 
 
+CLIENT_PORT_OFFSET = 100
+"""Node ``i`` (from 1) listens for peers on ``base_port + i``, for clients on ``base_port +
+CLIENT_PORT_OFFSET + i``."""
+HOST = "127.0.0.1"
+
+
+class PortError(Exception):
+    """A port of the local cluster is out of range or in use; the message says which."""
+
+
+def cluster_ports(nodes: int, base_port: int) -> dict[str, tuple[int, int]]:
+    """The (peer, client) ports of each node ``n1`` ... ``nN``."""
+    return {
+        f"n{i}": (base_port + i, base_port + CLIENT_PORT_OFFSET + i) for i in range(1, nodes + 1)
+    }
+
+
+def check_ports(nodes: int, base_port: int) -> None:
+    """Check, before anything starts, that every port of the cluster exists and is free on
+    :data:`HOST` (bound and closed again, with ``SO_REUSEADDR`` as the nodes bind).
+
+    Raises:
+        PortError: a port is past 65535 or in use (the message names it and what to do).
+    """
+    highest = base_port + CLIENT_PORT_OFFSET + nodes
+    if highest > 65535:
+        raise PortError(
+            f"--base-port {base_port} puts the client ports up to {highest}, past 65535; use a "
+            f"base port of at most {65535 - CLIENT_PORT_OFFSET - nodes}"
+        )
+    for node_id, ports in cluster_ports(nodes, base_port).items():
+        for kind, port in zip(("peer", "client"), ports, strict=True):
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((HOST, port))
+                except OSError as exc:
+                    raise PortError(
+                        f"port {port} ({node_id}'s {kind} port) is in use on {HOST} "
+                        f"({exc.strerror}): stop what uses it (another `trio-raft cluster`?) "
+                        "or pick another --base-port"
+                    ) from None
+
+
 def write_cluster_file(directory: Path, nodes: int, base_port: int) -> Path:
     """Write a cluster file for ``nodes`` local nodes on ports from ``base_port``."""
     lines = [
@@ -42,15 +88,16 @@ def write_cluster_file(directory: Path, nodes: int, base_port: int) -> Path:
         "snapshot_keep_entries = 100",
         "",
     ]
-    for i in range(1, nodes + 1):
+    for node_id, (peer, client) in cluster_ports(nodes, base_port).items():
         lines += [
-            f"[nodes.n{i}]",
-            f'peer = "ws://127.0.0.1:{base_port + i}/raft"',
-            f'client = "ws://127.0.0.1:{base_port + 100 + i}/kv"',
+            f"[nodes.{node_id}]",
+            f'peer = "ws://{HOST}:{peer}/raft"',
+            f'client = "ws://{HOST}:{client}/kv"',
             "",
         ]
     path = directory / "cluster.toml"
     path.write_text("\n".join(lines), encoding="utf-8")
+    path.chmod(0o600)  # it holds the secret
     return path
 
 
@@ -157,23 +204,32 @@ async def run_local_cluster(
     demo: bool,
     out: TextIO = sys.stdout,
 ) -> bool:
-    """Run the ``cluster`` command; returns whether it succeeded."""
-    with tempfile.TemporaryDirectory(prefix="trio-raft-") as tmp:
-        workdir = directory or Path(tmp)
-        workdir.mkdir(parents=True, exist_ok=True)
-        path = write_cluster_file(workdir, nodes, base_port)
-        cluster = LocalCluster(load_cluster_file(path), workdir)
-        print(f"cluster file: {path} (node logs beside it)", file=out, flush=True)
-        try:
-            for node_id in sorted(cluster.file.nodes):
-                await cluster.start(node_id)
-            if demo:
-                return await _demo(cluster, out)
-            await _watch(cluster, duration_s, out)
-            return True
-        finally:
-            await cluster.stop_all()
-            print("all nodes stopped", file=out, flush=True)
+    """Run the ``cluster`` command; returns whether it succeeded.
+
+    Without ``directory`` it works in a new temporary directory, and deletes the nodes' data
+    at the end but keeps the cluster file and the node logs (``<dir>/<id>.log``) for a look.
+    """
+    workdir = directory or Path(tempfile.mkdtemp(prefix="trio-raft-cluster-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = write_cluster_file(workdir, nodes, base_port)
+    cluster = LocalCluster(load_cluster_file(path), workdir)
+    print(f"cluster file: {path}", file=out)
+    print(f"node logs:    {workdir / 'n*.log'}", file=out)
+    for node_id, address in sorted(cluster.file.nodes.items()):
+        print(f"{node_id} client URL: {address.client}", file=out)
+    print(f"try: trio-raft status --config {path}", file=out, flush=True)
+    try:
+        for node_id in sorted(cluster.file.nodes):
+            await cluster.start(node_id)
+        if demo:
+            return await _demo(cluster, out)
+        await _watch(cluster, duration_s, out)
+        return True
+    finally:
+        await cluster.stop_all()
+        if directory is None:
+            shutil.rmtree(cluster.file.data_dir, ignore_errors=True)
+        print(f"all nodes stopped; their logs are in {workdir}", file=out, flush=True)
 
 
 async def _watch(cluster: LocalCluster, duration_s: float | None, out: TextIO) -> None:

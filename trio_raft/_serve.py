@@ -37,9 +37,11 @@ import errno
 import os
 import signal
 import ssl
+import stat
 import sys
 import tomllib
-from collections.abc import Iterator, Mapping
+import typing
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from pathlib import Path
 from typing import TextIO
@@ -63,7 +65,7 @@ from ._join import (
 )
 from ._node import Node, open_node
 from ._transport import open_websocket_transport
-from ._types import Membership, NodeId
+from ._types import MAX_ID_CHARS, MAX_MEMBERS, Membership, NodeId
 from ._wal._errors import StorageError
 from ._wal._file_storage import DEFAULT_MAX_RECORD_BYTES, FileStorage, open_file_storage
 from ._wal._fs import OsFileSystem
@@ -72,6 +74,9 @@ from .kv import KVStateMachine, serve_kv
 from .kv._server import DEFAULT_MAX_CONNECTIONS, MAX_REFUSING
 
 MIN_SECRET_BYTES = 16
+"""The shortest ``secret`` a cluster file may hold (the peers' shared key)."""
+MIN_TOKEN_CHARS = 16
+"""The shortest ``token`` or ``admin_token`` a cluster file may hold: a short one is guessed."""
 RESERVED_FILES = 64
 """File descriptors ``serve`` keeps free of connections: for storage (WAL segments, the state
 and snapshot files, the lock, directory handles) and the runtime."""
@@ -162,16 +167,13 @@ def load_cluster_file(path: str | os.PathLike[str]) -> ClusterFile:
     cluster_id = data.get("cluster_id")
     if not isinstance(cluster_id, str) or not cluster_id:
         raise fail('cluster_id must be a non-empty string, e.g. cluster_id = "prod-kv"')
+    if len(cluster_id) > MAX_ID_CHARS:
+        raise fail(f"cluster_id must be at most {MAX_ID_CHARS} characters, got {len(cluster_id)}")
     secret = _secret(data, file)
-    token = data.get("token")
-    if token is not None and (not isinstance(token, str) or not token):
-        raise fail("token must be a non-empty string (or left out: no client authentication)")
-    admin_token = data.get("admin_token")
-    if admin_token is not None and (not isinstance(admin_token, str) or not admin_token):
-        raise fail(
-            "admin_token must be a non-empty string (or left out: the token, if any, also "
-            "grants membership changes)"
-        )
+    token = _token(data, "token", "no client authentication", file)
+    admin_token = _token(
+        data, "admin_token", "the token, if any, also grants membership changes", file
+    )
     data_dir = data.get("data_dir", "data")
     if not isinstance(data_dir, str):
         raise fail('data_dir must be a string, e.g. data_dir = "/var/lib/trio-raft"')
@@ -179,8 +181,15 @@ def load_cluster_file(path: str | os.PathLike[str]) -> ClusterFile:
     if not isinstance(raw_nodes, dict) or not raw_nodes:
         raise fail('no [nodes.<id>] tables: add one per member, with peer = "ws://host:port/raft" '
                    'and client = "ws://host:port/kv"')  # fmt: skip
+    if len(raw_nodes) > MAX_MEMBERS:
+        raise fail(f"{len(raw_nodes)} [nodes.*] tables; a cluster has at most {MAX_MEMBERS}")
     nodes: dict[NodeId, NodeAddress] = {}
     for node_id, table in raw_nodes.items():
+        if len(node_id) > MAX_ID_CHARS:
+            raise fail(
+                f"the node id {node_id[:20]!r}... is {len(node_id)} characters; ids are 1 to "
+                f"{MAX_ID_CHARS} (the wire format's limit)"
+            )
         if not isinstance(table, dict):
             raise fail(f"nodes.{node_id} must be a table with peer and client URLs")
         unknown = sorted(set(table) - _NODE_KEYS)
@@ -218,9 +227,11 @@ def load_cluster_file(path: str | os.PathLike[str]) -> ClusterFile:
         strangers = sorted(set(entry.dial) - set(nodes))
         if strangers:
             raise fail(f"nodes.{node_id}.dial names unknown nodes {strangers}")
+    _check_addresses(nodes, fail)
     raft = data.get("raft", {})
     if not isinstance(raft, dict):
         raise fail("[raft] must be a table of trio_raft.Config fields")
+    _check_raft_types(raft, fail)
     try:
         config = Config(**raft)
     except TypeError as exc:
@@ -241,6 +252,70 @@ def load_cluster_file(path: str | os.PathLike[str]) -> ClusterFile:
         file, cluster_id, secret, token, (file.parent / data_dir).resolve(), nodes, config, tls,
         admin_token=admin_token,
     )  # fmt: skip
+
+
+def _token(data: Mapping[str, object], key: str, absent: str, file: Path) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{file}: {key} must be a non-empty string (or left out: {absent})")
+    if len(value) < MIN_TOKEN_CHARS:
+        raise ConfigError(
+            f"{file}: {key} must be at least {MIN_TOKEN_CHARS} characters, got {len(value)}; "
+            "generate one with python -c 'import secrets; print(secrets.token_urlsafe(24))'"
+        )
+    return value
+
+
+def _check_addresses(
+    nodes: Mapping[NodeId, NodeAddress], fail: Callable[[str], ConfigError]
+) -> None:
+    """No two endpoints (any node's peer listener or client listener) on one address (port 0
+    aside: the kernel picks), and no two nodes with one peer or client URL."""
+    seen: dict[tuple[str, int], str] = {}
+    urls: dict[str, str] = {}
+    for node_id, entry in sorted(nodes.items()):
+        peer_host, peer_port = entry.listen or listen_address(entry.peer)
+        client_host, client_port = listen_address(entry.client)
+        for what, (host, port) in (
+            (f"nodes.{node_id}.{'listen' if entry.listen else 'peer'}", (peer_host, peer_port)),
+            (f"nodes.{node_id}.client", (client_host, client_port)),
+        ):
+            key = (host.lower(), port)
+            if port == 0:  # the kernel picks a free port for each (tests)
+                continue
+            if key in seen:
+                raise fail(
+                    f"{what} and {seen[key]} are both on {host}:{port}: give every node its own "
+                    "peer port and client port"
+                )
+            seen[key] = what
+        for what, url in (
+            (f"nodes.{node_id}.peer", entry.peer),
+            (f"nodes.{node_id}.client", entry.client),
+        ):
+            if url in urls:
+                raise fail(f"{what} and {urls[url]} are both {url}: every node needs its own URLs")
+            urls[url] = what
+
+
+def _check_raft_types(raft: Mapping[str, object], fail: Callable[[str], ConfigError]) -> None:
+    """The ``[raft]`` values have their field's type: a bool for a flag, a whole number for a
+    count or a size, a number for seconds."""
+    hints = typing.get_type_hints(Config)
+    for key, value in raft.items():
+        expected = hints.get(key)
+        if expected is bool:
+            ok, kind, example = type(value) is bool, "true or false", "true"
+        elif expected is int:
+            ok, kind, example = type(value) is int, "a whole number", "1000"
+        elif expected is float:
+            ok, kind, example = type(value) in (int, float), "a number of seconds", "0.5"
+        else:
+            continue  # unknown: Config reports it with the list of fields
+        if not ok:
+            raise fail(f"[raft] {key} must be {kind} (e.g. {key} = {example}), got {value!r}")
 
 
 def _tls(table: object, file: Path) -> TlsFiles | None:
@@ -281,8 +356,15 @@ def _secret(data: Mapping[str, object], file: Path) -> bytes:
             raise fail("secret_file must be a path string")
         try:
             secret = (file.parent / name).read_bytes().strip()
+            mode = (file.parent / name).stat().st_mode
         except OSError as exc:
             raise fail(f"cannot read secret_file {name!r}: {exc.strerror}") from exc
+        if mode & stat.S_IROTH:
+            print(
+                f"trio-raft: warning: {file}: secret_file {name!r} is readable by every user "
+                f"of this machine; chmod 600 {file.parent / name}",
+                file=sys.stderr,
+            )
     if len(secret) < MIN_SECRET_BYTES:
         raise fail(
             f"the secret must be at least {MIN_SECRET_BYTES} bytes; generate one with "
