@@ -25,7 +25,6 @@ error (argparse prints what is wrong), 130 when interrupted with Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import ssl
 import sys
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import trio
 
+from . import _logging
 from ._cli_member import add_member_commands, configuration_line, run_member_command
 from ._demo import MAX_NODES, MIN_NODES, run_demo
 from ._errors import RaftError
@@ -125,6 +125,16 @@ def _add_real_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     )
     serve.add_argument("--config", required=True, metavar="FILE", help="the cluster file (TOML)")
     serve.add_argument("--id", required=True, metavar="ID", help="which [nodes.ID] this node is")
+    serve.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"), default="info",
+        help="the least severe messages logged (default: info: elections, role and leader "
+        "changes, peer links, snapshots)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--log-format", choices=("text", "json"), default="text",
+        help="text lines, or one JSON object per line (time, level, logger, node, message and "
+        "the event's fields) for log collectors",
+    )  # fmt: skip
     join = serve.add_argument_group(
         "joining a running cluster",
         "A new node (no [nodes.ID] table needed) adds itself as a learner, catches up and "
@@ -291,9 +301,7 @@ def _join_options(args: argparse.Namespace, cluster: ClusterFile) -> JoinOptions
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format=f"%(asctime)s {args.id} %(name)s %(levelname)s: %(message)s"
-    )
+    _logging.configure(args.log_level, args.log_format, args.id)
     cluster = None
     try:
         cluster = load_cluster_file(args.config)
