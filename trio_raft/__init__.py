@@ -48,6 +48,7 @@ from ._types import HardState as HardState
 from ._types import Membership as Membership
 from ._types import NodeId as NodeId
 from ._types import Role as Role
+from ._types import RoleChangeReason as RoleChangeReason
 from ._types import SnapshotMeta as SnapshotMeta
 from ._types import StoredState as StoredState
 from ._util import fixup_module_metadata as _fixup_module_metadata

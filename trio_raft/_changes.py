@@ -33,7 +33,7 @@ from ._types import Membership, NodeId, Role
 if TYPE_CHECKING:
     from ._node import Node
 
-logger: Final = logging.getLogger("trio_raft")
+logger: Final = logging.getLogger("trio_raft.node")
 
 Edit = Callable[[Membership], Membership]
 """A pure function from the configuration in force to the one wanted."""

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import trio
 
+from . import _logging
 from ._cli_client import (
     TOKEN_ENV,
     CliError,
@@ -142,6 +142,16 @@ def _add_real_commands(commands: argparse._SubParsersAction[OneLineParser]) -> N
     )
     serve.add_argument("--config", required=True, metavar="FILE", help="the cluster file (TOML)")
     serve.add_argument("--id", required=True, metavar="ID", help="which [nodes.ID] this node is")
+    serve.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"), default="info",
+        help="the least severe messages logged (default: info: elections, role and leader "
+        "changes, peer links, snapshots)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--log-format", choices=("text", "json"), default="text",
+        help="text lines, or one JSON object per line (time, level, logger, node, message and "
+        "the event's fields) for log collectors",
+    )  # fmt: skip
     join = serve.add_argument_group(
         "joining a running cluster",
         "A new node (no [nodes.ID] table needed) adds itself as a learner, catches up and "
@@ -326,9 +336,7 @@ def _join_options(args: argparse.Namespace, cluster: ClusterFile) -> JoinOptions
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format=f"%(asctime)s {args.id} %(name)s %(levelname)s: %(message)s"
-    )
+    _logging.configure(args.log_level, args.log_format, args.id)
     cluster = None
     try:
         cluster = load_cluster_file(args.config)

@@ -54,14 +54,24 @@ from ._errors import (
     ProposalDroppedError,
     RaftError,
 )
+from ._logging import RAFT_FIELDS
 from ._messages import MESSAGE_TYPES, AppendRequest, AppendResponse, Message, SnapshotRequest
 from ._status import FollowerStatus, Status
 from ._sync import Broadcast, Signal, Waiter
-from ._types import Entry, EntryKind, Membership, NodeId, Role, SnapshotMeta, StoredState
+from ._types import (
+    Entry,
+    EntryKind,
+    Membership,
+    NodeId,
+    Role,
+    RoleChangeReason,
+    SnapshotMeta,
+    StoredState,
+)
 from ._util import unwrap_single_exception_group
 from ._wal._errors import StorageFullError
 
-logger: Final = logging.getLogger("trio_raft")
+logger: Final = logging.getLogger("trio_raft.node")
 
 INBOX_SIZE = 256
 """Bound of a node's inbox. Everything queued when the dispatcher wakes is handled as one batch
@@ -175,6 +185,8 @@ class Node:
         self._crash: tuple[str, Exception] | None = None
         """``(task, exception)`` of the internal error that stopped the node, if one did."""
         self._terms_exhausted_logged = False
+        self._logged_role = (state.role, state.term)
+        self._logged_leader: NodeId | None = None
         self._space_low = False
         """Free space is below the storage's reserve: it refused an append, or the last poll
         said so. Only a poll that finds space again clears it."""
@@ -597,7 +609,8 @@ class Node:
         while st.has_ready():
             ready = st.take_ready()
             if ready.role_changed:
-                self._on_role_changed()
+                self._on_role_changed(ready.transitions[-1][2])
+                self._log_transitions(ready.transitions)
             if ready.membership_changed:
                 self._on_membership_changed()
             elif ready.replicas_changed:
@@ -621,6 +634,14 @@ class Node:
                 break
             for message in ready.messages:
                 self._transport.send(message)
+        if st.leader_id != self._logged_leader:
+            self._logged_leader = st.leader_id
+            if st.leader_id is not None and st.leader_id != self._id:
+                facts = {"node": self._id, "term": st.term, "leader": st.leader_id}
+                logger.info(
+                    "node %r: the leader of term %d is %r", self._id, st.term, st.leader_id,
+                    extra={RAFT_FIELDS: facts},
+                )  # fmt: skip
         if st.leader_id != self._transport_leader and st.membership is not None:
             self._update_transport()  # drop a former leader that is no longer a member
         # Answers change progress and the commit index without producing a Ready.
@@ -741,7 +762,7 @@ class Node:
             if st.role is Role.LEADER:
                 self._notify("disk-stall", trio.current_time() - self._disk_busy_since)
                 st.step_down()
-                self._on_role_changed()
+                self._on_role_changed(RoleChangeReason.STEPPED_DOWN)
                 self._changed.notify()
             await idle.wait()
 
@@ -767,7 +788,7 @@ class Node:
         self._update_transport()
         self._notify("membership", (st.membership_index, st.membership))
 
-    def _on_role_changed(self) -> None:
+    def _on_role_changed(self, reason: RoleChangeReason) -> None:
         st = self._state
         if self._role_scope is not None:
             self._role_scope.cancel()
@@ -775,7 +796,7 @@ class Node:
         if rx is not None and (st.role is not Role.FOLLOWER or rx.key[2] != st.term):
             rx.scope.cancel()  # a download from a former leader (not one that just started)
             self._receiver = None
-        self._notify("role", (st.role, st.term))
+        self._notify("role", (st.role, st.term, reason))
         if st.role is not Role.LEADER:
             for index in [i for i in self._proposals if i > st.commit]:
                 _, waiter = self._proposals.pop(index)
@@ -785,6 +806,38 @@ class Node:
                         f"{st.term}) before entry {index} committed; it may still commit"
                     )
                 )
+
+    def _log_transitions(self, transitions: list[tuple[Role, int, RoleChangeReason]]) -> None:
+        """One line per role or term change, with why (a leader losing its role is a
+        warning: its clients see errors)."""
+        st = self._state
+        for role, term, reason in transitions:
+            old_role, old_term = self._logged_role
+            self._logged_role = (role, term)
+            detail = reason.value
+            if reason is RoleChangeReason.ELECTION_TIMEOUT:
+                silent = trio.current_time() - st.leader_contact_at
+                detail += (
+                    f": no leader heard for {silent:.2f} s"
+                    if math.isfinite(silent)
+                    else ": no leader heard since the node started"
+                )
+            elif reason is RoleChangeReason.CHECK_QUORUM:
+                detail += (
+                    ": no majority of the voters answered within "
+                    f"{st.config.election_timeout_s_min} s"
+                )
+            demoted = old_role is Role.LEADER and role is not Role.LEADER
+            logger.log(
+                logging.WARNING if demoted else logging.INFO,
+                "node %r: %s in term %d -> %s in term %d (%s)",
+                self._id, old_role.value, old_term, role.value, term, detail,
+                extra={RAFT_FIELDS: {
+                    "node": self._id, "role": role.value, "term": term,
+                    "previous_role": old_role.value, "previous_term": old_term,
+                    "reason": reason.name.lower(),
+                }},
+            )  # fmt: skip
 
     def _route_reads(self, ready: Ready) -> None:
         for read_id in ready.failed_reads:

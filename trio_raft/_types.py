@@ -200,6 +200,31 @@ class Role(enum.Enum):
     """Accepts proposals and replicates the log."""
 
 
+class RoleChangeReason(enum.Enum):
+    """Why a node's role or term changed (in logs, and in the node's events and statistics)."""
+
+    ELECTION_TIMEOUT = "election timeout"
+    """No leader was heard for an election timeout: the node started an election."""
+    PRE_VOTE_WON = "pre-vote won"
+    """A majority would vote for it: it raised its term and asked for votes."""
+    TRANSFER = "leadership transfer"
+    """The leader handed over (TimeoutNow): the node campaigned at once."""
+    ELECTION_WON = "election won"
+    """A majority voted for it."""
+    ELECTION_LOST = "election lost"
+    """A majority refused its (pre-)vote request."""
+    HIGHER_TERM = "higher term seen"
+    """A message carried a higher term."""
+    LEADER_FOUND = "leader found"
+    """A (pre-)candidate heard from the leader of its term."""
+    CHECK_QUORUM = "check quorum"
+    """A leader heard from no majority within an election timeout (CheckQuorum)."""
+    REMOVED = "removed"
+    """The node is no longer a voter (a leader that committed its own removal hands over)."""
+    STEPPED_DOWN = "stepped down"
+    """The node layer made a leader step down (its disk stalled)."""
+
+
 def _ids(value: Iterable[NodeId]) -> frozenset[NodeId]:
     if isinstance(value, (str, bytes)):
         # a lone id would otherwise become a set of characters

@@ -59,7 +59,7 @@ async def test_internal_error_stops_the_node_with_a_typed_error(
     assert str(error.__cause__) == "boom in snapshot"
     assert (error.node_id, error.task) == ("n1", "applier")  # snapshot() runs in the applier
     assert "bug" in str(error)
-    records = [r for r in caplog.records if r.name == "trio_raft"]
+    records = [r for r in caplog.records if r.name == "trio_raft.node"]
     assert len(records) == 1, records
     assert records[0].levelno == logging.CRITICAL
     message = records[0].getMessage()
@@ -114,6 +114,8 @@ async def test_a_node_at_max_term_stays_up_and_says_why_it_cannot_campaign(
                 status = node.status
             outer.cancel_scope.cancel()
     assert (status.role, status.term) == (Role.FOLLOWER, MAX_TERM)
-    records = [r for r in caplog.records if r.name == "trio_raft" and r.levelno >= logging.ERROR]
+    records = [
+        r for r in caplog.records if r.name == "trio_raft.node" and r.levelno >= logging.ERROR
+    ]
     assert len(records) == 1, records
     assert "MAX_TERM" in records[0].getMessage()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import attrs
 
 from .._messages import Message
-from .._types import Entry, HardState
+from .._types import Entry, HardState, Role, RoleChangeReason
 
 
 @attrs.define
@@ -22,6 +22,9 @@ class Ready:
     """To send only once the writes above are durable."""
     role_changed: bool = False
     """The role or term changed: the node must cancel the current role's scope."""
+    transitions: list[tuple[Role, int, RoleChangeReason]] = attrs.Factory(list)
+    """Every role or term change, in order: the new role, the new term and why (one input can
+    make several, e.g. a single voter's pre-vote, vote and election)."""
     reset_election_timer: bool = False
     """Draw a fresh randomized election deadline."""
     confirmed_reads: list[tuple[int, int]] = attrs.Factory(list)

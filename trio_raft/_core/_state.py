@@ -37,6 +37,7 @@ from .._types import (
     Membership,
     NodeId,
     Role,
+    RoleChangeReason,
     SnapshotMeta,
     StoredState,
 )
@@ -246,11 +247,13 @@ class RaftState:
             for peer in self.replica_ids - self.progress.keys():
                 self.progress[peer] = Progress(next=min(first, self.log.last_index + 1))
         elif self.role in (Role.PRE_CANDIDATE, Role.CANDIDATE) and not self.can_campaign:
-            self._become_follower(self.term, None)
+            self._become_follower(self.term, None, RoleChangeReason.REMOVED)
 
     # -- roles -----------------------------------------------------------------------------
 
-    def _become_follower(self, term: int, leader_id: NodeId | None) -> None:
+    def _become_follower(
+        self, term: int, leader_id: NodeId | None, reason: RoleChangeReason
+    ) -> None:
         was = (self.role, self.term)
         if term != self.term:
             self.term = term
@@ -266,24 +269,28 @@ class RaftState:
         self._fail_reads()
         self._ready.reset_election_timer = True
         if was != (self.role, self.term):
-            self._ready.role_changed = True
+            self._role_changed(reason)
+
+    def _role_changed(self, reason: RoleChangeReason) -> None:
+        self._ready.role_changed = True
+        self._ready.transitions.append((self.role, self.term, reason))
 
     def _become_pre_candidate(self) -> None:
         self.role = Role.PRE_CANDIDATE
         self.leader_id = None
         self.votes = {self.id: True}
-        self._ready.role_changed = True
+        self._role_changed(RoleChangeReason.ELECTION_TIMEOUT)
         self._ready.reset_election_timer = True
         self._request_votes(pre_vote=True)
 
-    def _campaign(self, *, transfer: bool = False) -> None:
+    def _campaign(self, reason: RoleChangeReason, *, transfer: bool = False) -> None:
         self.term += 1
         self.voted_for = self.id
         self._hard_state_changed()
         self.role = Role.CANDIDATE
         self.leader_id = None
         self.votes = {self.id: True}
-        self._ready.role_changed = True
+        self._role_changed(reason)
         self._ready.reset_election_timer = True
         self._request_votes(pre_vote=False, transfer=transfer)
 
@@ -304,7 +311,7 @@ class RaftState:
 
     def _on_vote_won(self) -> None:
         if self.role is Role.PRE_CANDIDATE:
-            self._campaign()
+            self._campaign(RoleChangeReason.PRE_VOTE_WON)
         else:
             self._become_leader()
 
@@ -312,7 +319,7 @@ class RaftState:
         self.role = Role.LEADER
         self.leader_id = self.id
         self.votes = {}
-        self._ready.role_changed = True
+        self._role_changed(RoleChangeReason.ELECTION_WON)
         last = self.log.last_index
         self.progress = {p: Progress(next=last + 1) for p in sorted(self.replica_ids)}
         self.seq = 0
@@ -368,12 +375,12 @@ class RaftState:
         if self.config.pre_vote:
             self._become_pre_candidate()
         else:
-            self._campaign()
+            self._campaign(RoleChangeReason.ELECTION_TIMEOUT)
 
     def step_down(self) -> None:
         """Stop leading (keeping the term): the node cannot do its job, e.g. its disk stalled."""
         if self.role is Role.LEADER:
-            self._become_follower(self.term, None)
+            self._become_follower(self.term, None, RoleChangeReason.STEPPED_DOWN)
 
     def _check_quorum(self) -> None:
         if not self.config.check_quorum:
@@ -384,7 +391,7 @@ class RaftState:
             p.recent_active = False
         m = self._members.current
         if m is None or joint_vote_result(m, active) is not VoteResult.WON:
-            self._become_follower(self.term, None)
+            self._become_follower(self.term, None, RoleChangeReason.CHECK_QUORUM)
 
     def step(self, m: Message, now: float) -> None:
         """Handle one message from a peer."""
@@ -402,7 +409,7 @@ class RaftState:
                 leader = (
                     m.src if isinstance(m, (AppendRequest, SnapshotRequest, TimeoutNow)) else None
                 )
-                self._become_follower(m.term, leader)
+                self._become_follower(m.term, leader, RoleChangeReason.HIGHER_TERM)
         elif m.term < self.term:
             if isinstance(m, (AppendRequest, SnapshotRequest)):
                 # Tell the stale leader our term so it steps down. rejected_index=0 means "not
@@ -429,7 +436,7 @@ class RaftState:
         elif isinstance(m, TimeoutNow) and self._obeys_timeout_now(m):
             # The leader of this term hands over: campaign at once, skipping PreVote; the
             # request's transfer flag gets it past the others' leases (etcd's campaignTransfer).
-            self._campaign(transfer=True)
+            self._campaign(RoleChangeReason.TRANSFER, transfer=True)
 
     def _obeys_timeout_now(self, m: TimeoutNow) -> bool:
         return (
@@ -481,12 +488,12 @@ class RaftState:
         if result is VoteResult.WON:
             self._on_vote_won()
         elif result is VoteResult.LOST:
-            self._become_follower(self.term, None)
+            self._become_follower(self.term, None, RoleChangeReason.ELECTION_LOST)
 
     def _follow(self, leader: NodeId, now: float) -> None:
         """A message from the leader of our term arrived."""
         if self.role is not Role.FOLLOWER or self.leader_id != leader:
-            self._become_follower(self.term, leader)
+            self._become_follower(self.term, leader, RoleChangeReason.LEADER_FOUND)
         self.leader_contact_at = now
         self._ready.reset_election_timer = True
 
@@ -660,7 +667,7 @@ class RaftState:
         self.successor = choose_successor(m, match, self._live_peers(), self.id)
         if self.successor is not None and match[self.successor] == self.log.last_index:
             self._send(TimeoutNow(self.id, self.successor, self.term))
-        self._become_follower(self.term, None)
+        self._become_follower(self.term, None, RoleChangeReason.REMOVED)
 
     # -- leadership transfer ---------------------------------------------------------------
 

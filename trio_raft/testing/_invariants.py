@@ -34,6 +34,9 @@ code, not the library's:
   its log is committed.
 * **Configuration agreement**: the configuration in force at every committed index is the
   same on every node that has one there (snapshots included).
+* **Role change reason**: every role change is reported with the role and term the node then
+  has and a :class:`~trio_raft.RoleChangeReason` that can lead to that role (a leader only by
+  winning an election; a follower never by an election timeout); logs and events rely on it.
 
 "In force at that moment" accepts every configuration the node had in force since its last
 role change or (as leader) commit: a node that counts a quorum and appends a configuration entry
@@ -53,8 +56,8 @@ from __future__ import annotations
 
 import collections
 import hashlib
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, cast
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Final, cast
 
 import trio
 
@@ -67,6 +70,7 @@ from .._types import (
     Membership,
     NodeId,
     Role,
+    RoleChangeReason,
     SnapshotMeta,
     StoredState,
 )
@@ -158,6 +162,26 @@ class InvariantViolation(RaftError):
 
     The message names the property, the seed that reproduces the run, and the last events.
     """
+
+
+_REASONS: Final[Mapping[Role, frozenset[RoleChangeReason]]] = {
+    Role.LEADER: frozenset({RoleChangeReason.ELECTION_WON}),
+    Role.CANDIDATE: frozenset(
+        {
+            RoleChangeReason.ELECTION_TIMEOUT, RoleChangeReason.PRE_VOTE_WON,
+            RoleChangeReason.TRANSFER,
+        }
+    ),
+    Role.PRE_CANDIDATE: frozenset({RoleChangeReason.ELECTION_TIMEOUT}),
+    Role.FOLLOWER: frozenset(
+        {
+            RoleChangeReason.HIGHER_TERM, RoleChangeReason.LEADER_FOUND,
+            RoleChangeReason.ELECTION_LOST, RoleChangeReason.CHECK_QUORUM,
+            RoleChangeReason.REMOVED, RoleChangeReason.STEPPED_DOWN,
+        }
+    ),
+}  # fmt: skip
+"""The reasons that can lead to each role."""
 
 
 class InvariantChecker:
@@ -283,8 +307,9 @@ class InvariantChecker:
         st = node._state
         nid = node.id
         if event == "role":
-            role, term = cast("tuple[Role, int]", data)
-            self.record(nid, "role", f"{role.value}@{term}")
+            role, term, reason = cast("tuple[Role, int, RoleChangeReason]", data)
+            self.record(nid, "role", f"{role.value}@{term} ({reason.value})")
+            self._check_reason(nid, role, term, reason, st.role, st.term)
             if role is Role.LEADER:
                 self._on_leader(node)
             self._recent_configs[nid] = []
@@ -337,6 +362,28 @@ class InvariantChecker:
         if m is not None and m not in configs:
             configs.append(m)
         return configs
+
+    def _check_reason(
+        self,
+        nid: NodeId,
+        role: Role,
+        term: int,
+        reason: RoleChangeReason,
+        now_role: Role,
+        now_term: int,
+    ) -> None:
+        """A role change is reported with the role the node now has, and a reason that can
+        lead to that role (logs and events rely on both)."""
+        if (role, term) != (now_role, now_term):
+            raise self.fail(
+                "Role change reported",
+                f"{nid} reported {role.value}@{term} but is {now_role.value}@{now_term}",
+            )
+        if reason not in _REASONS[role]:
+            raise self.fail(
+                "Role change reason",
+                f"{nid} became {role.value} in term {term} for reason {reason.value!r}",
+            )
 
     def _on_leader(self, node: Node) -> None:
         st = node._state
