@@ -25,6 +25,11 @@ from ._errors import ProposalDroppedError as ProposalDroppedError
 from ._errors import QuorumUnavailableError as QuorumUnavailableError
 from ._errors import RaftError as RaftError
 from ._errors import TooManyUncommittedError as TooManyUncommittedError
+from ._events import Event as Event
+from ._events import EventsDropped as EventsDropped
+from ._events import LeaderChanged as LeaderChanged
+from ._events import MembershipChanged as MembershipChanged
+from ._events import RoleChanged as RoleChanged
 from ._messages import AppendRequest as AppendRequest
 from ._messages import AppendResponse as AppendResponse
 from ._messages import Message as Message

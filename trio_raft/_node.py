@@ -30,14 +30,14 @@ import logging
 import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Final, Protocol, final
 
 import attrs
 import cbor2
 import trio
 
-from . import _changes, _snapshot
+from . import _changes, _events, _snapshot
 from ._abc import StateMachine, Storage, Transport
 from ._codec import FrameError, check_command
 from ._config import Config
@@ -187,6 +187,10 @@ class Node:
         self._terms_exhausted_logged = False
         self._logged_role = (state.role, state.term)
         self._logged_leader: NodeId | None = None
+        self._events = _events.EventHub()
+        self._published_membership: tuple[int, bool, Membership | None] = (
+            state.membership_index, state.membership_committed, state.membership,
+        )  # fmt: skip
         self._space_low = False
         """Free space is below the storage's reserve: it refused an append, or the last poll
         said so. Only a poll that finds space again clears it."""
@@ -292,6 +296,23 @@ class Node:
         await self._submit(_Read(waiter))
         await waiter.wait()
         return self._sm.query(query)
+
+    def events(
+        self, buffer: int = _events.DEFAULT_BUFFER
+    ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[_events.Event]]:
+        """Subscribe to this node's events: ``async with node.events() as events: async for
+        event in events: ...`` yields :class:`RoleChanged`, :class:`LeaderChanged` and
+        :class:`MembershipChanged` as they happen from the moment of subscribing (read
+        :attr:`status` for the state before), until the context exits or the node shuts down.
+
+        The node never waits for a subscriber: one that falls more than ``buffer`` events
+        behind loses the excess and receives one :class:`EventsDropped` with their count
+        before the next event it gets. Any number of subscribers may be open at once.
+
+        Raises:
+            ValueError: ``buffer`` is not a positive int.
+        """
+        return self._events.subscribe(buffer)
 
     async def wait_status(self, predicate: Callable[[Status], bool]) -> Status:
         """Block until ``predicate(self.status)`` holds and return that status.
@@ -542,6 +563,7 @@ class Node:
             read.fail(NodeClosedError(f"node {self._id!r} shut down before the read completed"))
         self._reads.clear()
         self._reads_to_apply.clear()
+        self._events.close()
         self._changed.notify()
 
     def _notify(self, event: str, data: object = None) -> None:
@@ -636,6 +658,7 @@ class Node:
                 self._transport.send(message)
         if st.leader_id != self._logged_leader:
             self._logged_leader = st.leader_id
+            self._events.publish(_events.LeaderChanged(st.term, st.leader_id))
             if st.leader_id is not None and st.leader_id != self._id:
                 facts = {"node": self._id, "term": st.term, "leader": st.leader_id}
                 logger.info(
@@ -648,6 +671,10 @@ class Node:
         if st.role is Role.LEADER:
             for signal in self._replicator_signals.values():
                 signal.set()
+        membership = (st.membership_index, st.membership_committed, st.membership)
+        if membership != self._published_membership:
+            self._published_membership = membership
+            self._events.publish(_events.MembershipChanged(st.membership, *membership[:2]))
         if st.commit > self._observed_commit:
             self._observed_commit = st.commit
             self._notify("commit", st.commit)
@@ -814,6 +841,7 @@ class Node:
         for role, term, reason in transitions:
             old_role, old_term = self._logged_role
             self._logged_role = (role, term)
+            self._events.publish(_events.RoleChanged(term, role, reason))
             detail = reason.value
             if reason is RoleChangeReason.ELECTION_TIMEOUT:
                 silent = trio.current_time() - st.leader_contact_at
