@@ -37,7 +37,7 @@ import attrs
 import cbor2
 import trio
 
-from . import _changes, _events, _snapshot
+from . import _changes, _events, _snapshot, _statistics
 from ._abc import StateMachine, Storage, Transport
 from ._codec import FrameError, check_command
 from ._config import Config
@@ -188,6 +188,7 @@ class Node:
         self._logged_role = (state.role, state.term)
         self._logged_leader: NodeId | None = None
         self._events = _events.EventHub()
+        self._counters = _statistics.Counters()
         self._published_membership: tuple[int, bool, Membership | None] = (
             state.membership_index, state.membership_committed, state.membership,
         )  # fmt: skip
@@ -248,6 +249,16 @@ class Node:
             transfer_target=None if st.transfer is None else st.transfer.target,
             membership_index=st.membership_index, membership_committed=st.membership_committed,
         )  # fmt: skip
+
+    def statistics(self) -> _statistics.NodeStatistics:
+        """What this node has done since it started (elections, proposals, reads, disk writes
+        and their latency, snapshots), with its :attr:`status` and the transport's and the
+        storage's own ``statistics()`` when they have one. Cheap; computed on access."""
+        parts: list[object | None] = []
+        for part in (self._transport, self._storage):
+            stats = getattr(part, "statistics", None)
+            parts.append(stats() if callable(stats) else None)
+        return self._counters.snapshot(self.status, *parts)
 
     async def propose(self, command: object, *, frees_space: bool = False) -> object:
         """Replicate ``command`` and return what :meth:`StateMachine.apply` returned for it on
@@ -567,6 +578,7 @@ class Node:
         self._changed.notify()
 
     def _notify(self, event: str, data: object = None) -> None:
+        self._counters.observe(event, data)
         if self._observer is not None:
             self._observer(self, event, data)
 
@@ -609,8 +621,10 @@ class Node:
             try:
                 (entry,) = st.propose([event.command], frees_space=event.frees_space)
             except RaftError as exc:
+                self._counters.proposals_refused[type(exc).__name__] += 1
                 event.waiter.fail(exc)
             else:
+                self._counters.proposals_accepted += 1
                 self._proposals[entry.index] = (entry.term, event.waiter)
         elif isinstance(event, _Read):
             try:
@@ -714,6 +728,7 @@ class Node:
                 return False
             await self._storage.sync()
         finally:
+            self._counters.disk_write(trio.current_time() - self._disk_busy_since)
             self._disk_busy_since = math.inf
             self._disk_idle.set()
         if self._refused:
@@ -842,6 +857,7 @@ class Node:
             old_role, old_term = self._logged_role
             self._logged_role = (role, term)
             self._events.publish(_events.RoleChanged(term, role, reason))
+            self._counters.transition(role, reason)
             detail = reason.value
             if reason is RoleChangeReason.ELECTION_TIMEOUT:
                 silent = trio.current_time() - st.leader_contact_at
@@ -868,6 +884,8 @@ class Node:
             )  # fmt: skip
 
     def _route_reads(self, ready: Ready) -> None:
+        self._counters.reads_failed += len(ready.failed_reads)
+        self._counters.reads_confirmed += len(ready.confirmed_reads)
         for read_id in ready.failed_reads:
             waiter = self._reads.pop(read_id, None)
             if waiter is not None:
@@ -1020,9 +1038,11 @@ class Node:
         result: object = None
         failure: Exception | None = None
         if entry.kind is EntryKind.COMMAND:
+            self._counters.entries_applied += 1
             try:
                 result = self._sm.apply(entry.command)
             except Exception as exc:
+                self._counters.apply_errors += 1
                 # The command's outcome, the same on every replica (apply is deterministic):
                 # it goes back to the proposer; the node and the cluster carry on.
                 failure = exc
