@@ -21,6 +21,7 @@ A cluster is described by one TOML file that every node reads::
     client = "ws://127.0.0.1:8001/kv"  # where KV clients reach n1
     listen = "127.0.0.1:7501"  # optional: listen for peers here rather than at `peer`
     dial = { n2 = "ws://127.0.0.1:9012/raft" }  # optional: reach these peers by other URLs
+    admin = "127.0.0.1:7601"  # optional: HTTP /health, /ready, /metrics (no token: keep private)
 
 Relative paths are relative to the file. Mistakes are reported as :class:`ConfigError` with the
 file, the key and what to write instead.
@@ -50,6 +51,7 @@ from urllib.parse import urlsplit
 import attrs
 import trio
 
+from ._admin import MetricsRenderer, serve_admin
 from ._config import Config
 from ._errors import RaftError
 from ._join import (
@@ -100,6 +102,9 @@ class NodeAddress:
     """Where to listen for peers, if not at :attr:`peer`'s host and port."""
     dial: Mapping[NodeId, str] = attrs.field(factory=dict)
     """URLs to reach some peers by, instead of their :attr:`peer` (a proxy, a NAT)."""
+    admin: tuple[str, int] | None = None
+    """Where to serve the admin HTTP endpoint (``/health``, ``/ready``, ``/metrics``), if
+    anywhere."""
 
 
 @attrs.frozen
@@ -141,7 +146,7 @@ class TlsFiles:
 _TOP_KEYS = {"cluster_id", "secret", "secret_file", "token", "data_dir", "raft", "nodes", "tls"}
 _TOP_KEYS |= {"admin_token"}
 _TLS_KEYS = {"cert", "key", "ca"}
-_NODE_KEYS = {"peer", "client", "listen", "dial"}
+_NODE_KEYS = {"peer", "client", "listen", "dial", "admin"}
 
 
 def load_cluster_file(path: str | os.PathLike[str]) -> ClusterFile:
@@ -222,7 +227,18 @@ def load_cluster_file(path: str | os.PathLike[str]) -> ClusterFile:
             isinstance(v, str) and _listen_address(v) is not None for v in dial.values()
         ):
             raise fail(f"nodes.{node_id}.dial must map peer ids to ws:// URLs, got {dial!r}")
-        nodes[str(node_id)] = NodeAddress(urls["peer"], urls["client"], address, dict(dial))
+        admin = table.get("admin")
+        admin_address = None
+        if admin is not None:
+            admin_address = _listen_address(f"ws://{admin}/") if isinstance(admin, str) else None
+            if admin_address is None:
+                raise fail(
+                    f'nodes.{node_id}.admin must look like "127.0.0.1:7601" (where the admin '
+                    f"HTTP endpoint listens), got {admin!r}"
+                )
+        nodes[str(node_id)] = NodeAddress(
+            urls["peer"], urls["client"], address, dict(dial), admin_address
+        )
     for node_id, entry in nodes.items():
         strangers = sorted(set(entry.dial) - set(nodes))
         if strangers:
@@ -281,6 +297,7 @@ def _check_addresses(
         for what, (host, port) in (
             (f"nodes.{node_id}.{'listen' if entry.listen else 'peer'}", (peer_host, peer_port)),
             (f"nodes.{node_id}.client", (client_host, client_port)),
+            *([(f"nodes.{node_id}.admin", entry.admin)] if entry.admin else []),
         ):
             key = (host.lower(), port)
             if port == 0:  # the kernel picks a free port for each (tests)
@@ -466,6 +483,14 @@ async def serve(
                     LeaderUrls(node, cluster), cluster.token, server_tls, max_clients,
                     cluster.admin_token,
                 )  # fmt: skip
+                if me.admin is not None:
+                    admin_port = await nursery.start(
+                        partial(serve_admin, metrics=_metrics_renderer(node)), node, *me.admin
+                    )
+                    print(
+                        f"{node_id}: admin endpoint on http://{me.admin[0]}:{admin_port} "
+                        "(/health, /ready, /metrics)", file=out, flush=True,
+                    )  # fmt: skip
                 print(
                     f"{node_id}: serving peers on {me.peer}, clients on {me.client} (at most "
                     f"{max_clients} connections, file limit {file_limit}), data in {data_dir}",
@@ -486,6 +511,15 @@ async def serve(
                     print(f"{node_id}: {signal.Signals(signum).name}, shutting down", file=out)
                     nursery.cancel_scope.cancel()
                     break
+
+
+def _metrics_renderer(node: Node) -> MetricsRenderer | None:
+    """``/metrics`` for ``node`` if the prometheus extra is installed, else ``None``."""
+    try:
+        from .prometheus import render
+    except ImportError:
+        return None
+    return partial(render, node)
 
 
 def bootstrap_membership(cluster: ClusterFile) -> Membership:
