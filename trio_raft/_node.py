@@ -187,6 +187,9 @@ class Node:
         self._terms_exhausted_logged = False
         self._logged_role = (state.role, state.term)
         self._logged_leader: NodeId | None = None
+        self._leader_known_at = -math.inf
+        """When the dispatcher last saw this node leading (a follower measures its leader's
+        silence from ``leader_contact_at``)."""
         self._events = _events.EventHub()
         self._counters = _statistics.Counters()
         self._published_membership: tuple[int, bool, Membership | None] = (
@@ -670,6 +673,8 @@ class Node:
                 break
             for message in ready.messages:
                 self._transport.send(message)
+        if st.role is Role.LEADER:
+            self._leader_known_at = trio.current_time()
         if st.leader_id != self._logged_leader:
             self._logged_leader = st.leader_id
             self._events.publish(_events.LeaderChanged(st.term, st.leader_id))
@@ -860,7 +865,8 @@ class Node:
             self._counters.transition(role, reason)
             detail = reason.value
             if reason is RoleChangeReason.ELECTION_TIMEOUT:
-                silent = trio.current_time() - st.leader_contact_at
+                known = max(st.leader_contact_at, self._leader_known_at)
+                silent = trio.current_time() - known
                 detail += (
                     f": no leader heard for {silent:.2f} s"
                     if math.isfinite(silent)
@@ -872,8 +878,9 @@ class Node:
                     f"{st.config.election_timeout_s_min} s"
                 )
             demoted = old_role is Role.LEADER and role is not Role.LEADER
+            again = (old_role, old_term) == (role, term)  # another pre-vote round: routine
             logger.log(
-                logging.WARNING if demoted else logging.INFO,
+                logging.WARNING if demoted else logging.DEBUG if again else logging.INFO,
                 "node %r: %s in term %d -> %s in term %d (%s)",
                 self._id, old_role.value, old_term, role.value, term, detail,
                 extra={RAFT_FIELDS: {

@@ -27,6 +27,11 @@ def _run(seed: int, **kwargs: object) -> object:
     )
 
 
+LIVE_MAJORITY_S = 5.0
+"""A run must acknowledge writes if its nemesis left a majority running this long at a stretch
+(seed 1240 of the membership nemesis crashed three of five nodes for 25 of its 30 s)."""
+
+
 @pytest.mark.slow
 @pytest.mark.seeds(120)  # the membership nemesis adds 200 seeds of the same faults and more
 def test_chaos(sim_seed: int) -> None:
@@ -35,7 +40,8 @@ def test_chaos(sim_seed: int) -> None:
     linearizable."""
     report = _run(sim_seed, duration_s=60.0)
     assert report.linearizability.ok is True, f"seed={sim_seed}: {report.linearizability}"
-    assert report.acknowledged_writes > 0, f"seed={sim_seed}: no write was ever acknowledged"
+    if report.live_majority_s >= LIVE_MAJORITY_S:
+        assert report.acknowledged_writes > 0, f"seed={sim_seed}: no write was ever acknowledged"
 
 
 @pytest.mark.slow

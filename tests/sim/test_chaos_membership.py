@@ -52,6 +52,11 @@ def _run(seed: int, **kwargs: object) -> ChaosReport:
     return report
 
 
+LIVE_MAJORITY_S = 5.0
+"""A run must acknowledge writes if its nemesis left a majority running this long at a stretch
+(seed 1240 of the membership nemesis crashed three of five nodes for 25 of its 30 s)."""
+
+
 @pytest.mark.slow
 @pytest.mark.seeds(200)
 def test_chaos_membership(sim_seed: int) -> None:
@@ -61,7 +66,8 @@ def test_chaos_membership(sim_seed: int) -> None:
     bystanders change nothing. (30 s, not test_chaos's 60: a membership run costs about twice
     as much per virtual second, and CI runs 200 seeds.)"""
     report = _run(sim_seed, duration_s=SECONDS, wire_codec=sim_seed % 2 == 1)
-    assert report.acknowledged_writes > 0, f"seed={sim_seed}: no write was ever acknowledged"
+    if report.live_majority_s >= LIVE_MAJORITY_S:
+        assert report.acknowledged_writes > 0, f"seed={sim_seed}: no write was ever acknowledged"
 
 
 @pytest.mark.slow

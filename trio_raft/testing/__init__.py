@@ -37,6 +37,7 @@ from ._workload import Fault as Fault
 from ._workload import KVClients as KVClients
 from ._workload import MembershipNemesis as MembershipNemesis
 from ._workload import apply_fault as apply_fault
+from ._workload import longest_live_majority as longest_live_majority
 from ._workload import random_schedule as random_schedule
 from ._workload import run_chaos as run_chaos
 

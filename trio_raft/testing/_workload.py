@@ -401,6 +401,45 @@ class ChaosReport:
     membership: Mapping[str, int] = attrs.field(factory=dict)
     """Outcomes of the membership nemesis's actions, ``"action:outcome"`` → count (see
     :class:`MembershipNemesis`); empty without ``membership``."""
+    schedule: tuple[Fault, ...] = ()
+    """The faults the run applied, in order."""
+    live_majority_s: float = 0.0
+    """The longest stretch of the nemesis phase during which a majority of the initial nodes
+    was running (see :func:`longest_live_majority`): a run whose nemesis kept a majority
+    crashed throughout cannot be expected to acknowledge writes."""
+
+
+def longest_live_majority(
+    schedule: Sequence[Fault], node_ids: Sequence[NodeId], duration_s: float
+) -> float:
+    """The longest time, within ``duration_s``, during which a majority of ``node_ids`` was
+    not crashed by ``schedule`` (crash, restart, restart_all; partitions, disk faults and
+    membership actions are not counted, so this is an upper bound on the time a quorum could
+    serve)."""
+    down: set[NodeId] = set()
+    majority = len(node_ids) // 2 + 1
+    t = 0.0
+    since: float | None = 0.0
+    best = 0.0
+    for fault in schedule:
+        t += fault.after_s
+        if t >= duration_s:
+            break
+        if fault.action == "crash":
+            down |= set(fault.nodes) & set(node_ids)
+        elif fault.action == "restart":
+            down -= set(fault.nodes)
+        elif fault.action == "restart_all":
+            down.clear()
+        up = len(node_ids) - len(down) >= majority
+        if up and since is None:
+            since = t
+        elif not up and since is not None:
+            best = max(best, t - since)
+            since = None
+    if since is not None:
+        best = max(best, duration_s - since)
+    return best
 
 
 async def run_chaos(
@@ -440,6 +479,7 @@ async def run_chaos(
         nodes, seed=seed, config=config or CHAOS_CONFIG, wire_codec=wire_codec
     ) as cluster:
         cluster.network.set_default_link(drop=loss, duplicate=duplicate, reorder=reorder)
+        initial_ids = list(cluster.node_ids)
         faults = (
             list(schedule)
             if schedule is not None
@@ -507,6 +547,8 @@ async def run_chaos(
             seed=seed, operations=len(ops), acknowledged_writes=workload.acknowledged,
             linearizability=result, events=cluster.checker.events, digest=cluster.checker.digest,
             messages=stats.total.sent, membership=dict(nemesis.outcomes),
+            schedule=tuple(faults),
+            live_majority_s=longest_live_majority(faults, initial_ids, duration_s),
         )  # fmt: skip
 
 
