@@ -51,6 +51,7 @@ from urllib.parse import urlsplit
 import attrs
 import trio
 
+from ._abc import StateMachine
 from ._admin import MetricsRenderer, serve_admin
 from ._config import Config
 from ._errors import RaftError
@@ -415,12 +416,13 @@ async def serve(
     join: JoinOptions | None = None,
     out: TextIO = sys.stdout,
     connect_admin: ConnectAdmin | None = None,
+    state_machine: StateMachine | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run ``node_id`` of ``cluster`` until cancelled, SIGINT or SIGTERM (which end the node's
     block gracefully, so a leader hands over first), or until its own removal is committed:
-    its file storage, its WebSocket transport, the Raft node with a
-    :class:`~trio_raft.kv.KVStateMachine`, and the KV endpoint for clients.
+    its file storage, its WebSocket transport, the Raft node with ``state_machine`` (a new
+    :class:`~trio_raft.kv.KVStateMachine` by default), and the client endpoint.
 
     The cluster file gives the *bootstrap* configuration only (every ``[nodes.*]`` a voter):
     once the cluster has run, the log decides who the members are and where they are.
@@ -473,7 +475,8 @@ async def serve(
                     peer_ssl_context=client_tls, dial_overrides=dial,
                 ) as transport,
                 open_node(
-                    node_id, members, state_machine=KVStateMachine(), transport=transport,
+                    node_id, members, transport=transport,
+                    state_machine=KVStateMachine() if state_machine is None else state_machine,
                     storage=storage, config=cluster.raft,
                 ) as node,
                 trio.open_nursery() as nursery,
@@ -520,6 +523,31 @@ def _metrics_renderer(node: Node) -> MetricsRenderer | None:
     except ImportError:
         return None
     return partial(render, node)
+
+
+async def serve_state_machine(
+    config: str | os.PathLike[str],
+    node_id: NodeId,
+    state_machine: StateMachine,
+) -> None:
+    """Run one node of the cluster that the cluster file ``config`` describes, around
+    ``state_machine``, until SIGINT or SIGTERM (a leader hands over first) or its removal:
+    what ``trio-raft serve`` does for the key-value store, for any state machine.
+
+    The node keeps its log and snapshots in the file's ``data_dir``, talks to its peers over
+    WebSockets, and serves clients on its ``client`` URL: they send commands with
+    :meth:`trio_raft.kv.KVClient.call` and read with :meth:`~trio_raft.kv.KVClient.query`
+    (with leader redirects, the file's tokens, TLS and limits). Give it a
+    :class:`SnapshottingStateMachine` or its log is never compacted. Membership changes work
+    as for ``trio-raft serve`` (``trio-raft member ...`` against its client port); a node that
+    joins a running cluster is not supported here yet (``serve --join`` is KV-only).
+
+    Raises:
+        RaftError: the cluster file is wrong (the message says where and how).
+        StorageError: the data directory is locked by another process or damaged.
+        OSError: an address could not be bound.
+    """
+    await serve(load_cluster_file(config), node_id, state_machine=state_machine)
 
 
 def bootstrap_membership(cluster: ClusterFile) -> Membership:

@@ -36,6 +36,7 @@ from ._protocol import MAX_KEY_BYTES as MAX_KEY_BYTES
 from ._protocol import MAX_LIST_LIMIT as MAX_LIST_LIMIT
 from ._protocol import MAX_VALUE_BYTES as MAX_VALUE_BYTES
 from ._protocol import ClientClosedError as ClientClosedError
+from ._protocol import CommandFailedError as CommandFailedError
 from ._protocol import ErrorCode as ErrorCode
 from ._protocol import KVAuthError as KVAuthError
 from ._protocol import KVError as KVError
@@ -44,6 +45,7 @@ from ._protocol import KVRequestError as KVRequestError
 from ._protocol import KVServerError as KVServerError
 from ._protocol import KVTimeoutError as KVTimeoutError
 from ._protocol import MembershipRefusedError as MembershipRefusedError
+from ._protocol import OutcomeUnknownError as OutcomeUnknownError
 from ._protocol import SessionExpiredError as SessionExpiredError
 from ._protocol import StaleSequenceError as StaleSequenceError
 from ._protocol import TransferFailedError as TransferFailedError

@@ -145,6 +145,7 @@ class _Attempts:
     uncertain: bool = False  # a write attempt may have been applied
     in_flight: bool = False
     membership: bool = False  # a membership op: an old server does not know it
+    at_most_once: bool = False  # a call: never resent once it may have been appended
 
 
 @final
@@ -317,6 +318,56 @@ class KVClient:
             old, data = _encode_optional(expected), _encode_optional(new)
             request = p.Cas(session=self._session, seq=1, key=key, expected=old, new=data)
         return _expect(await self._write(request, f"cas {key!r}", timeout_s), (bool,), "cas")
+
+    async def call(self, command: object, *, timeout_s: Timeout = USE_CLIENT_DEFAULT) -> object:
+        """Propose ``command`` to the cluster's state machine, whatever it is (see
+        :func:`trio_raft.kv.serve_kv`), and return what its ``apply`` returned.
+
+        At most once: the client follows redirects and retries while the command certainly
+        was not appended, but never resends it once it may have been.
+
+        Raises:
+            CommandFailedError: the command was applied and ``apply`` raised.
+            OutcomeUnknownError: it may or may not have been applied (its
+                ``may_have_applied`` is true): query the state before trying again.
+            KVTimeoutError: no answer within ``timeout_s`` (``may_have_applied`` tells
+                whether it could have been applied).
+            KVRequestError: ``command`` is not a value of the command data model, or the
+                server refused it.
+        """
+        with _invalid_arguments():
+            request = p.Call(command=command)
+        _check_size(request, "call")
+        attempts = _Attempts("call", at_most_once=True)
+        with trio.move_on_at(self._deadline(timeout_s)):
+            return await self._execute(request, attempts)
+        maybe = attempts.uncertain or attempts.in_flight
+        raise p.KVTimeoutError(
+            f"call: no answer in time (last: {attempts.last_error}); "
+            + ("it may or may not have been applied" if maybe else "it was not applied"),
+            may_have_applied=maybe,
+        )
+
+    async def query(
+        self,
+        query: object,
+        *,
+        consistency: p.Consistency = "linearizable",
+        timeout_s: Timeout = USE_CLIENT_DEFAULT,
+    ) -> object:
+        """Answer ``query`` with the cluster's state machine (its ``query`` method):
+        ``linearizable`` on the leader (ReadIndex), or ``stale`` on whichever node the client
+        is connected to.
+
+        Raises:
+            KVTimeoutError: no answer within ``timeout_s``.
+            KVRequestError: ``query`` is not a value of the command data model, or the state
+                machine refused it.
+        """
+        with _invalid_arguments():
+            request = p.Query(query=query, consistency=consistency)
+        _check_size(request, "query")
+        return await self._read(request, "query", timeout_s)
 
     async def status(self, *, timeout_s: Timeout = USE_CLIENT_DEFAULT) -> dict[str, object]:
         """The status of the node this client is connected to (see :attr:`url`): its role,
@@ -498,7 +549,8 @@ class KVClient:
             if isinstance(request, p.Promote):
                 outcome += ", and give the call a timeout_s longer than catch_up_timeout_s"
         raise p.KVTimeoutError(
-            f"{what}: no answer in time (last: {attempts.last_error}); {outcome}"
+            f"{what}: no answer in time (last: {attempts.last_error}); {outcome}",
+            may_have_applied=not isinstance(request, p.Members),
         )
 
     def _learn(self, membership: dict[str, object]) -> None:
@@ -571,13 +623,15 @@ class KVClient:
                                 "applied: read the key back before retrying"
                             ) from None
                         # This write was definitely not applied: redo it in the new session.
-        if attempts.uncertain or attempts.in_flight:
+        maybe = attempts.uncertain or attempts.in_flight
+        if maybe:
             outcome = "it may or may not have been applied (at most once): read it back"
         else:
             outcome = "it was not applied"
         raise p.KVTimeoutError(
             f"{what}: no answer in time (last: {attempts.last_error}); {outcome}, or raise "
-            "timeout_s if the cluster is slow"
+            "timeout_s if the cluster is slow",
+            may_have_applied=maybe,
         )
 
     async def _execute(self, request: p.Request, attempts: _Attempts) -> object:
@@ -596,6 +650,12 @@ class KVClient:
                 attempts.uncertain |= exc.sent
                 attempts.last_error = f"{link.url}: {exc}"
                 self._drop(link)
+                if attempts.at_most_once and attempts.uncertain:
+                    raise p.OutcomeUnknownError(
+                        f"{attempts.what}: the connection to {link.url} was lost after the "
+                        "command was sent; it may or may not have been applied: query the "
+                        "state before trying again"
+                    ) from None
                 await self._backoff(attempts)
                 continue
             if isinstance(response, p.Ok):
@@ -617,9 +677,21 @@ class KVClient:
                     return True  # follow the hint at once
             case p.ErrorCode.OUTCOME_UNKNOWN:
                 attempts.uncertain = True  # retry: the same seq makes it exactly-once
+                if attempts.at_most_once:
+                    raise p.OutcomeUnknownError(
+                        f"{message}; it may or may not have been applied: query the state "
+                        "before trying again"
+                    )
+            case p.ErrorCode.COMMAND_FAILED:
+                raise p.CommandFailedError(message)
             case p.ErrorCode.UNAVAILABLE:
                 self._drop(link)
             case p.ErrorCode.BAD_REQUEST:
+                if attempts.what in ("call", "query") and failure.message.startswith("unknown op"):
+                    raise p.KVRequestError(
+                        f"{attempts.what}: {link.url} predates the call and query operations; "
+                        "upgrade the cluster"
+                    )
                 if attempts.membership and failure.message.startswith("unknown op"):
                     raise p.KVRequestError(
                         f"{attempts.what}: {link.url} predates membership operations (it "
@@ -777,6 +849,15 @@ def _split_url(url: str) -> tuple[str, int, str, bool]:
     port = parts.port if parts.port is not None else (443 if tls else 80)
     resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return parts.hostname, port, resource, tls
+
+
+def _check_size(request: p.Request, what: str) -> None:
+    size = len(p.encode_request(p.MAX_SEQ, request))
+    if size > p.MAX_REQUEST_BYTES:
+        raise p.KVRequestError(
+            f"{what}: the request encodes to {size} bytes, over the {p.MAX_REQUEST_BYTES} a "
+            "server accepts; store large values elsewhere and send a reference"
+        )
 
 
 @contextmanager

@@ -31,7 +31,7 @@ from typing import Any, Final, Literal, final
 import attrs
 import cbor2
 
-from .._codec import MAX_COMMAND_DEPTH, load_plain
+from .._codec import MAX_COMMAND_DEPTH, check_command, load_plain
 from .._codec import FrameError as _CodecFrameError
 from .._errors import RaftError
 from .._types import MAX_ADDRESS_BYTES, MAX_ID_CHARS, MAX_MEMBERS
@@ -70,10 +70,12 @@ CLOSE_INVALID_PAYLOAD: Final = 1007  # a frame that cannot be answered
 CLOSE_POLICY_VIOLATION: Final = 1008  # missing or wrong token, or replies not read
 CLOSE_INTERNAL_ERROR: Final = 1011  # the server failed unexpectedly on this connection
 
-_MAX_REQUEST_DEPTH: Final = 2
-"""A request is a map of scalars; one more level lets a nested value get a ``bad_request``."""
-_MAX_REQUEST_ITEMS: Final = 64
-"""CBOR items in a request (the largest valid one has 17): decoding work is bounded by it."""
+_MAX_REQUEST_DEPTH: Final = 1 + MAX_COMMAND_DEPTH
+"""A request is a map of scalars, except a ``call``'s command and a ``query``'s query: values
+of the command data model, nested at most :data:`~trio_raft._codec.MAX_COMMAND_DEPTH` deep."""
+_MAX_REQUEST_ITEMS: Final = 16 * 1024
+"""CBOR items in a request (a KV one has at most 17; a ``call`` carries a whole command):
+decoding work is bounded by it and by :data:`MAX_REQUEST_BYTES`."""
 # {"id", "ok": {"voters": {id: address}}}: an address is any value of the command model.
 _MAX_RESPONSE_DEPTH: Final = 3 + MAX_COMMAND_DEPTH
 # A full list page, or a membership of the most members with the largest addresses.
@@ -96,6 +98,12 @@ class KVTimeoutError(KVError):
     (once: the session's sequence number prevents a second application). Read the key back to
     find out, or raise the timeout (``timeout_s``) if the cluster is just slow or electing.
     """
+
+    def __init__(self, message: str, *, may_have_applied: bool = False) -> None:
+        super().__init__(message)
+        self.may_have_applied = may_have_applied
+        """Whether the operation may have taken effect: false for reads and for writes that
+        were never sent (or refused for sure), true otherwise."""
 
 
 class KVRequestError(KVError, ValueError):
@@ -132,6 +140,21 @@ class KVNoSpaceError(KVError):
 class KVServerError(KVError):
     """The server failed unexpectedly (the message says how). The outcome of a write is unknown.
     This is a bug in the server or its state machine: please report it."""
+
+
+class CommandFailedError(KVError):
+    """A ``call``'s command was applied and the state machine's ``apply`` raised; the message
+    names the exception type and its text (the state is as ``apply`` left it: unchanged, if it
+    follows the :class:`~trio_raft.StateMachine` contract)."""
+
+
+class OutcomeUnknownError(KVError):
+    """A ``call`` may or may not have been applied (the leader was lost after appending it,
+    or the connection broke after sending it); the client does not retry it, since that could
+    apply it twice. Check the state (``query``) before trying again."""
+
+    may_have_applied: Final = True
+    """Always true: what the error says, as an attribute for programs."""
 
 
 class ClientClosedError(KVError):
@@ -208,6 +231,10 @@ class ErrorCode(enum.StrEnum):
     (:class:`MembershipRefusedError`)."""
     TRANSFER_FAILED = "transfer_failed"
     """The leadership transfer did not complete (:class:`TransferFailedError`)."""
+    COMMAND_FAILED = "command_failed"
+    """The ``call``'s command was committed and applied, and the state machine's ``apply``
+    raised (the same on every replica): ``message`` names the exception
+    (:class:`CommandFailedError`)."""
 
 
 class FrameError(Exception):
@@ -458,6 +485,36 @@ class Cas:
     new: bytes | None = attrs.field(validator=_v(lambda x: check_optional_value(x, "new")))
 
 
+def check_plain(value: object, what: str = "command") -> object:
+    """A value of the command data model (see :func:`trio_raft._codec.check_command`)."""
+    try:
+        check_command(value, where=what)
+    except _CodecFrameError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Call:
+    """Propose ``command`` to the node's state machine, whatever it is; the result is what its
+    ``apply`` returned. Not retried by the client once it may have been appended (at most
+    once): a state machine that needs exactly once de-duplicates by a request id inside the
+    command."""
+
+    command: object = attrs.field(validator=_v(check_plain))
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Query:
+    """Answer ``query`` with the node's state machine (``query`` method), linearizably (on the
+    leader, with ReadIndex) or ``stale`` (on any node, at once)."""
+
+    query: object = attrs.field(validator=_v(lambda x: check_plain(x, "query")))
+    consistency: Consistency = attrs.field(default="linearizable", validator=_consistency)
+
+
 @final
 @attrs.frozen(kw_only=True)
 class NodeStatus:
@@ -527,6 +584,8 @@ Request = (
     | Put
     | Delete
     | Cas
+    | Call
+    | Query
     | NodeStatus
     | Members
     | AddLearner
@@ -547,6 +606,8 @@ _OPS: Final[dict[str, type[Request]]] = {
     "put": Put,
     "delete": Delete,
     "cas": Cas,
+    "call": Call,
+    "query": Query,
     "status": NodeStatus,
     "members": Members,
     "add_learner": AddLearner,

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from ssl import SSLContext
 from typing import Final, NoReturn, final
 
+import cbor2
 import trio
 from trio_websocket import (
     ConnectionClosed,
@@ -35,6 +36,7 @@ from trio_websocket import (
     WebSocketRequest,
 )
 
+from .._abc import StateMachine
 from .._errors import (
     InvalidMembershipError,
     LeadershipLostError,
@@ -46,6 +48,7 @@ from .._errors import (
     NotLeaderError,
     ProposalDroppedError,
     QuorumUnavailableError,
+    RaftError,
 )
 from .._inbound import Admission, Barrier, Ticket, remote_host
 from .._node import Node
@@ -61,6 +64,7 @@ from ._protocol import (
     PROTOCOL_VERSION,
     AddLearner,
     BadRequest,
+    Call,
     Cas,
     Consistency,
     Delete,
@@ -78,6 +82,7 @@ from ._protocol import (
     OpenSession,
     Promote,
     Put,
+    Query,
     Remove,
     Request,
     Response,
@@ -87,7 +92,6 @@ from ._protocol import (
     decode_request,
     encode_response,
 )
-from ._state_machine import KVStateMachine
 
 logger: Final = logging.getLogger("trio_raft.kv")
 
@@ -191,7 +195,7 @@ class KVServer:
     def __init__(
         self,
         node: Node,
-        state_machine: KVStateMachine,
+        state_machine: StateMachine,
         leader_urls: Mapping[NodeId, str],
         token: str | None,
         admin_token: str | None,
@@ -370,6 +374,8 @@ class KVServer:
             return Failure(rid, ErrorCode.QUORUM_UNAVAILABLE, str(exc))
         except LeadershipTransferError as exc:
             return Failure(rid, ErrorCode.TRANSFER_FAILED, str(exc))
+        except _CommandFailed as exc:
+            return Failure(rid, ErrorCode.COMMAND_FAILED, str(exc)[:MAX_ERROR_CHARS])
         except ValueError as exc:  # the state machine refused it (StaleSequenceError included)
             return Failure(rid, ErrorCode.BAD_REQUEST, str(exc))
         except Exception as exc:  # a bug: tell the client rather than kill the server
@@ -395,6 +401,10 @@ class KVServer:
                 return await propose(("delete", session, seq, key), frees_space=True)
             case Cas(session=session, seq=seq, key=key, expected=expected, new=new):
                 return await propose(("cas", session, seq, key, expected, new))
+            case Call(command=command):
+                return await self._call(command)
+            case Query(query=query, consistency=consistency):
+                return await self._read(query, consistency)
             case NodeStatus():
                 await trio.lowlevel.checkpoint()
                 return status_to_wire(node.status)
@@ -419,6 +429,23 @@ class KVServer:
             case TransferLeader(to=target):
                 return {"leader": await node.transfer_leadership(target)}
 
+    async def _call(self, command: object) -> object:
+        """Propose a ``call``'s command; an exception of its ``apply`` becomes
+        :class:`_CommandFailed` (the node's own refusals pass through as they are)."""
+        limit = self._node._state.config.max_command_bytes
+        size = len(cbor2.dumps(command))
+        if size > limit:
+            raise ValueError(
+                f"the command encodes to {size} bytes, over the cluster's max_command_bytes "
+                f"({limit}); nothing was appended"
+            )
+        try:
+            return await self._node.propose(command)
+        except (RaftError, trio.Cancelled):
+            raise
+        except Exception as exc:
+            raise _CommandFailed(f"{type(exc).__name__}: {exc}") from exc
+
     def _membership(self) -> dict[str, object]:
         """The configuration in force here, as the membership ops answer it (after a change
         returned, that is the committed one, or a later one)."""
@@ -431,11 +458,19 @@ class KVServer:
             status.leader_id,
         )
 
-    async def _read(self, query: tuple[object, ...], consistency: Consistency) -> object:
+    async def _read(self, query: object, consistency: Consistency) -> object:
         if consistency == "stale":
             await trio.lowlevel.checkpoint()
             return self._sm.query(query)
         return await self._node.read(query)
+
+
+MAX_ERROR_CHARS = 2000
+"""A ``command_failed`` message carries at most this much of the exception's text."""
+
+
+class _CommandFailed(Exception):
+    """A ``call``'s command was applied and the state machine's ``apply`` raised."""
 
 
 class _Connection:
@@ -604,12 +639,18 @@ async def serve_kv(
     (a ``promote`` waits as long as the node's catch-up timeout): clients set theirs, as trio's
     timeout philosophy wants.
 
+    Any state machine can be served: ``call`` proposes a command to it and ``query`` reads it
+    (:meth:`KVClient.call`, :meth:`KVClient.query`), so an application's own
+    :class:`~trio_raft.StateMachine` gets clients, leader redirects, tokens and limits for
+    free. The key-value ops (``get``, ``put``, ...) need a :class:`KVStateMachine`; against
+    another state machine they fail as that state machine refuses them (``bad_request``).
+
     Besides the key-value ops, the server answers the membership ops (``members``,
     ``add_learner``, ``promote``, ``demote``, ``remove``, ``transfer_leader``) on the leader,
     through the node's methods; other nodes answer ``not_leader`` with the leader's URL.
 
     Args:
-        node: A node running a :class:`KVStateMachine`.
+        node: The node to serve (running a :class:`KVStateMachine` for the KV ops).
         host: The interface to bind (``None``: all of them).
         port: The port to bind (0: any free one, see :attr:`KVServer.port`).
         leader_urls: Each node's client URL (``ws://host:port/kv``), sent to clients that reach
@@ -634,15 +675,10 @@ async def serve_kv(
         task_status: For :meth:`trio.Nursery.start`.
 
     Raises:
-        TypeError: ``node`` does not run a :class:`KVStateMachine`.
         ValueError: a bound is < 1.
         OSError: the address cannot be bound.
     """
     state_machine = node.state_machine
-    if not isinstance(state_machine, KVStateMachine):
-        raise TypeError(
-            f"serve_kv needs a node running a KVStateMachine, got {type(state_machine).__name__}"
-        )
     if max_connections < 1 or max_concurrent_requests < 1:
         raise ValueError(
             "max_connections and max_concurrent_requests must be >= 1, got "
