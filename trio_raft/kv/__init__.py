@@ -28,6 +28,8 @@ The errors, all :class:`~trio_raft.RaftError`::
 """
 
 from .._util import fixup_module_metadata as _fixup_module_metadata
+from ._blocking import BlockingKVClient as BlockingKVClient
+from ._blocking import open_blocking_client as open_blocking_client
 from ._client import USE_CLIENT_DEFAULT as USE_CLIENT_DEFAULT
 from ._client import KVClient as KVClient
 from ._client import UseClientDefault as UseClientDefault
