@@ -67,6 +67,8 @@ nitpick_ignore: list[tuple[str, str]] = [
     # The TypedDict behind ``MemoryNetwork.set_link(**changes)``; its keys are listed in the
     # docstring of set_link, and it is not exported.
     ("py:class", "trio_raft.testing._network.LinkChanges"),
+    # The type variable of ``BlockingKVClient.run`` (the result type of the function given).
+    ("py:class", "trio_raft.kv._blocking.T"),
 ]
 
 # -- autodoc / napoleon -------------------------------------------------------------------------
