@@ -52,10 +52,18 @@ BACKOFF_S_MIN: Final = 0.02
 """First pause between retries; it doubles on each failure, up to ``BACKOFF_S_MAX``."""
 BACKOFF_S_MAX: Final = 1.0
 """Longest pause between retries."""
+ELECTION_PAUSE_S: Final = 0.05
+"""Longest pause between retries while a live node says there is no leader it can point to
+(an election is running, or its hint is the leader that just failed): the cluster is up and
+will have a leader within about an election timeout, so the client polls at a steady pace
+rather than backing off exponentially, and a write lands soon after the election ends."""
 FREE_HOPS: Final = 3
 """Leader hints a call follows at once; past that it backs off between hops (a hint loop)."""
 CLOSE_TIMEOUT_S: Final = 1.0
 """How long closing a connection waits for the server's closing handshake."""
+MAX_FAILED_URLS: Final = 64
+"""URLs remembered as unreachable (their last connection attempt failed): a leader hint
+pointing at one is ignored in favour of the other members."""
 REFRESH_INTERVAL_S: Final = 10.0
 """Least time between two background refreshes of the members' URLs (each new connection
 triggers one once this has passed since the last)."""
@@ -146,6 +154,8 @@ class _Attempts:
     in_flight: bool = False
     membership: bool = False  # a membership op: an old server does not know it
     at_most_once: bool = False  # a call: never resent once it may have been appended
+    electing: bool = False  # a live node knew no leader to point to: pause briefly
+    links_lost: int = 0  # connections lost under this call
 
 
 @final
@@ -188,6 +198,8 @@ class KVClient:
         self._slots = trio.Semaphore(max_concurrent_requests)
         self._link: _Link | None = None
         self._hint: str | None = None
+        self._failed_urls: dict[str, None] = {}
+        """URLs whose last connection failed or was lost, oldest first (a set with order)."""
         self._next_url = self._next_id = 0
         self._connect_lock, self._write_lock = trio.Lock(), trio.Lock()
         self._closed = False
@@ -656,7 +668,10 @@ class KVClient:
                         "command was sent; it may or may not have been applied: query the "
                         "state before trying again"
                     ) from None
-                await self._backoff(attempts)
+                self._failed_urls[link.url] = None
+                attempts.links_lost += 1
+                if attempts.links_lost > 1:  # the first loss: try the other members at once
+                    await self._backoff(attempts)
                 continue
             if isinstance(response, p.Ok):
                 return response.result
@@ -671,10 +686,12 @@ class KVClient:
         match failure.code:
             case p.ErrorCode.NOT_LEADER:
                 self._drop(link)
-                self._hint = failure.leader
-                if failure.leader not in (None, link.url) and attempts.hops < FREE_HOPS:
+                dead = failure.leader is not None and failure.leader in self._failed_urls
+                self._hint = None if dead else failure.leader
+                if self._hint not in (None, link.url) and attempts.hops < FREE_HOPS:
                     attempts.hops += 1
                     return True  # follow the hint at once
+                attempts.electing = True  # no usable hint: the cluster is electing
             case p.ErrorCode.OUTCOME_UNKNOWN:
                 attempts.uncertain = True  # retry: the same seq makes it exactly-once
                 if attempts.at_most_once:
@@ -738,8 +755,12 @@ class KVClient:
                 try:
                     self._link = link = await self._nursery.start(self._run_link, url)
                     attempts.misses = 0
+                    self._failed_urls.pop(url, None)
                 except _ConnectFailed as exc:
                     attempts.last_error = str(exc)
+                    self._failed_urls[url] = None
+                    while len(self._failed_urls) > MAX_FAILED_URLS:
+                        del self._failed_urls[next(iter(self._failed_urls))]
                 else:
                     if trio.current_time() >= self._refresh_at and not self._refreshing:
                         self._refreshing = True
@@ -830,6 +851,10 @@ class KVClient:
         return trio.current_time() + seconds
 
     async def _backoff(self, attempts: _Attempts) -> None:
+        if attempts.electing:
+            attempts.electing = False
+            await trio.sleep(self._rng.uniform(ELECTION_PAUSE_S / 2, ELECTION_PAUSE_S))
+            return
         ceiling = min(BACKOFF_S_MAX, BACKOFF_S_MIN * 2.0 ** min(attempts.failures, 30))
         attempts.failures += 1
         await trio.sleep(self._rng.uniform(ceiling / 2, ceiling))
