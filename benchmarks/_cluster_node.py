@@ -89,38 +89,43 @@ async def serve_front(
     handler: Handler,
     port: int,
     *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the benchmark protocol on ``127.0.0.1:port`` until cancelled: one task reads each
-    connection, requests that must wait run in tasks of their own (pipelined), and one task
-    per connection writes the replies, coalescing those ready at the same time."""
+    """Serve the benchmark protocol on ``127.0.0.1:port`` until cancelled (``task_status``
+    gets the port bound: useful with 0). One task reads each connection, requests that must
+    wait run in tasks of their own (pipelined), and one task per connection writes the
+    replies, coalescing those ready at the same time. A malformed frame closes its connection."""
     listeners = await trio.open_tcp_listeners(port, host=HOST)
-    task_status.started()
+    task_status.started(listeners[0].socket.getsockname()[1])
     await trio.serve_listeners(lambda stream: _connection(stream, handler), listeners)
 
 
 async def _connection(stream: trio.SocketStream, handler: Handler) -> None:
     frames = FrameBuffer(MAX_FRAME_BYTES)
     pending: list[bytes] = []
-    ready = trio.Event()
+    wake = trio.Event()
     slots = trio.Semaphore(MAX_IN_FLIGHT)
+    in_flight = 0
+    reading = True
 
     def reply(item: Reply) -> None:
+        nonlocal in_flight
         pending.append(encode_reply(*item))
-        ready.set()
-
-    def reply_and_free(item: Reply) -> None:
-        reply(item)
+        in_flight -= 1
         slots.release()
+        wake.set()
 
     async def writer() -> None:
-        nonlocal ready
+        nonlocal wake
         while True:
-            await ready.wait()
-            ready = trio.Event()
-            out = b"".join(pending)
-            pending.clear()
-            await stream.send_all(out)
+            await wake.wait()
+            wake = trio.Event()
+            if pending:
+                out = b"".join(pending)
+                pending.clear()
+                await stream.send_all(out)
+            if not reading and not in_flight and not pending:
+                return  # the client is done (EOF) or misbehaved: every reply is out
 
     async def run(awaitable: Awaitable[None]) -> None:
         await awaitable
@@ -128,20 +133,27 @@ async def _connection(stream: trio.SocketStream, handler: Handler) -> None:
     try:
         async with stream, trio.open_nursery() as nursery:
             nursery.start_soon(writer)
-            while True:
-                data = await stream.receive_some(1 << 16)
-                if not data:
-                    frames.check_eof()
-                    break
-                for body in frames.feed(data):
-                    request = decode_request(body)
-                    await slots.acquire()
-                    waiting = handler(request, reply_and_free)
-                    if waiting is not None:
-                        nursery.start_soon(run, waiting)
-            nursery.cancel_scope.cancel()
-    except (ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
-        return  # a client gone or misbehaving: drop the connection, keep serving others
+            try:
+                while True:
+                    data = await stream.receive_some(1 << 16)
+                    if not data:
+                        frames.check_eof()
+                        break
+                    for body in frames.feed(data):
+                        request = decode_request(body)
+                        await slots.acquire()
+                        in_flight += 1
+                        waiting = handler(request, reply)
+                        if waiting is not None:
+                            nursery.start_soon(run, waiting)
+                    if frames.error is not None:
+                        break
+            except ProtocolError:
+                pass  # answer what came before, then drop the connection
+            reading = False
+            wake.set()
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        return  # the client went away: keep serving the others
 
 
 def _status_reply(request: Request, status: Mapping[str, object]) -> Reply:

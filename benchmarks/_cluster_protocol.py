@@ -147,13 +147,18 @@ class FrameBuffer:
     def __init__(self, max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
         self._buffer = bytearray()
         self._max = max_frame_bytes
+        self._error: ProtocolError | None = None
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add ``data``; return every body it completes, in order.
 
         Raises:
-            ProtocolError: a length prefix announces a body over the limit, or an empty one.
+            ProtocolError: a length prefix announces a body over the limit, or an empty one
+                (if good frames came before it in ``data``, they are returned first and the
+                error is raised by the next call, of this or of :meth:`check_eof`).
         """
+        if self._error is not None:
+            raise self._error
         buffer = self._buffer
         buffer += data
         bodies: list[bytes] = []
@@ -161,12 +166,14 @@ class FrameBuffer:
         end = len(buffer)
         while end - offset >= LENGTH.size:
             (size,) = LENGTH.unpack_from(buffer, offset)
-            if size > self._max:
-                raise ProtocolError(
+            if size > self._max or size == 0:
+                self._error = ProtocolError(
+                    "a frame announces an empty body" if size == 0 else
                     f"a frame announces {size} bytes, more than the limit of {self._max}"
-                )
-            if size == 0:
-                raise ProtocolError("a frame announces an empty body")
+                )  # fmt: skip
+                if bodies:
+                    return bodies
+                raise self._error
             start = offset + LENGTH.size
             if end - start < size:
                 break
@@ -176,12 +183,20 @@ class FrameBuffer:
             del buffer[:offset]
         return bodies
 
+    @property
+    def error(self) -> ProtocolError | None:
+        """The error of a bad frame seen after good ones (which :meth:`feed` returned first);
+        the connection should be closed once they are answered."""
+        return self._error
+
     def check_eof(self) -> None:
         """The stream ended: raise if it ended in the middle of a frame.
 
         Raises:
-            ProtocolError: bytes of an incomplete frame are buffered.
+            ProtocolError: bytes of an incomplete frame are buffered (or a bad frame was seen).
         """
+        if self._error is not None:
+            raise self._error
         if self._buffer:
             raise ProtocolError(
                 f"the stream ended inside a frame ({len(self._buffer)} bytes of it received)"

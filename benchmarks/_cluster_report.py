@@ -69,6 +69,8 @@ def row_line(rows: Sequence[Mapping[str, Any]], row: Mapping[str, Any]) -> str:
     latency = row.get("write_ms") or row.get("read_ms") or {}
     base, null = baseline_row(rows, row), null_row(rows, row)
     vs_base = f"{row['ops_per_s'] / base['ops_per_s']:.2f}x" if base and row.get("ops_per_s") else "-"
+    if base is row:
+        vs_base = "baseline"
     vs_null = f"{row['ops_per_s'] / null['ops_per_s']:.3f}" if null and row.get("ops_per_s") else "-"
     mix = {0.0: "writes", 1.0: "reads"}.get(row["read_ratio"], f"{row['read_ratio']:.0%} reads")
     return (
