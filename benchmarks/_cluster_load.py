@@ -178,6 +178,8 @@ class _Run:
     error_samples: list[str] = attrs.Factory(list)
     reconnects: int = 0
     last_ack: float = 0.0
+    all_acked: trio.Event = attrs.Factory(trio.Event)
+    """Set once ``step.count`` writes are acknowledged (count mode)."""
 
     def make(self, now: float, pending: dict[int, tuple[float, Op]]) -> bytes | None:
         step = self.step
@@ -196,6 +198,8 @@ class _Run:
         if reply.status is Status.OK:
             self.acked += 1
             self.last_ack = now
+            if self.acked == self.step.count:
+                self.all_acked.set()
             start, end = self.window
             if start <= now < end:
                 (self.write_ms if op is Op.WRITE else self.read_ms).append((now - sent) * 1000)
@@ -262,8 +266,10 @@ def _cdf(ordered: list[float]) -> list[list[float]]:
     if not ordered:
         return []
     fractions = [i / CDF_POINTS for i in range(CDF_POINTS)] + [0.995, 0.999, 0.9999, 1.0]
-    return [[round(ordered[min(len(ordered) - 1, int(f * len(ordered)))], 4), f]
-            for f in sorted(set(fractions))]  # fmt: skip
+    return [
+        [round(ordered[min(len(ordered) - 1, int(f * len(ordered)))], 4), f]
+        for f in sorted(set(fractions))
+    ]
 
 
 async def run_step(step: Step) -> dict[str, Any]:
@@ -275,8 +281,10 @@ async def run_step(step: Step) -> dict[str, Any]:
     leader = await find_leader(step.fronts)
     run = _Run(step, step.fronts[leader], os.urandom(step.value_bytes), random.Random(step.seed))
     connections = max(1, min(step.connections, step.outstanding))
-    shares = [step.outstanding // connections + (i < step.outstanding % connections)
-              for i in range(connections)]  # fmt: skip
+    shares = [
+        step.outstanding // connections + (i < step.outstanding % connections)
+        for i in range(connections)
+    ]
     pid = step.pids.get(leader)
     result: dict[str, Any] = {"leader": leader}
     async with trio.open_nursery() as nursery:
@@ -285,10 +293,10 @@ async def run_step(step: Step) -> dict[str, Any]:
             nursery.start_soon(run.connection, share)
         if step.count:
             with trio.move_on_after(max(60.0, step.count / 200)) as scope:
-                while run.acked < step.count:
-                    await trio.sleep(0.02)
-            result.update(acked=run.acked, elapsed_s=run.last_ack - started,
-                          timed_out=scope.cancelled_caught)  # fmt: skip
+                await run.all_acked.wait()
+            result.update(
+                acked=run.acked, elapsed_s=run.last_ack - started, timed_out=scope.cancelled_caught
+            )
             run.stopping = True
             nursery.cancel_scope.cancel()
         else:
@@ -302,8 +310,12 @@ async def run_step(step: Step) -> dict[str, Any]:
             nursery.cancel_scope.deadline = trio.current_time() + DRAIN_S
             window_s = step.seconds
             done = len(run.write_ms) + len(run.read_ms)
-            result.update(window_s=window_s, writes=len(run.write_ms), reads=len(run.read_ms),
-                          ops_per_s=done / window_s)  # fmt: skip
+            result.update(
+                window_s=window_s,
+                writes=len(run.write_ms),
+                reads=len(run.read_ms),
+                ops_per_s=done / window_s,
+            )
             if leader_cpu0 is not None and leader_cpu1 is not None and done:
                 result["leader_cpu_us_per_op"] = (leader_cpu1 - leader_cpu0) / done * 1e6
                 result["leader_cpu_share"] = (leader_cpu1 - leader_cpu0) / window_s
@@ -313,12 +325,18 @@ async def run_step(step: Step) -> dict[str, Any]:
                 if not ordered:
                     continue
                 result[f"{name}_ms"] = {
-                    "p50": _percentile(ordered, 0.5), "p99": _percentile(ordered, 0.99),
-                    "p999": _percentile(ordered, 0.999), "mean": sum(ordered) / len(ordered),
-                }  # fmt: skip
+                    "p50": _percentile(ordered, 0.5),
+                    "p99": _percentile(ordered, 0.99),
+                    "p999": _percentile(ordered, 0.999),
+                    "mean": sum(ordered) / len(ordered),
+                }
                 result[f"{name}_cdf"] = _cdf(ordered)
-    result.update(errors=run.errors, redirects=run.redirects, reconnects=run.reconnects,
-                  error_samples=run.error_samples)  # fmt: skip
+    result.update(
+        errors=run.errors,
+        redirects=run.redirects,
+        reconnects=run.reconnects,
+        error_samples=run.error_samples,
+    )
     return result
 
 

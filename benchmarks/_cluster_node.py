@@ -15,6 +15,7 @@ every request at once: the harness's own ceiling.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -64,7 +65,11 @@ class BenchStateMachine:
             ValueError: the command is not ``("put", bytes, bytes)``.
         """
         match command:
-            case ("put", bytes() as key, bytes() as value) | ["put", bytes() as key, bytes() as value]:
+            case ("put", bytes() as key, bytes() as value) | [
+                "put",
+                bytes() as key,
+                bytes() as value,
+            ]:
                 self._data[key] = value
                 return None
         raise ValueError(f"malformed benchmark command {command!r}")
@@ -97,10 +102,14 @@ async def serve_front(
     replies, coalescing those ready at the same time. A malformed frame closes its connection."""
     listeners = await trio.open_tcp_listeners(port, host=HOST)
     task_status.started(listeners[0].socket.getsockname()[1])
-    await trio.serve_listeners(lambda stream: _connection(stream, handler), listeners)
+
+    async def connection(stream: trio.SocketStream) -> None:
+        await _connection(stream, handler)
+
+    await trio.serve_listeners(connection, listeners)
 
 
-async def _connection(stream: trio.SocketStream, handler: Handler) -> None:
+async def _connection(stream: trio.abc.Stream, handler: Handler) -> None:
     frames = FrameBuffer(MAX_FRAME_BYTES)
     pending: list[bytes] = []
     wake = trio.Event()
@@ -174,8 +183,15 @@ def null_handler(node_id: str) -> Handler:
         elif request.op is Op.READ:
             reply((request.id, Status.OK, data.get(request.key, b"")))
         else:
-            status = {"id": node_id, "role": "leader", "leader": node_id, "applied": applied,
-                      "commit": applied, "last_index": applied, "pid": os.getpid()}  # fmt: skip
+            status = {
+                "id": node_id,
+                "role": "leader",
+                "leader": node_id,
+                "applied": applied,
+                "commit": applied,
+                "last_index": applied,
+                "pid": os.getpid(),
+            }
             reply(_status_reply(request, status))
 
     return handle
@@ -211,9 +227,16 @@ def raft_handler(node: trio_raft.Node) -> Handler:
         if request.op is Op.READ:
             return read(request, reply)
         st = node.status
-        status = {"id": node.id, "role": st.role.value, "leader": st.leader_id, "term": st.term,
-                  "applied": st.last_applied, "commit": st.commit_index,
-                  "last_index": st.last_log_index, "pid": os.getpid()}  # fmt: skip
+        status = {
+            "id": node.id,
+            "role": st.role.value,
+            "leader": st.leader_id,
+            "term": st.term,
+            "applied": st.last_applied,
+            "commit": st.commit_index,
+            "last_index": st.last_log_index,
+            "pid": os.getpid(),
+        }
         reply(_status_reply(request, status))
         return None
 
@@ -228,32 +251,28 @@ async def _run_raft(spec: Mapping[str, object]) -> None:
     peers = {nid: f"ws://{HOST}:{ports[0]}/raft" for nid, ports in nodes.items() if nid != node_id}
     secret = bytes.fromhex(str(spec["secret"]))
     async with trio.open_nursery() as nursery:
+        storage_cm: contextlib.AbstractAsyncContextManager[trio_raft.Storage]
         if spec["storage"] == "file":
             storage_cm = trio_raft.open_file_storage(
                 str(spec["data_dir"]), cluster_id="bench", node_id=node_id
             )
         else:
-            storage_cm = _memory_storage()
+            storage_cm = contextlib.nullcontext(trio_raft.MemoryStorage())
         async with (
             storage_cm as storage,
             trio_raft.open_websocket_transport(
                 node_id, peers, cluster_id="bench", secret=secret, host=HOST, port=peer_port
             ) as transport,
             trio_raft.open_node(
-                node_id, sorted(nodes), state_machine=BenchStateMachine(), transport=transport,
+                node_id,
+                sorted(nodes),
+                state_machine=BenchStateMachine(),
+                transport=transport,
                 storage=storage,
             ) as node,
-        ):  # fmt: skip
+        ):
             await nursery.start(serve_front, raft_handler(node), front_port)
             await trio.sleep_forever()
-
-
-class _memory_storage:  # noqa: N801  (an async context manager, named like one)
-    async def __aenter__(self) -> trio_raft.Storage:
-        return trio_raft.MemoryStorage()
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
 
 
 async def _run_null(spec: Mapping[str, object]) -> None:

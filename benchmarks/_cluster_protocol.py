@@ -149,7 +149,7 @@ class FrameBuffer:
         self._max = max_frame_bytes
         self._error: ProtocolError | None = None
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes | bytearray) -> list[bytes]:
         """Add ``data``; return every body it completes, in order.
 
         Raises:
@@ -168,9 +168,10 @@ class FrameBuffer:
             (size,) = LENGTH.unpack_from(buffer, offset)
             if size > self._max or size == 0:
                 self._error = ProtocolError(
-                    "a frame announces an empty body" if size == 0 else
-                    f"a frame announces {size} bytes, more than the limit of {self._max}"
-                )  # fmt: skip
+                    "a frame announces an empty body"
+                    if size == 0
+                    else f"a frame announces {size} bytes, more than the limit of {self._max}"
+                )
                 if bodies:
                     return bodies
                 raise self._error

@@ -66,7 +66,9 @@ class _Node:
         if error == 0:  # FAIL_REASON.SUCCESS
             self.done.append((connection, request_id, Status.OK, b""))
         else:
-            self.done.append((connection, request_id, Status.ERROR, f"FAIL_REASON {error}".encode()))
+            self.done.append(
+                (connection, request_id, Status.ERROR, f"FAIL_REASON {error}".encode())
+            )
         if not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon_threadsafe(self.flush)
@@ -83,10 +85,15 @@ class _Node:
 
     def status(self) -> dict[str, object]:
         obj = self.obj
-        return {"id": self.id, "role": "leader" if obj._isLeader() else "follower",
-                "leader": self.leader() or None, "applied": obj.raftLastApplied,
-                "commit": obj.raftCommitIndex, "last_index": obj.raftLastApplied,
-                "pid": os.getpid()}  # fmt: skip
+        return {
+            "id": self.id,
+            "role": "leader" if obj._isLeader() else "follower",
+            "leader": self.leader() or None,
+            "applied": obj.raftLastApplied,
+            "commit": obj.raftCommitIndex,
+            "last_index": obj.raftLastApplied,
+            "pid": os.getpid(),
+        }
 
 
 class _Connection(asyncio.Protocol):

@@ -25,15 +25,17 @@ def _ms(value: float | None) -> str:
 
 def write_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The 16-byte write-only rows (the main table's), in run order."""
-    return [r for r in results["rows"]
-            if r["scenario"] == "writes" and "ops_per_s" in r]  # fmt: skip
+    return [r for r in results["rows"] if r["scenario"] == "writes" and "ops_per_s" in r]
 
 
 def main_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The rows of the summary and the plots: 16-byte writes on 3 nodes (and the null node's,
     a single process)."""
-    return [r for r in write_rows(results)
-            if (r["nodes"] == 3 or r["system"] == "null") and r["value_bytes"] == 16]  # fmt: skip
+    return [
+        r
+        for r in write_rows(results)
+        if (r["nodes"] == 3 or r["system"] == "null") and r["value_bytes"] == 16
+    ]
 
 
 def find_row(rows: Sequence[Mapping[str, Any]], **match: object) -> Mapping[str, Any] | None:
@@ -44,12 +46,20 @@ def find_row(rows: Sequence[Mapping[str, Any]], **match: object) -> Mapping[str,
     return None
 
 
-def baseline_row(rows: Sequence[Mapping[str, Any]], row: Mapping[str, Any]) -> Mapping[str, Any] | None:
+def baseline_row(
+    rows: Sequence[Mapping[str, Any]], row: Mapping[str, Any]
+) -> Mapping[str, Any] | None:
     """The PySyncObj row measured like ``row`` (same scenario, nodes, load, size, mix)."""
     for system in BASELINE_ORDER:
-        found = find_row(rows, system=system, scenario=row["scenario"], nodes=row["nodes"],
-                         outstanding=row["outstanding"], value_bytes=row["value_bytes"],
-                         read_ratio=row["read_ratio"])  # fmt: skip
+        found = find_row(
+            rows,
+            system=system,
+            scenario=row["scenario"],
+            nodes=row["nodes"],
+            outstanding=row["outstanding"],
+            value_bytes=row["value_bytes"],
+            read_ratio=row["read_ratio"],
+        )
         if found is not None and found.get("ops_per_s"):
             return found
     return None
@@ -57,8 +67,14 @@ def baseline_row(rows: Sequence[Mapping[str, Any]], row: Mapping[str, Any]) -> M
 
 def null_row(rows: Sequence[Mapping[str, Any]], row: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """The null node's row measured like ``row``."""
-    found = find_row(rows, system="null", scenario=row["scenario"], outstanding=row["outstanding"],
-                     value_bytes=row["value_bytes"], read_ratio=row["read_ratio"])  # fmt: skip
+    found = find_row(
+        rows,
+        system="null",
+        scenario=row["scenario"],
+        outstanding=row["outstanding"],
+        value_bytes=row["value_bytes"],
+        read_ratio=row["read_ratio"],
+    )
     if found is None or not found.get("ops_per_s"):
         return None
     return found
@@ -68,13 +84,18 @@ def row_line(rows: Sequence[Mapping[str, Any]], row: Mapping[str, Any]) -> str:
     """One row of the detailed table, with its ratios to PySyncObj and to the null node."""
     latency = row.get("write_ms") or row.get("read_ms") or {}
     base, null = baseline_row(rows, row), null_row(rows, row)
-    vs_base = f"{row['ops_per_s'] / base['ops_per_s']:.2f}x" if base and row.get("ops_per_s") else "-"
+    vs_base = (
+        f"{row['ops_per_s'] / base['ops_per_s']:.2f}x" if base and row.get("ops_per_s") else "-"
+    )
     if base is row:
         vs_base = "baseline"
-    vs_null = f"{row['ops_per_s'] / null['ops_per_s']:.3f}" if null and row.get("ops_per_s") else "-"
+    vs_null = (
+        f"{row['ops_per_s'] / null['ops_per_s']:.3f}" if null and row.get("ops_per_s") else "-"
+    )
     mix = {0.0: "writes", 1.0: "reads"}.get(row["read_ratio"], f"{row['read_ratio']:.0%} reads")
     return (
-        f"| {row['system']} | {row['nodes']} | {row['outstanding']} | {row['value_bytes']:,} | {mix} "
+        f"| {row['system']} | {row['nodes']} | {row['outstanding']} | {row['value_bytes']:,} "
+        f"| {mix} "
         f"| {_fmt(row.get('ops_per_s'))} | {_ms(latency.get('p50'))} | {_ms(latency.get('p99'))} "
         f"| {_ms(latency.get('p999'))} | {_fmt(row.get('leader_cpu_us_per_op'))} | {vs_base} "
         f"| {vs_null} | {row.get('errors', 0) + row.get('redirects', 0)} |"
@@ -97,33 +118,49 @@ def markdown(results: Mapping[str, Any]) -> str:
     if summary:
         lines += ["## Summary (3 nodes, 16-byte writes)", "", *summary, ""]
     lines += [
-        "## Every row", "",
+        "## Every row",
+        "",
         "| system | nodes | outstanding | value B | mix | ops/s | p50 ms | p99 ms | p99.9 ms "
         "| leader CPU µs/op | vs PySyncObj | of null | errors |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]  # fmt: skip
+    ]
     lines += [row_line(rows, row) for row in rows if row.get("ops_per_s") is not None]
     failed = [row for row in rows if row.get("failed")]
     for row in failed:
         lines.append(f"\n{row['system']} {row['scenario']} N={row['outstanding']}: {row['failed']}")
     if results.get("failover"):
-        lines += ["", "## Failover (kill -9 of the leader → first committed write)", "",
-                  "| system | runs | median s | max s | restarted node caught up, median s |",
-                  "|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "## Failover (kill -9 of the leader → first committed write)",
+            "",
+            "| system | runs | median s | max s | restarted node caught up, median s |",
+            "|---|---|---|---|---|",
+        ]
         for system, f in results["failover"].items():
-            lines.append(f"| {system} | {len(f['times_s'])} | {_fmt(f.get('median_s'), 3)} "
-                         f"| {_fmt(f.get('max_s'), 3)} | {_fmt(f.get('rejoin_median_s'), 2)} |")  # fmt: skip
+            lines.append(
+                f"| {system} | {len(f['times_s'])} | {_fmt(f.get('median_s'), 3)} "
+                f"| {_fmt(f.get('max_s'), 3)} | {_fmt(f.get('rejoin_median_s'), 2)} |"
+            )
     if results.get("catchup"):
-        lines += ["", "## Catch-up of a restarted follower", "",
-                  "| system | entries behind | load writes/s | caught up after s "
-                  "| of which process start s |", "|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "## Catch-up of a restarted follower",
+            "",
+            "| system | entries behind | load writes/s | caught up after s "
+            "| of which process start s |",
+            "|---|---|---|---|---|",
+        ]
         for system, c in results["catchup"].items():
-            lines.append(f"| {system} | {c['entries']:,} | {_fmt(c.get('load_per_s'))} "
-                         f"| {_fmt(c.get('caught_up_s'), 2)} | {_fmt(c.get('startup_s'), 2)} |")  # fmt: skip
+            lines.append(
+                f"| {system} | {c['entries']:,} | {_fmt(c.get('load_per_s'))} "
+                f"| {_fmt(c.get('caught_up_s'), 2)} | {_fmt(c.get('startup_s'), 2)} |"
+            )
     floors = results.get("floors", {})
     if floors:
         lines += ["", "## Floors (same run)", ""]
-        lines += [f"- {name}: {_fmt(v, 1) if isinstance(v, float) else v}" for name, v in floors.items()]
+        lines += [
+            f"- {name}: {_fmt(v, 1) if isinstance(v, float) else v}" for name, v in floors.items()
+        ]
     notes = results.get("notes", [])
     if notes:
         lines += ["", "## Notes", "", *[f"- {note}" for note in notes]]
@@ -153,7 +190,8 @@ def _summary(results: Mapping[str, Any]) -> list[str]:
         busy = find_row(three, system=system, outstanding=128)
         failover = results.get("failover", {}).get(system, {})
         lines.append(
-            f"| {system} | " + " | ".join(cells)
+            f"| {system} | "
+            + " | ".join(cells)
             + f" | {_ms((one or {}).get('write_ms', {}).get('p50'))}"
             + f" | {_fmt((one or {}).get('leader_cpu_us_per_op'))}"
             + f" | {_fmt((busy or {}).get('leader_cpu_us_per_op'))}"
@@ -195,8 +233,9 @@ def plots(results: Mapping[str, Any], directory: Path) -> list[str]:
     written.append("throughput.png")
     loads = sorted({r["outstanding"] for r in rows})
     chosen = sorted({loads[0], loads[-1]})
-    fig, axes = plt.subplots(1, len(chosen), figsize=(6.4 * len(chosen) / 1.4, 4.0), dpi=90,
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        1, len(chosen), figsize=(6.4 * len(chosen) / 1.4, 4.0), dpi=90, squeeze=False
+    )
     for ax, n in zip(axes[0], chosen, strict=True):
         for system in systems:
             row = find_row(rows, system=system, outstanding=n)

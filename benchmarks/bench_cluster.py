@@ -47,7 +47,7 @@ import trio
 import trio_raft
 from trio_raft._local_cluster import stop_processes
 
-from . import _cluster_floors, _cluster_load, _cluster_report
+from . import _cluster_floors, _cluster_report
 from ._cluster_load import LoadError, find_leader, status, write_once
 
 COMMAND: Final = "python -m benchmarks.bench_cluster"
@@ -68,7 +68,11 @@ class SystemSpec:
 
     @property
     def module(self) -> str:
-        return "benchmarks._cluster_pysyncobj" if self.kind == "pysyncobj" else "benchmarks._cluster_node"
+        return (
+            "benchmarks._cluster_pysyncobj"
+            if self.kind == "pysyncobj"
+            else "benchmarks._cluster_node"
+        )
 
 
 SYSTEMS: Final = {
@@ -104,9 +108,13 @@ class Settings:
 FULL: Final = Settings()
 QUICK: Final = Settings(
     systems=("null", "pysyncobj-nobatch", "trio-raft-memory", "trio-raft-file"),
-    scenarios=("writes", "failover"), outstanding=(1, 16, 128), seconds=1.5, warmup_s=0.5,
-    failovers=2, catchup_entries=10_000,
-)  # fmt: skip
+    scenarios=("writes", "failover"),
+    outstanding=(1, 16, 128),
+    seconds=1.5,
+    warmup_s=0.5,
+    failovers=2,
+    catchup_entries=10_000,
+)
 
 
 class _Ports:
@@ -171,15 +179,24 @@ class _Cluster:
         return {nid: p.pid for nid, p in self.processes.items() if p.returncode is None}
 
     async def start_node(self, node_id: str) -> None:
-        spec = {"system": self.spec.kind, "id": node_id, "storage": self.spec.storage,
-                "batch": self.spec.batch, "data_dir": str(self.directory / node_id),
-                "nodes": self.nodes, "secret": self.secret}  # fmt: skip
+        spec = {
+            "system": self.spec.kind,
+            "id": node_id,
+            "storage": self.spec.storage,
+            "batch": self.spec.batch,
+            "data_dir": str(self.directory / node_id),
+            "nodes": self.nodes,
+            "secret": self.secret,
+        }
         with (self.directory / f"{node_id}.log").open("ab") as log:
             self.processes[node_id] = await trio.lowlevel.open_process(
-                [sys.executable, "-m", self.spec.module, json.dumps(spec)], stdout=log,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_child_env(),
+                [sys.executable, "-m", self.spec.module, json.dumps(spec)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=_child_env(),
                 preexec_fn=_die_with_parent,
-            )  # fmt: skip
+            )
 
     async def kill(self, node_id: str) -> None:
         process = self.processes.pop(node_id)
@@ -227,19 +244,28 @@ async def _open_cluster(
         shutil.rmtree(directory, ignore_errors=True)
 
 
-async def _load(cluster: _Cluster, settings: Settings, fronts: Mapping[str, int] | None = None,
-                **step: Any) -> dict[str, Any]:  # fmt: skip
+async def _load(
+    cluster: _Cluster, settings: Settings, fronts: Mapping[str, int] | None = None, **step: Any
+) -> dict[str, Any]:
     """Run one load-generator process against ``cluster``; its JSON result."""
-    spec = {"fronts": dict(fronts or cluster.fronts), "pids": cluster.pids,
-            "connections": settings.connections, "warmup_s": settings.warmup_s,
-            "seconds": settings.seconds, **step}  # fmt: skip
+    spec = {
+        "fronts": dict(fronts or cluster.fronts),
+        "pids": cluster.pids,
+        "connections": settings.connections,
+        "warmup_s": settings.warmup_s,
+        "seconds": settings.seconds,
+        **step,
+    }
     bound = 60.0 + spec["warmup_s"] + spec["seconds"] + spec.get("count", 0) / 500
     with trio.move_on_after(bound):
         done = await trio.run_process(
             [sys.executable, "-m", "benchmarks._cluster_load", json.dumps(spec)],
-            capture_stdout=True, capture_stderr=True, check=False, env=_child_env(),
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env=_child_env(),
             preexec_fn=_die_with_parent,
-        )  # fmt: skip
+        )
         if done.returncode != 0:
             return {"failed": done.stderr.decode(errors="replace")[-600:]}
         result = json.loads(done.stdout.decode().strip().splitlines()[-1])
@@ -287,7 +313,9 @@ class _Output:
 
 def _describe(row: Mapping[str, Any], rows: list[dict[str, Any]]) -> str:
     if row.get("failed"):
-        return f"{row['system']:<18} {row['scenario']} N={row['outstanding']}: FAILED {row['failed']}"
+        return (
+            f"{row['system']:<18} {row['scenario']} N={row['outstanding']}: FAILED {row['failed']}"
+        )
     latency = row.get("write_ms") or row.get("read_ms") or {}
     mix = {0.0: "writes", 1.0: "reads"}.get(row["read_ratio"], f"{row['read_ratio']:.0%} reads")
     text = (
@@ -321,14 +349,32 @@ class _Runner:
         rows: list[dict[str, Any]] = self.results["rows"]
         return rows
 
-    async def measure(self, cluster: _Cluster, scenario: str, nodes: int, outstanding: int,
-                      value_bytes: int = 16, read_ratio: float = 0.0) -> None:  # fmt: skip
+    async def measure(
+        self,
+        cluster: _Cluster,
+        scenario: str,
+        nodes: int,
+        outstanding: int,
+        value_bytes: int = 16,
+        read_ratio: float = 0.0,
+    ) -> None:
         self.out.doing(f"{cluster.name} {scenario} N={outstanding}")
-        result = await _load(cluster, self.settings, outstanding=outstanding,
-                             value_bytes=value_bytes, read_ratio=read_ratio)  # fmt: skip
-        row = {"system": cluster.name, "scenario": scenario, "nodes": nodes,
-               "outstanding": outstanding, "value_bytes": value_bytes,
-               "read_ratio": read_ratio, **result}  # fmt: skip
+        result = await _load(
+            cluster,
+            self.settings,
+            outstanding=outstanding,
+            value_bytes=value_bytes,
+            read_ratio=read_ratio,
+        )
+        row = {
+            "system": cluster.name,
+            "scenario": scenario,
+            "nodes": nodes,
+            "outstanding": outstanding,
+            "value_bytes": value_bytes,
+            "read_ratio": read_ratio,
+            **result,
+        }
         self.rows.append(row)
         self.out.line(_describe(row, self.rows))
         self.out.advance()
@@ -372,9 +418,11 @@ class _Runner:
             start = time.perf_counter()
             others = {nid: port for nid, port in cluster.fronts.items() if nid != leader}
             with trio.move_on_after(30.0):
-                while not await write_once(others, b"failover", value, timeout_s=0.5):
+                while True:
+                    if await write_once(others, b"failover", value, timeout_s=0.5):
+                        times.append(time.perf_counter() - start)
+                        break
                     await trio.sleep(0.002)
-                times.append(time.perf_counter() - start)
             await cluster.start_node(leader)
             restart = time.perf_counter()
             with trio.move_on_after(60.0):
@@ -390,8 +438,11 @@ class _Runner:
             f"{cluster.name:<18} failover x{len(times)} (kill -9 of the leader -> first "
             f"committed write): median {figures.get('median_s', float('nan')):.3f} s, max "
             f"{figures.get('max_s', float('nan')):.3f} s"
-            + ("" if len(times) == self.settings.failovers else
-               f"  ({self.settings.failovers - len(times)} timed out)")  # fmt: skip
+            + (
+                ""
+                if len(times) == self.settings.failovers
+                else f"  ({self.settings.failovers - len(times)} timed out)"
+            )
         )
         self.out.advance()
 
@@ -430,8 +481,11 @@ class _Runner:
         caught = figures.get("caught_up_s")
         self.out.line(
             f"{cluster.name:<18} catch-up of a follower {entries:,} entries behind: "
-            + (f"{caught:.2f} s after its restart ({figures['startup_s']:.2f} s of it to start)"
-               if caught is not None else "did not catch up within 120 s")  # fmt: skip
+            + (
+                f"{caught:.2f} s after its restart ({figures['startup_s']:.2f} s of it to start)"
+                if caught is not None
+                else "did not catch up within 120 s"
+            )
             + f"; the load wrote {figures.get('load_per_s', 0):,.0f} /s"
         )
         self.out.advance()
@@ -455,8 +509,12 @@ def _machine() -> dict[str, Any]:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    return {"cpus": os.cpu_count(), "cpu_model": model, "platform": sys.platform,
-            "load_before": list(os.getloadavg())}  # fmt: skip
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "platform": sys.platform,
+        "load_before": list(os.getloadavg()),
+    }
 
 
 def _versions() -> dict[str, str]:
@@ -465,8 +523,13 @@ def _versions() -> dict[str, str]:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[dist] = importlib.metadata.version(dist)
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, check=True, timeout=5)  # fmt: skip
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=5,
+        )
         versions["git"] = commit.stdout.strip()
     return versions
 
@@ -475,22 +538,36 @@ def command_line(settings: Settings, quick: bool) -> str:
     """The command that reruns ``settings``."""
     base = QUICK if quick else FULL
     parts = [COMMAND] + (["--quick"] if quick else [])
-    for flag, name in (("--systems", "systems"), ("--scenarios", "scenarios"),
-                       ("--outstanding", "outstanding"), ("--sizes", "sizes")):  # fmt: skip
+    for flag, name in (
+        ("--systems", "systems"),
+        ("--scenarios", "scenarios"),
+        ("--outstanding", "outstanding"),
+        ("--sizes", "sizes"),
+    ):
         value = getattr(settings, name)
         if value != getattr(base, name):
             parts.append(f"{flag} {','.join(map(str, value))}")
-    for flag, name in (("--seconds", "seconds"), ("--warmup", "warmup_s"),
-                       ("--failovers", "failovers"), ("--catchup-entries", "catchup_entries"),
-                       ("--connections", "connections")):  # fmt: skip
+    for flag, name in (
+        ("--seconds", "seconds"),
+        ("--warmup", "warmup_s"),
+        ("--failovers", "failovers"),
+        ("--catchup-entries", "catchup_entries"),
+        ("--connections", "connections"),
+    ):
         value = getattr(settings, name)
         if value != getattr(base, name):
             parts.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
     return " ".join(parts)
 
 
-async def _run(settings: Settings, work: Path, results: dict[str, Any], out: _Output,
-               interrupted: list[bool], quick: bool) -> None:  # fmt: skip
+async def _run(
+    settings: Settings,
+    work: Path,
+    results: dict[str, Any],
+    out: _Output,
+    interrupted: list[bool],
+    quick: bool,
+) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
 
@@ -504,18 +581,21 @@ async def _run(settings: Settings, work: Path, results: dict[str, Any], out: _Ou
             floors = await _cluster_floors.measure(str(work), quick=quick)
             results["floors"] = floors
             out.line(
-                "floors: one fsync {:,.0f} µs, one WebSocket round trip {:,.0f} µs, pure core "
+                "floors: one fsync {} µs, one WebSocket round trip {} µs, pure core "
                 "{} entries/s (1 per proposal), {} (64 per proposal)".format(
-                    floors["fsync_us"], floors["websocket_rtt_us"],
+                    _num(floors["fsync_us"]),
+                    _num(floors["websocket_rtt_us"]),
                     _num(floors.get("core_entries_per_s_batch1")),
                     _num(floors.get("core_entries_per_s_batch64")),
                 )
-            )  # fmt: skip
+            )
             runner = _Runner(settings, work, out, results, _Ports(settings.base_port))
             for name in settings.systems:
                 if SYSTEMS[name].kind == "pysyncobj" and not _have_pysyncobj():
-                    note = (f"{name}: skipped, PySyncObj is not installed (pip install "
-                            "'.[bench]', or pip install pysyncobj==0.3.17)")  # fmt: skip
+                    note = (
+                        f"{name}: skipped, PySyncObj is not installed (pip install "
+                        "'.[bench]', or pip install pysyncobj==0.3.17)"
+                    )
                     results["notes"].append(note)
                     out.line(note)
                     continue
@@ -548,24 +628,32 @@ def measure(settings: Settings, *, quick: bool, prefix: str = "") -> Path | None
         Path("bench-results") / f"cluster-{started.strftime('%Y%m%d-%H%M%S')}"
     )
     results: dict[str, Any] = {
-        "started": started.isoformat(timespec="seconds"), "command": command_line(settings, quick),
-        "machine": _machine(), "versions": _versions(),
-        "settings": {k: (str(v) if isinstance(v, Path) else v)
-                     for k, v in attrs.asdict(settings).items()},
-        "rows": [], "failover": {}, "catchup": {}, "notes": [
+        "started": started.isoformat(timespec="seconds"),
+        "command": command_line(settings, quick),
+        "machine": _machine(),
+        "versions": _versions(),
+        "settings": {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in attrs.asdict(settings).items()
+        },
+        "rows": [],
+        "failover": {},
+        "catchup": {},
+        "notes": [
             "a shared machine: compare figures only with the baselines and floors of the same "
             "run; PySyncObj keeps its log in memory and never fsyncs, and its reads are not "
             "linearizable (answered from the leader's copy)"
         ],
-    }  # fmt: skip
+    }
     work = Path(tempfile.mkdtemp(prefix="trio-raft-bench-"))
     interrupted: list[bool] = []
     try:
         with _Output(_units(settings), prefix) as out:
             out.line(f"cluster benchmark: data in {work}, results to {destination}")
-            out.line(f"machine: {results['machine']['cpus']} CPUs, load average "
-                     f"{' '.join(f'{x:.2f}' for x in results['machine']['load_before'])}; "
-                     "a shared machine: compare with the baselines of the same run")  # fmt: skip
+            out.line(
+                f"machine: {results['machine']['cpus']} CPUs, load average "
+                f"{' '.join(f'{x:.2f}' for x in results['machine']['load_before'])}; "
+                "a shared machine: compare with the baselines of the same run"
+            )
             trio.run(_run, settings, work, results, out, interrupted, quick)
             if interrupted:
                 raise KeyboardInterrupt
@@ -617,11 +705,19 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, bool]:
     parser.add_argument("--results", type=Path, help="directory for results.json/.md and plots")
     args = parser.parse_args(argv)
     base = QUICK if args.quick else FULL
-    overrides = {"systems": args.systems, "scenarios": args.scenarios,
-                 "outstanding": args.outstanding, "sizes": args.sizes, "seconds": args.seconds,
-                 "warmup_s": args.warmup, "failovers": args.failovers,
-                 "catchup_entries": args.catchup_entries, "connections": args.connections,
-                 "base_port": args.base_port, "results": args.results}  # fmt: skip
+    overrides = {
+        "systems": args.systems,
+        "scenarios": args.scenarios,
+        "outstanding": args.outstanding,
+        "sizes": args.sizes,
+        "seconds": args.seconds,
+        "warmup_s": args.warmup,
+        "failovers": args.failovers,
+        "catchup_entries": args.catchup_entries,
+        "connections": args.connections,
+        "base_port": args.base_port,
+        "results": args.results,
+    }
     settings = attrs.evolve(base, **{k: v for k, v in overrides.items() if v is not None})
     if min(settings.outstanding, default=0) < 1 or settings.seconds <= 0:
         parser.error("--outstanding values must be >= 1 and --seconds > 0")

@@ -27,10 +27,17 @@ PORTS = 16
 
 def _start(*args: str, base_port: int) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    command = [sys.executable, "-m", "benchmarks.bench_cluster", "--base-port", str(base_port),
-               *args]  # fmt: skip
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.bench_cluster",
+        "--base-port",
+        str(base_port),
+        *args,
+    ]
+    return subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def _descendants(root: int) -> set[int]:
@@ -79,9 +86,20 @@ def test_a_tiny_run_measures_every_system_and_writes_its_results(
 ) -> None:
     results = tmp_path / "results"
     process = _start(
-        "--systems", "null,trio-raft-memory", "--scenarios", "writes", "--outstanding", "1,16",
-        "--seconds", "1", "--warmup", "0.3", "--results", str(results), base_port=base_port,
-    )  # fmt: skip
+        "--systems",
+        "null,trio-raft-memory",
+        "--scenarios",
+        "writes",
+        "--outstanding",
+        "1,16",
+        "--seconds",
+        "1",
+        "--warmup",
+        "0.3",
+        "--results",
+        str(results),
+        base_port=base_port,
+    )
     try:
         output, _ = process.communicate(timeout=120)  # a hang detector, not a timing
     finally:
@@ -110,8 +128,17 @@ def test_a_tiny_run_measures_every_system_and_writes_its_results(
 
 
 def test_ctrl_c_stops_every_process_and_removes_the_data(base_port: int) -> None:
-    process = _start("--systems", "trio-raft-file", "--scenarios", "writes", "--outstanding",
-                     "1", "--seconds", "60", base_port=base_port)  # fmt: skip
+    process = _start(
+        "--systems",
+        "trio-raft-file",
+        "--scenarios",
+        "writes",
+        "--outstanding",
+        "1",
+        "--seconds",
+        "60",
+        base_port=base_port,
+    )
     try:
         lines = _lines(process)
         first = next(lines)
