@@ -161,8 +161,8 @@ async def _connection(stream: trio.abc.Stream, handler: Handler) -> None:
                 pass  # answer what came before, then drop the connection
             reading = False
             wake.set()
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        return  # the client went away: keep serving the others
+    except* (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass  # the client went away (or reset the connection): keep serving the others
 
 
 def _status_reply(request: Request, status: Mapping[str, object]) -> Reply:

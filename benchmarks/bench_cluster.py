@@ -315,7 +315,8 @@ def _describe(row: Mapping[str, Any], rows: list[dict[str, Any]]) -> str:
     latency = row.get("write_ms") or row.get("read_ms") or {}
     mix = {0.0: "writes", 1.0: "reads"}.get(row["read_ratio"], f"{row['read_ratio']:.0%} reads")
     text = (
-        f"{row['system']:<18} {row['nodes']} nodes N={row['outstanding']:<5} "
+        f"{row['system']:<18} {row['nodes']} node{'s' if row['nodes'] > 1 else ' '} "
+        f"N={row['outstanding']:<5} "
         f"{row['value_bytes']:>6} B {mix:<9} {row['ops_per_s']:>9,.0f} /s  "
         f"p50 {latency.get('p50', 0):7.2f} ms  p99 {latency.get('p99', 0):7.2f} ms"
     )
@@ -432,7 +433,7 @@ class _Runner:
             others = {nid: port for nid, port in cluster.fronts.items() if nid != leader}
             with trio.move_on_after(30.0):
                 while True:
-                    if await write_once(others, b"failover", value, timeout_s=0.5):
+                    if await write_once(others, b"failover", value, timeout_s=2.0):
                         times.append(time.perf_counter() - start)
                         break
                     await trio.sleep(0.002)

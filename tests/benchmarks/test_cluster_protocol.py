@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import struct
+from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
@@ -133,3 +135,37 @@ async def _exchange_one(port: int, request: bytes) -> bytes:
             bodies = frames.feed(await stream.receive_some(1 << 16))
             if bodies:
                 return bodies[0]
+
+
+async def test_a_client_resetting_its_connection_does_not_stop_the_server() -> None:
+    # A client that gives up (a timeout) and resets the connection while its request is still
+    # being handled: the reply's write fails, and the server must carry on serving others.
+    release = trio.Event()
+
+    def slow(
+        request: Request, reply: Callable[[tuple[int, Status, bytes]], None]
+    ) -> Awaitable[None]:
+        async def later() -> None:
+            await release.wait()
+            reply((request.id, Status.OK, b"late"))
+
+        return later()
+
+    with trio.fail_after(10):  # a hang detector on the real clock (real sockets)
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(serve_front, slow, 0)
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(encode_request(1, Op.WRITE, b"k", b"v"))
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            await stream.aclose()  # RST: the server's next write to it fails
+            await trio.sleep(0.05)
+            release.set()
+            await trio.sleep(0.05)
+            release = trio.Event()
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            async with stream:
+                await stream.send_all(encode_request(2, Op.WRITE, b"k", b"v"))
+                release.set()
+                [body] = FrameBuffer().feed(await stream.receive_some(1 << 16))
+            assert decode_reply(body) == Reply(2, Status.OK, b"late")
+            nursery.cancel_scope.cancel()
