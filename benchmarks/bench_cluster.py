@@ -633,9 +633,11 @@ def _have_pysyncobj() -> bool:
     return importlib.util.find_spec("pysyncobj") is not None
 
 
-def measure(settings: Settings, *, quick: bool, prefix: str = "") -> Path | None:
-    """Run the benchmark, printing its lines; return the results directory, or ``None`` if
-    interrupted (every process stopped and every temporary directory removed either way).
+def measure(settings: Settings, *, quick: bool, prefix: str = "") -> Path:
+    """Run the benchmark, printing its lines (each after ``prefix``); return the results
+    directory. Every process is stopped and every temporary directory removed, also on an
+    error or an interruption, after which the rows measured so far are written (marked
+    incomplete) before the exception propagates.
 
     Raises:
         KeyboardInterrupt: SIGINT or SIGTERM arrived (after the cleanup).
@@ -671,23 +673,33 @@ def measure(settings: Settings, *, quick: bool, prefix: str = "") -> Path | None
                 f"{' '.join(f'{x:.2f}' for x in results['machine']['load_before'])}; "
                 "a shared machine: compare with the baselines of the same run"
             )
-            trio.run(_run, settings, work, results, out, interrupted, quick)
-            if interrupted:
-                raise KeyboardInterrupt
-            results["machine"]["load_after"] = list(os.getloadavg())
-            destination.mkdir(parents=True, exist_ok=True)
-            (destination / "results.json").write_text(json.dumps(results, indent=1))
-            report = _cluster_report.markdown(results)
-            (destination / "results.md").write_text(report)
-            for name in _cluster_report.plots(results, destination):
-                out.line(f"plot: {destination / name}" if name.endswith(".png") else name)
-            summary = _cluster_report._summary(results)
-            for line in summary:
+            try:
+                trio.run(_run, settings, work, results, out, interrupted, quick)
+                if interrupted:
+                    raise KeyboardInterrupt
+            except BaseException as exc:
+                if results["rows"]:  # keep what was measured
+                    why = "interrupted" if interrupted else f"{type(exc).__name__}: {exc}"
+                    results["notes"].append(f"INCOMPLETE run ({why})")
+                    _write(results, destination, out)
+                    out.line(f"partial results: {destination}/results.json, results.md")
+                raise
+            _write(results, destination, out)
+            for line in _cluster_report._summary(results):
                 out.line(line)
             out.line(f"results: {destination}/results.json, results.md ({results['command']})")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return destination
+
+
+def _write(results: dict[str, Any], destination: Path, out: _Output) -> None:
+    results["machine"]["load_after"] = list(os.getloadavg())
+    destination.mkdir(parents=True, exist_ok=True)
+    (destination / "results.json").write_text(json.dumps(results, indent=1))
+    (destination / "results.md").write_text(_cluster_report.markdown(results))
+    for name in _cluster_report.plots(results, destination):
+        out.line(f"plot: {destination / name}" if name.endswith(".png") else name)
 
 
 def _ints(text: str) -> tuple[int, ...]:

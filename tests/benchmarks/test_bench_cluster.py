@@ -123,8 +123,10 @@ def test_a_tiny_run_measures_every_system_and_writes_its_results(
     assert "python -m benchmarks.bench_cluster" in report
 
 
-def test_ctrl_c_stops_every_process_and_removes_the_data(base_port: int) -> None:
+def test_ctrl_c_stops_every_process_and_removes_the_data(tmp_path: Path, base_port: int) -> None:
     process = _start(
+        "--results",
+        str(tmp_path / "results"),
         "--systems",
         "trio-raft-file",
         "--scenarios",
