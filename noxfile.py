@@ -138,8 +138,9 @@ def demo(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Run the benchmarks (``python -m benchmarks``)."""
+    """Run the benchmarks (``python -m benchmarks``, e.g. ``nox -s bench -- --quick``), with
+    the ``bench`` extra: PySyncObj (the cluster benchmark's baseline), matplotlib and rich."""
     if not (ROOT / "benchmarks" / "__main__.py").exists():
         session.skip("benchmarks/__main__.py does not exist yet")
-    _install(session)
+    _install(session, "bench")
     session.run("python", "-m", "benchmarks", *session.posargs)
