@@ -5,6 +5,7 @@
     open_node ─ nursery
       ├── pump          transport.receive_channel ──▶ inbox
       ├── dispatcher    inbox ──▶ RaftState.step ──▶ persist ──▶ send   (the actor: sole writer)
+      ├── writer        a leader's new entries ──▶ save, sync ──▶ on_persisted (while they are sent)
       ├── election timer  a CancelScope whose deadline moves on every heartbeat ──▶ inbox
       ├── applier       commit index ──▶ StateMachine.apply ──▶ proposers' results
       └── role runner   one CancelScope per role; cancelled on every role or term change
@@ -26,6 +27,7 @@ fails every waiting proposal and read with :class:`NodeCrashedError`, and leaves
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -186,6 +188,14 @@ class Node:
         """No snapshot is taken before this time (one just failed for disk space)."""
         self._snapshot_warned_at = -math.inf
         """When the last warning about a snapshot that did not fit was logged."""
+        self._write_lock = trio.Lock()
+        """Held around every write of the log and hard state (by the dispatcher or the
+        writer): one writer at a time, the writes in the order their Readys were taken."""
+        self._leader_writes: list[Entry] = []
+        """A leader's new entries handed to the writer and not yet being saved."""
+        self._leader_writes_term = 0
+        """The term of the leader that handed them over."""
+        self._writer_signal = Signal()
 
     # -- public API --------------------------------------------------------------------------
 
@@ -459,6 +469,7 @@ class Node:
         self._spawn(nursery, "applier", self._apply)
         self._spawn(nursery, "roles", self._run_roles)
         self._spawn(nursery, "disk watchdog", self._watch_disk)
+        self._spawn(nursery, "writer", self._write_behind)
         space_low = getattr(self._storage, "space_low", None)
         if space_low is not None:
             self._space_aware = True
@@ -554,6 +565,8 @@ class Node:
             for event in batch:
                 if isinstance(event, _snapshot.SnapshotSaved | _snapshot.SnapshotReceived):
                     await self._process_ready()  # effects so far first: these await storage
+                    if self._leader_writes:  # and the leader's entries, before a compaction
+                        await self._persist(Ready())
                     if isinstance(event, _snapshot.SnapshotSaved):
                         await _snapshot.compact_after(self, event.meta)
                     else:
@@ -606,11 +619,21 @@ class Node:
             if ready.reset_election_timer:
                 self._reset_election_timer()
             self._route_reads(ready)
-            if ready.must_sync and not await self._persist(ready):
+            if (
+                ready.entries
+                and ready.hard_state is None
+                and ready.truncate_from is None
+                and st.role is Role.LEADER
+            ):
+                # A leader's own new entries: saved by the writer while the replicators send
+                # them (thesis §10.2.1); it counts its own copy once that is durable.
+                self._leader_writes += ready.entries
+                self._leader_writes_term = st.term
+                self._writer_signal.set()
+            elif ready.must_sync and (unsaved := await self._persist(ready)) is not None:
                 # Refused for disk space (retried with the next event or poll). Send what does
                 # not promise the unsaved entries: votes (the hard state is saved), refusals,
                 # acknowledgements of saved entries (so the leader still sees this node).
-                unsaved = ready.entries[0].index
                 for message in ready.messages:
                     if not (
                         isinstance(message, AppendResponse)
@@ -623,6 +646,13 @@ class Node:
                 self._transport.send(message)
         if st.leader_id != self._transport_leader and st.membership is not None:
             self._update_transport()  # drop a former leader that is no longer a member
+        if self._leader_writes:
+            self._writer_signal.set()  # a retry of entries the storage refused
+        self._wake()
+
+    def _wake(self) -> None:
+        """After the state changed: wake the tasks that act on it."""
+        st = self._state
         # Answers change progress and the commit index without producing a Ready.
         if st.role is Role.LEADER:
             for signal in self._replicator_signals.values():
@@ -633,12 +663,62 @@ class Node:
             self._apply_signal.set()
         self._changed.notify()
 
-    async def _persist(self, ready: Ready) -> bool:
-        """Make ``ready``'s writes durable. Returns false if the storage refused its entries
-        for disk space: the hard state and truncation are durable, the entries wait in the
-        state's next Ready, and no message acknowledging them may be sent."""
+    async def _persist(self, ready: Ready) -> int | None:
+        """Make ``ready``'s writes durable, after the leader's writes handed to the writer
+        (they were taken first). Returns ``None``, or the first index of the entries the
+        storage refused for disk space: the hard state and truncation are durable, the entries
+        wait in the state's next Ready, and no message acknowledging them may be sent."""
         st = self._state
-        last = st.log.last_index  # nothing else changes the log while we await
+        async with self._write_lock:
+            if self._leader_writes:
+                ready = _after_leader_writes(self._take_leader_writes(), ready)
+            last = st.log.last_index  # nothing else changes the log while we await
+            refused = await self._write(ready)
+        if refused is not None:
+            st.on_persist_refused(ready.entries)
+            self._on_append_refused(refused)
+            return ready.entries[0].index
+        st.on_persisted(last)
+        return None
+
+    def _take_leader_writes(self) -> list[Entry]:
+        entries, self._leader_writes = self._leader_writes, []
+        return entries
+
+    async def _write_behind(self) -> None:
+        """The writer: save and sync a leader's new entries while the dispatcher goes on (and
+        its replicators send them); then let the leader count its own copy."""
+        st = self._state
+        while True:
+            await self._writer_signal.wait()
+            async with self._write_lock:
+                if not self._leader_writes:
+                    continue  # the dispatcher wrote them with a Ready of its own
+                term = self._leader_writes_term
+                entries = self._take_leader_writes()
+                refused = await self._write(Ready(entries=entries))
+                if refused is not None:
+                    # Back at the head of the queue, ahead of those handed over since:
+                    # retried on the next Ready, or written by the dispatcher ahead of its own.
+                    self._leader_writes[:0] = entries
+                    self._on_append_refused(refused)
+                    continue
+            if st.role is Role.LEADER and st.term == term:
+                # Otherwise the next Ready persisted by the dispatcher (the step-down's hard
+                # state) counts them: it is written after these.
+                commit = st.commit
+                st.on_persisted(entries[-1].index)
+                if st.has_ready():
+                    with contextlib.suppress(trio.WouldBlock):
+                        self._inbox_send.send_nowait(_RETRY)  # or the inbox wakes it anyway
+                elif st.commit != commit:
+                    self._wake()
+
+    async def _write(self, ready: Ready) -> StorageFullError | None:
+        """Save and sync ``ready``'s writes (under ``_write_lock``). Returns the storage's
+        refusal if it refused the entries for disk space (the hard state and the truncation
+        are then durable, no entry is written)."""
+        st = self._state
         self._disk_busy_since = trio.current_time()
         self._disk_idle = trio.Event()
         self._disk_watch.set()
@@ -657,13 +737,12 @@ class Node:
                     **reserve,
                 )
             except StorageFullError as exc:
-                await self._storage.save(
-                    hard_state=ready.hard_state, truncate_from=ready.truncate_from
-                )
-                await self._storage.sync()
-                st.on_persist_refused(ready.entries)
-                self._on_append_refused(exc)
-                return False
+                if ready.hard_state is not None or ready.truncate_from is not None:
+                    await self._storage.save(
+                        hard_state=ready.hard_state, truncate_from=ready.truncate_from
+                    )
+                    await self._storage.sync()
+                return exc
             await self._storage.sync()
         finally:
             self._disk_busy_since = math.inf
@@ -672,8 +751,7 @@ class Node:
             self._refused = False
             self._update_space_alarm()
         self._notify("persisted", ready)
-        st.on_persisted(last)
-        return True
+        return None
 
     def _on_append_refused(self, exc: StorageFullError) -> None:
         self._refused = True
@@ -964,6 +1042,18 @@ class Node:
                     f"of term {entry.term}; it was not applied, retry"
                 )
             )
+
+
+def _after_leader_writes(queued: list[Entry], ready: Ready) -> Ready:
+    """``ready`` with the leader's writes ``queued`` before it (taken earlier, not yet saved;
+    the storage's log ends just before them). A truncation in ``ready`` that falls among
+    them drops them from the write instead of truncating the storage."""
+    cut = ready.truncate_from
+    if cut is None:
+        return attrs.evolve(ready, entries=[*queued, *ready.entries])
+    kept = [e for e in queued if e.index < cut]
+    truncate_from = cut if cut < queued[0].index else None
+    return attrs.evolve(ready, truncate_from=truncate_from, entries=[*kept, *ready.entries])
 
 
 def _now_or_zero() -> float:
