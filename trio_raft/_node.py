@@ -58,7 +58,7 @@ from ._errors import (
 )
 from ._messages import MESSAGE_TYPES, AppendRequest, AppendResponse, Message, SnapshotRequest
 from ._status import FollowerStatus, Status
-from ._sync import Broadcast, Signal, Waiter
+from ._sync import Broadcast, Signal, Waiter, WriteLock
 from ._types import Entry, EntryKind, Membership, NodeId, Role, SnapshotMeta, StoredState
 from ._util import unwrap_single_exception_group
 from ._wal._errors import StorageFullError
@@ -71,6 +71,9 @@ with a single storage sync (group commit), so the bound also caps a batch."""
 
 APPLY_BATCH = 64
 """The applier yields to other tasks after this many entries."""
+
+REPLICATOR_BURST = 16
+"""A replicator yields to other tasks after this many sends in a row."""
 
 SNAPSHOT_WARN_INTERVAL_S = 10.0
 """At most one warning this often about snapshots that do not fit on the disk."""
@@ -172,8 +175,9 @@ class Node:
         """Estimated bytes of commands applied since the last snapshot was started."""
         self._receiver: _snapshot.Receiver | None = None
         self._disk_busy_since = math.inf
-        self._disk_watch = Signal()
         self._disk_idle = trio.Event()
+        self._stall_scope: trio.CancelScope | None = None
+        """The disk watchdog's scope: its deadline is the current write's stall limit."""
         self._crash: tuple[str, Exception] | None = None
         """``(task, exception)`` of the internal error that stopped the node, if one did."""
         self._terms_exhausted_logged = False
@@ -188,7 +192,7 @@ class Node:
         """No snapshot is taken before this time (one just failed for disk space)."""
         self._snapshot_warned_at = -math.inf
         """When the last warning about a snapshot that did not fit was logged."""
-        self._write_lock = trio.Lock()
+        self._write_lock = WriteLock()
         """Held around every write of the log and hard state (by the dispatcher or the
         writer): one writer at a time, the writes in the order their Readys were taken."""
         self._leader_writes: list[Entry] = []
@@ -454,7 +458,11 @@ class Node:
         if self._closed:
             raise NodeClosedError(f"node {self._id!r} has shut down; open a new node")
         try:
-            await self._inbox_send.send(event)
+            try:
+                # The caller then waits for the answer: that is its checkpoint.
+                self._inbox_send.send_nowait(event)
+            except trio.WouldBlock:
+                await self._inbox_send.send(event)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise NodeClosedError(f"node {self._id!r} has shut down; open a new node") from None
 
@@ -548,8 +556,12 @@ class Node:
             self._observer(self, event, data)
 
     async def _pump(self) -> None:
-        async for message in self._transport.receive_channel:
-            await self._inbox_send.send(message)
+        inbox = self._inbox_send
+        async for message in self._transport.receive_channel:  # a checkpoint per message
+            try:
+                inbox.send_nowait(message)
+            except trio.WouldBlock:
+                await inbox.send(message)
 
     # -- the actor ---------------------------------------------------------------------------
 
@@ -655,8 +667,9 @@ class Node:
         st = self._state
         # Answers change progress and the commit index without producing a Ready.
         if st.role is Role.LEADER:
-            for signal in self._replicator_signals.values():
-                signal.set()
+            for peer, signal in self._replicator_signals.items():
+                if st.has_to_send(peer):
+                    signal.set()
         if st.commit > self._observed_commit:
             self._observed_commit = st.commit
             self._notify("commit", st.commit)
@@ -721,7 +734,8 @@ class Node:
         st = self._state
         self._disk_busy_since = trio.current_time()
         self._disk_idle = trio.Event()
-        self._disk_watch.set()
+        if self._stall_scope is not None:
+            self._stall_scope.deadline = self._disk_busy_since + st.config.disk_stall_s
         try:
             # Followers take what the leader accepted (it is the one that gates proposals); a
             # leader in the alarm accepted only space-freeing commands. Only a storage with
@@ -747,6 +761,8 @@ class Node:
         finally:
             self._disk_busy_since = math.inf
             self._disk_idle.set()
+            if self._stall_scope is not None:
+                self._stall_scope.deadline = math.inf
         if self._refused:
             self._refused = False
             self._update_space_alarm()
@@ -810,11 +826,14 @@ class Node:
         since its dispatcher is the one waiting."""
         stall_s = self._state.config.disk_stall_s
         while True:
-            await self._disk_watch.wait()
+            # Writes move the deadline (no wake-up per write): a timer, as the election's.
+            with trio.CancelScope(deadline=self._disk_busy_since + stall_s) as scope:
+                self._stall_scope = scope
+                await trio.sleep_forever()
+            self._stall_scope = None
+            if self._disk_busy_since == math.inf:
+                continue  # the write returned just in time
             idle = self._disk_idle
-            with trio.move_on_at(self._disk_busy_since + stall_s):
-                await idle.wait()
-                continue
             st = self._state
             if st.role is Role.LEADER:
                 self._notify("disk-stall", trio.current_time() - self._disk_busy_since)
@@ -968,6 +987,7 @@ class Node:
         signal = self._replicator_signals[peer]
         heartbeat_s = st.config.heartbeat_s
         heartbeat_at = -math.inf
+        sent = 0
         while True:
             if (
                 st.role is not Role.LEADER
@@ -984,7 +1004,11 @@ class Node:
             if message is not None:
                 self._transport.send(message)
                 heartbeat_at = now + heartbeat_s
-                await trio.lowlevel.checkpoint()
+                # The flow-control window bounds the sends in a row; the wait below is the
+                # checkpoint (and one every REPLICATOR_BURST sends, to be fair anyway).
+                sent += 1
+                if sent % REPLICATOR_BURST == 0:
+                    await trio.lowlevel.checkpoint()
                 continue
             with trio.move_on_at(heartbeat_at):
                 await signal.wait()
