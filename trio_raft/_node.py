@@ -722,8 +722,9 @@ class Node:
                 commit = st.commit
                 st.on_persisted(entries[-1].index)
                 if st.has_ready():
-                    with contextlib.suppress(trio.WouldBlock):
-                        self._inbox_send.send_nowait(_RETRY)  # or the inbox wakes it anyway
+                    # A full inbox wakes the dispatcher anyway; a closed one: shutting down.
+                    with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
+                        self._inbox_send.send_nowait(_RETRY)
                 elif st.commit != commit:
                     self._wake()
 
