@@ -35,6 +35,7 @@ from ._messages import VoteRequest as VoteRequest
 from ._messages import VoteResponse as VoteResponse
 from ._node import Node as Node
 from ._node import open_node as open_node
+from ._proposal import Proposal as Proposal
 from ._status import FollowerStatus as FollowerStatus
 from ._status import Status as Status
 from ._storage import MemoryStorage as MemoryStorage

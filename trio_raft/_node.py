@@ -57,6 +57,7 @@ from ._errors import (
     RaftError,
 )
 from ._messages import MESSAGE_TYPES, AppendRequest, AppendResponse, Message, SnapshotRequest
+from ._proposal import Proposal
 from ._status import FollowerStatus, Status
 from ._sync import Broadcast, Signal, Waiter, WriteLock
 from ._types import Entry, EntryKind, Membership, NodeId, Role, SnapshotMeta, StoredState
@@ -88,6 +89,7 @@ class _Propose:
     command: object
     waiter: Waiter[object]
     frees_space: bool = False
+    proposal: Proposal | None = None
 
 
 @attrs.frozen
@@ -279,6 +281,24 @@ class Node:
         await self._submit(_Propose(command, waiter, frees_space))
         return await waiter.wait()
 
+    def propose_nowait(self, command: object, *, frees_space: bool = False) -> Proposal:
+        """Hand ``command`` to the node without waiting and return a :class:`Proposal`, whose
+        :meth:`~Proposal.result` is what :meth:`propose` would return (or raise).
+
+        For a server answering many clients' requests from one task: no task, and no wait,
+        per request. Requests handed over from one task are appended in the order given.
+
+        Raises:
+            trio.WouldBlock: the node's inbox is full (``INBOX_SIZE`` events are waiting):
+                nothing was handed over; await :meth:`propose` instead, or retry later.
+            NodeClosedError: the node has shut down.
+            ValueError: as for :meth:`propose`; nothing was handed over.
+        """
+        _check_command(command, self._state.config.max_command_bytes)
+        proposal = Proposal()
+        self._submit_nowait(_Propose(command, proposal._waiter, frees_space, proposal))
+        return proposal
+
     async def read(self, query: object) -> object:
         """Answer ``query`` with :meth:`StateMachine.query` linearizably (ReadIndex, thesis §6.4).
 
@@ -453,16 +473,22 @@ class Node:
     # -- plumbing ----------------------------------------------------------------------------
 
     async def _submit(self, event: _Event) -> None:
+        try:
+            self._submit_nowait(event)  # the caller then waits for the answer: its checkpoint
+        except trio.WouldBlock:
+            try:
+                await self._inbox_send.send(event)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                raise NodeClosedError(f"node {self._id!r} has shut down; open a new node") from None
+
+    def _submit_nowait(self, event: _Event) -> None:
+        """Put ``event`` in the inbox; raises :exc:`trio.WouldBlock` if it is full."""
         if self._crash is not None:
             raise self._crash_error() from self._crash[1]
         if self._closed:
             raise NodeClosedError(f"node {self._id!r} has shut down; open a new node")
         try:
-            try:
-                # The caller then waits for the answer: that is its checkpoint.
-                self._inbox_send.send_nowait(event)
-            except trio.WouldBlock:
-                await self._inbox_send.send(event)
+            self._inbox_send.send_nowait(event)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise NodeClosedError(f"node {self._id!r} has shut down; open a new node") from None
 
@@ -603,6 +629,8 @@ class Node:
                 event.waiter.fail(exc)
             else:
                 self._proposals[entry.index] = (entry.term, event.waiter)
+                if event.proposal is not None:
+                    event.proposal._appended(entry.index, entry.term)
         elif isinstance(event, _Read):
             try:
                 self._reads[st.read_index()] = event.waiter
