@@ -40,6 +40,7 @@ from ._messages import VoteRequest as VoteRequest
 from ._messages import VoteResponse as VoteResponse
 from ._node import Node as Node
 from ._node import open_node as open_node
+from ._proposal import Proposal as Proposal
 from ._serve import serve_state_machine as serve_state_machine
 from ._statistics import Histogram as Histogram
 from ._statistics import NodeStatistics as NodeStatistics

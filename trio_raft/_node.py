@@ -5,6 +5,7 @@
     open_node ─ nursery
       ├── pump          transport.receive_channel ──▶ inbox
       ├── dispatcher    inbox ──▶ RaftState.step ──▶ persist ──▶ send   (the actor: sole writer)
+      ├── writer        a leader's new entries ──▶ save, sync ──▶ on_persisted (while they are sent)
       ├── election timer  a CancelScope whose deadline moves on every heartbeat ──▶ inbox
       ├── applier       commit index ──▶ StateMachine.apply ──▶ proposers' results
       └── role runner   one CancelScope per role; cancelled on every role or term change
@@ -26,6 +27,7 @@ fails every waiting proposal and read with :class:`NodeCrashedError`, and leaves
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -56,8 +58,9 @@ from ._errors import (
 )
 from ._logging import RAFT_FIELDS
 from ._messages import MESSAGE_TYPES, AppendRequest, AppendResponse, Message, SnapshotRequest
+from ._proposal import Proposal
 from ._status import FollowerStatus, Status
-from ._sync import Broadcast, Signal, Waiter
+from ._sync import Broadcast, Signal, Waiter, WriteLock
 from ._types import (
     Entry,
     EntryKind,
@@ -80,6 +83,9 @@ with a single storage sync (group commit), so the bound also caps a batch."""
 APPLY_BATCH = 64
 """The applier yields to other tasks after this many entries."""
 
+REPLICATOR_BURST = 16
+"""A replicator yields to other tasks after this many sends in a row."""
+
 SNAPSHOT_WARN_INTERVAL_S = 10.0
 """At most one warning this often about snapshots that do not fit on the disk."""
 
@@ -93,6 +99,7 @@ class _Propose:
     command: object
     waiter: Waiter[object]
     frees_space: bool = False
+    proposal: Proposal | None = None
 
 
 @attrs.frozen
@@ -180,8 +187,9 @@ class Node:
         """Estimated bytes of commands applied since the last snapshot was started."""
         self._receiver: _snapshot.Receiver | None = None
         self._disk_busy_since = math.inf
-        self._disk_watch = Signal()
         self._disk_idle = trio.Event()
+        self._stall_scope: trio.CancelScope | None = None
+        """The disk watchdog's scope: its deadline is the current write's stall limit."""
         self._crash: tuple[str, Exception] | None = None
         """``(task, exception)`` of the internal error that stopped the node, if one did."""
         self._terms_exhausted_logged = False
@@ -206,6 +214,14 @@ class Node:
         """No snapshot is taken before this time (one just failed for disk space)."""
         self._snapshot_warned_at = -math.inf
         """When the last warning about a snapshot that did not fit was logged."""
+        self._write_lock = WriteLock()
+        """Held around every write of the log and hard state (by the dispatcher or the
+        writer): one writer at a time, the writes in the order their Readys were taken."""
+        self._leader_writes: list[Entry] = []
+        """A leader's new entries handed to the writer and not yet being saved."""
+        self._leader_writes_term = 0
+        """The term of the leader that handed them over."""
+        self._writer_signal = Signal()
 
     # -- public API --------------------------------------------------------------------------
 
@@ -294,6 +310,24 @@ class Node:
         waiter: Waiter[object] = Waiter()
         await self._submit(_Propose(command, waiter, frees_space))
         return await waiter.wait()
+
+    def propose_nowait(self, command: object, *, frees_space: bool = False) -> Proposal:
+        """Hand ``command`` to the node without waiting and return a :class:`Proposal`, whose
+        :meth:`~Proposal.result` is what :meth:`propose` would return (or raise).
+
+        For a server answering many clients' requests from one task: no task, and no wait,
+        per request. Requests handed over from one task are appended in the order given.
+
+        Raises:
+            trio.WouldBlock: the node's inbox is full (``INBOX_SIZE`` events are waiting):
+                nothing was handed over; await :meth:`propose` instead, or retry later.
+            NodeClosedError: the node has shut down.
+            ValueError: as for :meth:`propose`; nothing was handed over.
+        """
+        _check_command(command, self._state.config.max_command_bytes)
+        proposal = Proposal()
+        self._submit_nowait(_Propose(command, proposal._waiter, frees_space, proposal))
+        return proposal
 
     async def read(self, query: object) -> object:
         """Answer ``query`` with :meth:`StateMachine.query` linearizably (ReadIndex, thesis §6.4).
@@ -486,12 +520,22 @@ class Node:
     # -- plumbing ----------------------------------------------------------------------------
 
     async def _submit(self, event: _Event) -> None:
+        try:
+            self._submit_nowait(event)  # the caller then waits for the answer: its checkpoint
+        except trio.WouldBlock:
+            try:
+                await self._inbox_send.send(event)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                raise NodeClosedError(f"node {self._id!r} has shut down; open a new node") from None
+
+    def _submit_nowait(self, event: _Event) -> None:
+        """Put ``event`` in the inbox; raises :exc:`trio.WouldBlock` if it is full."""
         if self._crash is not None:
             raise self._crash_error() from self._crash[1]
         if self._closed:
             raise NodeClosedError(f"node {self._id!r} has shut down; open a new node")
         try:
-            await self._inbox_send.send(event)
+            self._inbox_send.send_nowait(event)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise NodeClosedError(f"node {self._id!r} has shut down; open a new node") from None
 
@@ -506,6 +550,7 @@ class Node:
         self._spawn(nursery, "applier", self._apply)
         self._spawn(nursery, "roles", self._run_roles)
         self._spawn(nursery, "disk watchdog", self._watch_disk)
+        self._spawn(nursery, "writer", self._write_behind)
         space_low = getattr(self._storage, "space_low", None)
         if space_low is not None:
             self._space_aware = True
@@ -586,8 +631,12 @@ class Node:
             self._observer(self, event, data)
 
     async def _pump(self) -> None:
-        async for message in self._transport.receive_channel:
-            await self._inbox_send.send(message)
+        inbox = self._inbox_send
+        async for message in self._transport.receive_channel:  # a checkpoint per message
+            try:
+                inbox.send_nowait(message)
+            except trio.WouldBlock:
+                await inbox.send(message)
 
     # -- the actor ---------------------------------------------------------------------------
 
@@ -603,6 +652,8 @@ class Node:
             for event in batch:
                 if isinstance(event, _snapshot.SnapshotSaved | _snapshot.SnapshotReceived):
                     await self._process_ready()  # effects so far first: these await storage
+                    if self._leader_writes:  # and the leader's entries, before a compaction
+                        await self._persist(Ready())
                     if isinstance(event, _snapshot.SnapshotSaved):
                         await _snapshot.compact_after(self, event.meta)
                     else:
@@ -629,6 +680,8 @@ class Node:
             else:
                 self._counters.proposals_accepted += 1
                 self._proposals[entry.index] = (entry.term, event.waiter)
+                if event.proposal is not None:
+                    event.proposal._appended(entry.index, entry.term)
         elif isinstance(event, _Read):
             try:
                 self._reads[st.read_index()] = event.waiter
@@ -658,11 +711,21 @@ class Node:
             if ready.reset_election_timer:
                 self._reset_election_timer()
             self._route_reads(ready)
-            if ready.must_sync and not await self._persist(ready):
+            if (
+                ready.entries
+                and ready.hard_state is None
+                and ready.truncate_from is None
+                and st.role is Role.LEADER
+            ):
+                # A leader's own new entries: saved by the writer while the replicators send
+                # them (thesis §10.2.1); it counts its own copy once that is durable.
+                self._leader_writes += ready.entries
+                self._leader_writes_term = st.term
+                self._writer_signal.set()
+            elif ready.must_sync and (unsaved := await self._persist(ready)) is not None:
                 # Refused for disk space (retried with the next event or poll). Send what does
                 # not promise the unsaved entries: votes (the hard state is saved), refusals,
                 # acknowledgements of saved entries (so the leader still sees this node).
-                unsaved = ready.entries[0].index
                 for message in ready.messages:
                     if not (
                         isinstance(message, AppendResponse)
@@ -686,10 +749,18 @@ class Node:
                 )  # fmt: skip
         if st.leader_id != self._transport_leader and st.membership is not None:
             self._update_transport()  # drop a former leader that is no longer a member
+        if self._leader_writes:
+            self._writer_signal.set()  # a retry of entries the storage refused
+        self._wake()
+
+    def _wake(self) -> None:
+        """After the state changed: wake the tasks that act on it."""
+        st = self._state
         # Answers change progress and the commit index without producing a Ready.
         if st.role is Role.LEADER:
-            for signal in self._replicator_signals.values():
-                signal.set()
+            for peer, signal in self._replicator_signals.items():
+                if st.has_to_send(peer):
+                    signal.set()
         membership = (st.membership_index, st.membership_committed, st.membership)
         if membership != self._published_membership:
             self._published_membership = membership
@@ -700,15 +771,67 @@ class Node:
             self._apply_signal.set()
         self._changed.notify()
 
-    async def _persist(self, ready: Ready) -> bool:
-        """Make ``ready``'s writes durable. Returns false if the storage refused its entries
-        for disk space: the hard state and truncation are durable, the entries wait in the
-        state's next Ready, and no message acknowledging them may be sent."""
+    async def _persist(self, ready: Ready) -> int | None:
+        """Make ``ready``'s writes durable, after the leader's writes handed to the writer
+        (they were taken first). Returns ``None``, or the first index of the entries the
+        storage refused for disk space: the hard state and truncation are durable, the entries
+        wait in the state's next Ready, and no message acknowledging them may be sent."""
         st = self._state
-        last = st.log.last_index  # nothing else changes the log while we await
+        async with self._write_lock:
+            if self._leader_writes:
+                ready = _after_leader_writes(self._take_leader_writes(), ready)
+            last = st.log.last_index  # nothing else changes the log while we await
+            refused = await self._write(ready)
+        if refused is not None:
+            st.on_persist_refused(ready.entries)
+            self._on_append_refused(refused)
+            return ready.entries[0].index
+        st.on_persisted(last)
+        return None
+
+    def _take_leader_writes(self) -> list[Entry]:
+        entries, self._leader_writes = self._leader_writes, []
+        return entries
+
+    async def _write_behind(self) -> None:
+        """The writer: save and sync a leader's new entries while the dispatcher goes on (and
+        its replicators send them); then let the leader count its own copy."""
+        st = self._state
+        while True:
+            await self._writer_signal.wait()
+            async with self._write_lock:
+                if not self._leader_writes:
+                    continue  # the dispatcher wrote them with a Ready of its own
+                term = self._leader_writes_term
+                entries = self._take_leader_writes()
+                refused = await self._write(Ready(entries=entries))
+                if refused is not None:
+                    # Back at the head of the queue, ahead of those handed over since:
+                    # retried on the next Ready, or written by the dispatcher ahead of its own.
+                    self._leader_writes[:0] = entries
+                    self._on_append_refused(refused)
+                    continue
+            if st.role is Role.LEADER and st.term == term:
+                # Otherwise the next Ready persisted by the dispatcher (the step-down's hard
+                # state) counts them: it is written after these.
+                commit = st.commit
+                st.on_persisted(entries[-1].index)
+                if st.has_ready():
+                    # A full inbox wakes the dispatcher anyway; a closed one: shutting down.
+                    with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
+                        self._inbox_send.send_nowait(_RETRY)
+                elif st.commit != commit:
+                    self._wake()
+
+    async def _write(self, ready: Ready) -> StorageFullError | None:
+        """Save and sync ``ready``'s writes (under ``_write_lock``). Returns the storage's
+        refusal if it refused the entries for disk space (the hard state and the truncation
+        are then durable, no entry is written)."""
+        st = self._state
         self._disk_busy_since = trio.current_time()
         self._disk_idle = trio.Event()
-        self._disk_watch.set()
+        if self._stall_scope is not None:
+            self._stall_scope.deadline = self._disk_busy_since + st.config.disk_stall_s
         try:
             # Followers take what the leader accepted (it is the one that gates proposals); a
             # leader in the alarm accepted only space-freeing commands. Only a storage with
@@ -724,24 +847,24 @@ class Node:
                     **reserve,
                 )
             except StorageFullError as exc:
-                await self._storage.save(
-                    hard_state=ready.hard_state, truncate_from=ready.truncate_from
-                )
-                await self._storage.sync()
-                st.on_persist_refused(ready.entries)
-                self._on_append_refused(exc)
-                return False
+                if ready.hard_state is not None or ready.truncate_from is not None:
+                    await self._storage.save(
+                        hard_state=ready.hard_state, truncate_from=ready.truncate_from
+                    )
+                    await self._storage.sync()
+                return exc
             await self._storage.sync()
         finally:
             self._counters.disk_write(trio.current_time() - self._disk_busy_since)
             self._disk_busy_since = math.inf
             self._disk_idle.set()
+            if self._stall_scope is not None:
+                self._stall_scope.deadline = math.inf
         if self._refused:
             self._refused = False
             self._update_space_alarm()
         self._notify("persisted", ready)
-        st.on_persisted(last)
-        return True
+        return None
 
     def _on_append_refused(self, exc: StorageFullError) -> None:
         self._refused = True
@@ -800,11 +923,14 @@ class Node:
         since its dispatcher is the one waiting."""
         stall_s = self._state.config.disk_stall_s
         while True:
-            await self._disk_watch.wait()
+            # Writes move the deadline (no wake-up per write): a timer, as the election's.
+            with trio.CancelScope(deadline=self._disk_busy_since + stall_s) as scope:
+                self._stall_scope = scope
+                await trio.sleep_forever()
+            self._stall_scope = None
+            if self._disk_busy_since == math.inf:
+                continue  # the write returned just in time
             idle = self._disk_idle
-            with trio.move_on_at(self._disk_busy_since + stall_s):
-                await idle.wait()
-                continue
             st = self._state
             if st.role is Role.LEADER:
                 self._notify("disk-stall", trio.current_time() - self._disk_busy_since)
@@ -996,6 +1122,7 @@ class Node:
         signal = self._replicator_signals[peer]
         heartbeat_s = st.config.heartbeat_s
         heartbeat_at = -math.inf
+        sent = 0
         while True:
             if (
                 st.role is not Role.LEADER
@@ -1012,7 +1139,11 @@ class Node:
             if message is not None:
                 self._transport.send(message)
                 heartbeat_at = now + heartbeat_s
-                await trio.lowlevel.checkpoint()
+                # The flow-control window bounds the sends in a row; the wait below is the
+                # checkpoint (and one every REPLICATOR_BURST sends, to be fair anyway).
+                sent += 1
+                if sent % REPLICATOR_BURST == 0:
+                    await trio.lowlevel.checkpoint()
                 continue
             with trio.move_on_at(heartbeat_at):
                 await signal.wait()
@@ -1072,6 +1203,18 @@ class Node:
                     f"of term {entry.term}; it was not applied, retry"
                 )
             )
+
+
+def _after_leader_writes(queued: list[Entry], ready: Ready) -> Ready:
+    """``ready`` with the leader's writes ``queued`` before it (taken earlier, not yet saved;
+    the storage's log ends just before them). A truncation in ``ready`` that falls among
+    them drops them from the write instead of truncating the storage."""
+    cut = ready.truncate_from
+    if cut is None:
+        return attrs.evolve(ready, entries=[*queued, *ready.entries])
+    kept = [e for e in queued if e.index < cut]
+    truncate_from = cut if cut < queued[0].index else None
+    return attrs.evolve(ready, truncate_from=truncate_from, entries=[*kept, *ready.entries])
 
 
 def _now_or_zero() -> float:

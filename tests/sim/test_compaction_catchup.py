@@ -69,7 +69,12 @@ async def test_abandoned_snapshot_download_does_not_stop_compaction(
     shows the follower can be served from the log after all. The follower's half-received
     download must not keep its snapshot slot forever: it has to snapshot and compact again
     (its log used to grow without bound)."""
-    config = Config(snapshot_entries=20, snapshot_keep_entries=10, snapshot_chunk_bytes=32)
+    # The window must hold the 15 unanswered appends (the leader sends each entry as soon as
+    # it is proposed, one append per entry here).
+    config = Config(
+        snapshot_entries=20, snapshot_keep_entries=10, snapshot_chunk_bytes=32,
+        max_inflight_appends=32,
+    )  # fmt: skip
     with trio.fail_after(120):
         async with open_simulated_cluster(3, seed=4, config=config) as cluster:
             leader = await cluster.wait_leader()

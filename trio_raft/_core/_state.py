@@ -907,6 +907,15 @@ class RaftState:
             )  # fmt: skip
         return None
 
+    def has_to_send(self, peer: NodeId) -> bool:
+        """Whether :meth:`next_append` for ``peer`` may send before its next heartbeat is due
+        (entries, a read's round, a probe, a snapshot, a retirement): wake its replicator."""
+        pr = self.progress.get(peer)
+        return (
+            pr is None or pr.state is not ProgressState.REPLICATE or peer in self._retiring
+            or pr.next <= self.log.last_index or pr.sent_seq < self.seq
+        )  # fmt: skip
+
     def _retired(self, peer: NodeId, pr: Progress, now: float) -> bool:
         """Drop a removed peer once it has been told of its removal: its log holds the entry
         that removed it, committed, and one more AppendEntries (carrying that commit) has gone

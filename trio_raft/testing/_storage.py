@@ -39,6 +39,7 @@ class SimulatedStorage:
         self._unsynced: list[_Write] = []
         self._unstalled = trio.Event()
         self._unstalled.set()
+        self._writes_stall = True
         self.syncs = 0
         """How many syncs completed (a statistic for tests)."""
         self.on_durable: Callable[[HardState | None, int | None, tuple[Entry, ...]], None] | None
@@ -58,7 +59,10 @@ class SimulatedStorage:
         entries: Sequence[Entry] = (),
         use_reserve: bool = False,
     ) -> None:
-        await self._unstalled.wait()
+        if self._writes_stall:
+            await self._unstalled.wait()
+        else:
+            await trio.lowlevel.checkpoint()
         if entries and (
             self._disk_space == "full" or (self._disk_space == "low" and not use_reserve)
         ):
@@ -75,10 +79,13 @@ class SimulatedStorage:
     async def _disk_latency(self) -> None:
         await trio.sleep(self._rng.uniform(0, self._sync_s_max))
 
-    def stall(self) -> None:
-        """Make every write and sync hang until :meth:`unstall` (a disk that stopped answering)."""
+    def stall(self, *, writes: bool = True) -> None:
+        """Make every write and sync hang until :meth:`unstall` (a disk that stopped answering);
+        with ``writes=False`` only syncs hang (writes reach the volatile view, and a crash
+        loses them)."""
         if self._unstalled.is_set():
             self._unstalled = trio.Event()
+        self._writes_stall = writes
 
     def set_disk_space(self, level: DiskSpace) -> None:
         """Model the disk's free space: ``"ok"``; ``"low"`` (below the reserve:
