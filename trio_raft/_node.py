@@ -806,11 +806,13 @@ class Node:
                 entries = self._take_leader_writes()
                 refused = await self._write(Ready(entries=entries))
                 if refused is not None:
-                    # Back at the head of the queue, ahead of those handed over since:
-                    # retried on the next Ready, or written by the dispatcher ahead of its own.
-                    self._leader_writes[:0] = entries
+                    # Back to the core, with those handed over since (in log order): it owns
+                    # every unsaved entry, so a compaction drops the ones a snapshot covers
+                    # (a copy kept here could be written below the storage's compaction
+                    # point), and its next Ready hands them out again.
+                    st.on_persist_refused(entries + self._take_leader_writes())
                     self._on_append_refused(refused)
-                    continue
+                    continue  # retried with the next event, as a refused Ready of its own is
             if st.role is Role.LEADER and st.term == term:
                 # Otherwise the next Ready persisted by the dispatcher (the step-down's hard
                 # state) counts them: it is written after these.
