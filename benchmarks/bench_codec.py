@@ -1,0 +1,169 @@
+"""Encoding work per write on the propose → persist → replicate path, without any I/O.
+
+Each row is one step, timed in µs per write (per entry) and with the bytes it produces, for a
+KV-style command ``("put", session, seq, key, value)`` whose value is 16 B or 64 KiB, in
+batches of 1 and of 64 entries:
+
+* ``check``: the leader's check of a proposed command (``_check_command`` in ``_node.py``:
+  data-model walk and size check);
+* ``size``: ``entry_size`` (batching, flow control and the snapshot trigger);
+* ``wal``: the WAL record of each entry (payload and frame, with its crc32);
+* ``wire xN``: the AppendRequest carrying the batch, encoded once per follower (N = 2, a
+  3-node cluster);
+* ``leader``: the sum of the above, what the leader spends per write;
+* ``decode``: a follower decoding that AppendRequest (full validation);
+* ``follower``: ``decode`` plus the follower's own WAL records.
+
+Each step runs on fresh :class:`Entry` objects made the way the node makes them, so a cache
+inside an entry helps only where the real path would hit it.
+
+Run: ``python -m benchmarks.bench_codec`` (``--quick`` for a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+from trio_raft import AppendRequest, Entry
+from trio_raft._codec import decode, encode
+from trio_raft._core._log import entry_size
+from trio_raft._node import _check_command
+from trio_raft._wal._segments import encode_append, frame
+
+CLUSTER = "bench"
+FOLLOWERS = 2
+MAX_COMMAND_BYTES = 1 << 20
+MAX_MESSAGE_BYTES = 64 << 20
+
+
+def _command(value_bytes: int, seq: int) -> object:
+    return ("put", "s-0123456789abcdef", seq, f"key-{seq:08d}", b"v" * value_bytes)
+
+
+def _entries(value_bytes: int, batch: int, base: int) -> list[Entry]:
+    """Entries as the leader makes them: the proposed command after the node's check."""
+    out = []
+    for i in range(batch):
+        command = _command(value_bytes, base + i)
+        checked = _check_command(command, MAX_COMMAND_BYTES)
+        out.append(Entry(3, base + i, command if checked is None else checked))
+    return out
+
+
+def _request(entries: list[Entry], dst: str) -> AppendRequest:
+    first = entries[0].index
+    return AppendRequest("n1", dst, 3, first - 1, 3, tuple(entries), first - 1, 7)
+
+
+def _time(step: Callable[[int], int], writes: int, rounds: int) -> tuple[float, int]:
+    """Best of ``rounds`` runs of ``step(round)`` (which does ``writes`` writes' worth of
+    work and returns the bytes it produced): µs per write, bytes per write."""
+    best = float("inf")
+    produced = 0
+    for r in range(rounds):
+        start = time.perf_counter()
+        produced = step(r)
+        best = min(best, time.perf_counter() - start)
+    return best / writes * 1e6, produced // writes
+
+
+def measure(value_bytes: int, batch: int, total: int, rounds: int) -> dict[str, tuple[float, int]]:
+    """µs and bytes per write for each step, for ``total`` writes in batches of ``batch``."""
+    batches = max(total // batch, 1)
+    writes = batches * batch
+    commands = [[_command(value_bytes, b * batch + i + 1) for i in range(batch)]
+                for b in range(batches)]  # fmt: skip
+
+    def fresh(r: int) -> list[list[Entry]]:
+        return [
+            [Entry(3, b * batch + i + 1, c) for i, c in enumerate(cs)]
+            for b, cs in enumerate(commands)
+        ]
+
+    def check(r: int) -> int:
+        for cs in commands:
+            for c in cs:
+                _check_command(c, MAX_COMMAND_BYTES)
+        return 0
+
+    prepared: dict[int, list[list[Entry]]] = {}
+
+    def proposed(r: int) -> list[list[Entry]]:  # entries after the leader's check (outside timing)
+        if r not in prepared:
+            prepared[r] = [_entries(value_bytes, batch, b * batch + 1) for b in range(batches)]
+        return prepared[r]
+
+    rows: dict[str, tuple[float, int]] = {}
+    rows["check"] = _time(check, writes, rounds)
+    sets = [proposed(r) for r in range(rounds)]  # each round gets entries fresh from propose
+
+    def size(r: int) -> int:
+        return sum(entry_size(e) for es in sets[r] for e in es)
+
+    def wal(r: int) -> int:
+        return sum(len(frame(encode_append(e))) for es in sets[r] for e in es)
+
+    def wire(r: int) -> int:
+        n = 0
+        for es in sets[r]:
+            for f in range(FOLLOWERS):
+                n += len(encode(_request(es, f"n{f + 2}"), cluster_id=CLUSTER))
+        return n
+
+    # The steps share the entries of a round, in the node's order: size, wal, wire.
+    rows["wal"] = _time(wal, writes, rounds)
+    rows["size"] = _time(size, writes, rounds)
+    rows[f"wire x{FOLLOWERS}"] = _time(wire, writes, rounds)
+    rows["leader"] = (
+        sum(rows[k][0] for k in ("check", "size", "wal", f"wire x{FOLLOWERS}")),
+        rows["wal"][1] + rows[f"wire x{FOLLOWERS}"][1],
+    )
+    frames = [encode(_request(es, "n2"), cluster_id=CLUSTER) for es in fresh(0)]
+
+    def decode_only(r: int) -> int:
+        for f in frames:
+            decode(f, cluster_id=CLUSTER, max_bytes=MAX_MESSAGE_BYTES)
+        return sum(map(len, frames))
+
+    def follower(r: int) -> int:
+        n = 0
+        for f in frames:
+            m = decode(f, cluster_id=CLUSTER, max_bytes=MAX_MESSAGE_BYTES)
+            assert isinstance(m, AppendRequest)
+            n += sum(len(frame(encode_append(e))) for e in m.entries)
+            n += sum(entry_size(e) for e in m.entries)
+        return n
+
+    rows["decode"] = _time(decode_only, writes, rounds)
+    rows["follower"] = _time(follower, writes, rounds)
+    return rows
+
+
+def run(*, quick: bool = False) -> Iterator[str]:
+    """Markdown rows: one line per (value size, batch, step)."""
+    yield "| value | batch | step | µs/write | bytes/write |"
+    yield "|---|---|---|---|---|"
+    for value_bytes in (16, 64 << 10):
+        for batch in (1, 64):
+            total = (256 if quick else 4096) if value_bytes == 16 else (64 if quick else 512)
+            rounds = 2 if quick else 5
+            rows = measure(value_bytes, batch, max(total, batch), rounds)
+            label = "16 B" if value_bytes == 16 else "64 KiB"
+            for step, (us, nbytes) in rows.items():
+                yield f"| {label} | {batch} | {step} | {us:.2f} | {nbytes} |"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_codec", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller runs (a smoke test)")
+    args = parser.parse_args(argv)
+    for line in run(quick=args.quick):
+        print(line, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
