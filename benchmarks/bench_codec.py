@@ -48,8 +48,7 @@ def _entries(value_bytes: int, batch: int, base: int) -> list[Entry]:
     out = []
     for i in range(batch):
         command = _command(value_bytes, base + i)
-        checked = _check_command(command, MAX_COMMAND_BYTES)
-        out.append(Entry(3, base + i, command if checked is None else checked))
+        out.append(Entry(3, base + i, _check_command(command, MAX_COMMAND_BYTES)))
     return out
 
 
