@@ -17,6 +17,11 @@ batches of 1 and of 64 entries:
 Each step runs on fresh :class:`Entry` objects made the way the node makes them, so a cache
 inside an entry helps only where the real path would hit it.
 
+A second table measures the WebSocket transport alone: two transports on 127.0.0.1 (one
+process), A sends bursts of small AppendResponses (one per acknowledged write, the most
+frequent message) to B, which receives them all before the next burst; µs of wall time (both
+ends share this thread) per message, for bursts of 1, 8 and 64 messages.
+
 Run: ``python -m benchmarks.bench_codec`` (``--quick`` for a smoke run).
 """
 
@@ -27,7 +32,10 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 
-from trio_raft import AppendRequest, Entry
+import trio
+
+from trio_raft import AppendRequest, AppendResponse, Entry
+from trio_raft._transport import open_websocket_transport
 from trio_raft._codec import decode, encode
 from trio_raft._core._log import entry_size
 from trio_raft._node import _check_command
@@ -141,8 +149,35 @@ def measure(value_bytes: int, batch: int, total: int, rounds: int) -> dict[str, 
     return rows
 
 
+async def transport_us_per_message(burst: int, messages: int) -> tuple[float, float, float]:
+    """Wall and CPU µs per message from A to B in bursts of ``burst``, and messages per
+    WebSocket message (CPU time is the steadier figure on a shared machine)."""
+    secret = b"s" * 32
+    async with (
+        open_websocket_transport("a", {"b": None}, cluster_id=CLUSTER, secret=secret) as a,
+        open_websocket_transport("b", {"a": None}, cluster_id=CLUSTER, secret=secret) as b,
+    ):
+        a.set_peer_url("b", b.url)
+        b.set_peer_url("a", a.url)
+        with trio.fail_after(10):
+            await a.wait_statistics(lambda s: s.peers["b"].connected)
+        ack = AppendResponse("a", "b", 3, True, 10)
+        rounds = max(messages // burst, 1)
+        start, cpu = time.perf_counter(), time.process_time()
+        for _ in range(rounds):
+            for _ in range(burst):
+                a.send(ack)
+            for _ in range(burst):
+                await b.receive_channel.receive()
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+        peer = a.statistics().peers["b"]
+        per_ws = peer.frames_sent / max(getattr(peer, "messages_sent", peer.frames_sent), 1)
+    n = rounds * burst
+    return elapsed / n * 1e6, cpu / n * 1e6, per_ws
+
+
 def run(*, quick: bool = False) -> Iterator[str]:
-    """Markdown rows: one line per (value size, batch, step)."""
+    """Markdown rows: one line per (value size, batch, step), then the transport's."""
     yield "| value | batch | step | µs/write | bytes/write |"
     yield "|---|---|---|---|---|"
     for value_bytes in (16, 64 << 10):
@@ -153,6 +188,12 @@ def run(*, quick: bool = False) -> Iterator[str]:
             label = "16 B" if value_bytes == 16 else "64 KiB"
             for step, (us, nbytes) in rows.items():
                 yield f"| {label} | {batch} | {step} | {us:.2f} | {nbytes} |"
+    yield ""
+    yield "| transport burst | wall µs/message | CPU µs/message | frames per WebSocket message |"
+    yield "|---|---|---|---|"
+    for burst in (1, 8, 64):
+        us, cpu_us, per_ws = trio.run(transport_us_per_message, burst, 512 if quick else 8192)
+        yield f"| {burst} | {us:.1f} | {cpu_us:.1f} | {per_ws:.1f} |"
 
 
 def main(argv: list[str] | None = None) -> int:
