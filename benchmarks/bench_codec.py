@@ -35,10 +35,10 @@ from collections.abc import Callable, Iterator
 import trio
 
 from trio_raft import AppendRequest, AppendResponse, Entry
-from trio_raft._transport import open_websocket_transport
 from trio_raft._codec import decode, encode
 from trio_raft._core._log import entry_size
 from trio_raft._node import _check_command
+from trio_raft._transport import open_websocket_transport
 from trio_raft._wal._segments import encode_append, frame
 
 CLUSTER = "bench"

@@ -30,12 +30,19 @@ from urllib.parse import urlsplit
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection
 
-from .._codec import MAX_ID_CHARS, FrameError, decode, encode
+from .._codec import MAX_ID_CHARS, FrameError, decode, encode, split_batch
 from .._inbound import Admission, Barrier, Ticket, remote_host
 from .._messages import Message
 from .._types import NodeId, short
 from .._ws import wrap_server_stream_fast
-from ._auth import RAFT_PATH, PeerRejectedError, accept_request, describe_failure, server_handshake
+from ._auth import (
+    BATCH_SUBPROTOCOL,
+    RAFT_PATH,
+    PeerRejectedError,
+    accept_request,
+    describe_failure,
+    server_handshake,
+)
 from ._peer import PeerLink, close
 from ._stats import (
     MAX_HANDSHAKES_PER_ADDRESS,
@@ -415,9 +422,11 @@ class WebSocketTransport:
 
     async def _read_frames(self, ws: WebSocketConnection, peer: PeerLink) -> tuple[int, str]:
         """Deliver ``peer``'s frames until the connection ends; return the close code and
-        reason to answer with."""
+        reason to answer with. On a connection that negotiated batches a message may carry
+        several frames, each checked and delivered in order as if it came alone."""
         limits = self._limits
         counters = peer.counters
+        batching = ws.subprotocol == BATCH_SUBPROTOCOL
         while True:
             try:
                 data = await ws.get_message()
@@ -429,20 +438,28 @@ class WebSocketTransport:
                 self._frame_failed(peer, "text message")
                 return 1003, "binary messages only"
             try:
-                message = decode(
-                    data, cluster_id=self._cluster_id, max_bytes=limits.max_message_bytes
-                )
+                frames = split_batch(data) if batching else [data]
             except FrameError as exc:
                 self._frame_failed(peer, str(exc))
                 return 1007, str(exc)
-            if message.src != peer.id or message.dst != self._id:
-                reason = f"frame {message.src!r}->{message.dst!r} on the connection of {peer.id!r}"
-                self._frame_failed(peer, reason)
-                return 1008, reason
-            counters.frames_received += 1
-            counters.bytes_received += len(data)
-            self._totals.changed.notify()
-            await self._inbound_send.send(message)
+            for frame in frames:
+                try:
+                    message = decode(
+                        frame, cluster_id=self._cluster_id, max_bytes=limits.max_message_bytes
+                    )
+                except FrameError as exc:
+                    self._frame_failed(peer, str(exc))
+                    return 1007, str(exc)
+                if message.src != peer.id or message.dst != self._id:
+                    reason = (
+                        f"frame {message.src!r}->{message.dst!r} on the connection of {peer.id!r}"
+                    )
+                    self._frame_failed(peer, reason)
+                    return 1008, reason
+                counters.frames_received += 1
+                counters.bytes_received += len(frame)
+                self._totals.changed.notify()
+                await self._inbound_send.send(message)
 
     def _frame_failed(self, peer: PeerLink, reason: str) -> None:
         self._totals.decode_failures += 1
