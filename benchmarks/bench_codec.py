@@ -22,12 +22,20 @@ process), A sends bursts of small AppendResponses (one per acknowledged write, t
 frequent message) to B, which receives them all before the next burst; µs of wall time (both
 ends share this thread) per message, for bursts of 1, 8 and 64 messages.
 
+A third table measures the garbage collector while a log grows to N entries in memory (one
+proposal, entry and a few short-lived containers per write), each mode in a fresh interpreter:
+CPython's default thresholds, ``gc.set_threshold(10_000, 10, 10)``, and ``gc.freeze()`` after
+every 100,000 writes (a full collection then skips the frozen log); µs of collection per
+write, full (generation 2) collections and the longest pause.
+
 Run: ``python -m benchmarks.bench_codec`` (``--quick`` for a smoke run).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -176,6 +184,42 @@ async def transport_us_per_message(burst: int, messages: int) -> tuple[float, fl
     return elapsed / n * 1e6, cpu / n * 1e6, per_ws
 
 
+GC_MODES = ("default", "threshold", "freeze")
+
+
+def gc_growth(mode: str, n: int) -> str:
+    """Grow a log to ``n`` entries under GC ``mode``; a markdown row."""
+    from trio_raft._codec import encode_command
+    from trio_raft._core._log import RaftLog
+
+    if mode == "threshold":
+        gc.set_threshold(10_000, 10, 10)
+    pauses: list[tuple[int, float]] = []
+    started = [0.0]
+
+    def watch(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            pauses.append((info["generation"], time.perf_counter() - started[0]))
+
+    gc.callbacks.append(watch)
+    log = RaftLog()
+    start = time.perf_counter()
+    for i in range(1, n + 1):
+        command = encode_command(("put", "s-0123456789abcdef", i, f"key-{i:08d}", b"v" * 16))
+        log.append([Entry(1, i, command)])
+        _messages = [{"m": i}, [i], {"r": (i, i)}]  # short-lived, as a write's messages are
+        if mode == "freeze" and i % 100_000 == 0:
+            gc.freeze()
+    total = time.perf_counter() - start
+    gc.callbacks.remove(watch)
+    full = sum(1 for g, _ in pauses if g == 2)
+    longest = max((p for _, p in pauses), default=0.0)
+    gc_us = sum(p for _, p in pauses) / n * 1e6
+    return f"| {mode} | {n} | {total / n * 1e6:.1f} | {gc_us:.2f} | {full} | {longest * 1e3:.0f} |"
+
+
 def run(*, quick: bool = False) -> Iterator[str]:
     """Markdown rows: one line per (value size, batch, step), then the transport's."""
     yield "| value | batch | step | µs/write | bytes/write |"
@@ -194,12 +238,25 @@ def run(*, quick: bool = False) -> Iterator[str]:
     for burst in (1, 8, 64):
         us, cpu_us, per_ws = trio.run(transport_us_per_message, burst, 512 if quick else 8192)
         yield f"| {burst} | {us:.1f} | {cpu_us:.1f} | {per_ws:.1f} |"
+    yield ""
+    yield "| gc mode | entries | µs/write | gc µs/write | full collections | longest pause ms |"
+    yield "|---|---|---|---|---|---|"
+    for mode in GC_MODES:
+        argv = [sys.executable, "-m", "benchmarks.bench_codec", "--gc-mode", mode]
+        argv += ["--gc-entries", str(100_000 if quick else 1_000_000)]
+        done = subprocess.run(argv, capture_output=True, text=True, check=True)
+        yield done.stdout.strip()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_codec", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller runs (a smoke test)")
+    parser.add_argument("--gc-mode", choices=GC_MODES, help="only the GC figure of this mode")
+    parser.add_argument("--gc-entries", type=int, default=1_000_000)
     args = parser.parse_args(argv)
+    if args.gc_mode:
+        print(gc_growth(args.gc_mode, args.gc_entries))
+        return 0
     for line in run(quick=args.quick):
         print(line, flush=True)
     return 0
