@@ -615,6 +615,10 @@ def _entries(value: object, where: str, budget: list[int]) -> tuple[Entry, ...]:
         except _Invalid as exc:
             path = "".join(reversed(exc.path))
             raise FrameError(f"{where}[{i}].command{path}: {exc.reason}") from None
+        if kind is EntryKind.COMMAND:
+            # Checked: encode it now, once, for the follower's WAL and size accounting (not
+            # the received bytes: shared or string references may tie them to the frame).
+            object.__setattr__(entries[-1], "_encoded", _dumps(command, f"{where}[{i}].command"))
     return tuple(entries)
 
 

@@ -1006,9 +1006,14 @@ def test_the_cached_encoding_cannot_be_given_from_outside() -> None:
     with pytest.raises(TypeError):
         Entry(1, 1, "x", encoded=b"\xf6")  # type: ignore[call-arg]
     assert hash(Entry(1, 1, codec.encode_command("x"))) == hash(Entry(1, 1, "x"))
-    decoded = round_trip(AppendRequest("a", "b", 1, 0, 0, (Entry(1, 1, ["x"]),), 0))
+    shared = cbor2.dumps(["x", "x"], value_sharing=True)  # a shared reference, CBOR tag 28/29
+    assert shared != cbor2.dumps(["x", "x"])
+    frame = reference_frame(AppendRequest("a", "b", 1, 0, 0, (Entry(1, 1, "@"),), 0))
+    frame = frame.replace(cbor2.dumps("@"), shared)
+    decoded = decode(frame, cluster_id=CLUSTER, max_bytes=MAX)
     assert isinstance(decoded, AppendRequest)
-    assert decoded.entries[0]._encoded is None  # made from the decoded value when needed
+    # The cache holds the decoded value's own encoding, never the received bytes.
+    assert decoded.entries[0]._encoded == cbor2.dumps(["x", "x"])
 
 
 def test_a_command_that_fails_its_check_caches_nothing() -> None:
