@@ -137,6 +137,12 @@ class Entry:
         ValueError: on construction, if a field breaks the invariants in the module docstring
             (the message names the field and the rule). The command is not checked here: the
             codec and the WAL check it against the wire's data model when they encode it.
+
+    An entry keeps its command's CBOR encoding once it is made (by ``propose``, which checks
+    and encodes each command once, or by the first encoder), so the WAL, every AppendEntries
+    and the size accounting reuse the same bytes. The cache is private and not part of the
+    value (equality, hashing and ``repr`` ignore it); commands are treated as immutable, as
+    entries are.
     """
 
     term: int = attrs.field(validator=_entry_term)
