@@ -283,7 +283,7 @@ class PeerLink:
                     while batching and len(frames) < MAX_BATCH_FRAMES and size < cap:
                         try:
                             frame = self._queue.receive_nowait()
-                        except trio.WouldBlock:
+                        except (trio.WouldBlock, trio.EndOfChannel):  # EndOfChannel: stopped
                             break
                         self._queued_bytes -= len(frame)
                         if size + _ITEM_HEAD + len(frame) > cap:
