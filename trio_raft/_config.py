@@ -60,7 +60,8 @@ class Config:
     snapshot_bytes: int = attrs.field(default=64 << 20, validator=_positive_int)
     """Also take a snapshot once the commands applied since the last one add up to this many
     bytes, and keep at most this many bytes of entries before a snapshot's index when
-    compacting, so a log of large commands stays within about twice this much memory. Sizes are
+    compacting, so a log of large commands holds about twice this many bytes of commands (each
+    kept both as a value and encoded, so about four times this much memory). Sizes are
     counted as for :attr:`max_bytes_per_append`."""
     snapshot_keep_entries: int = attrs.field(default=1_000, validator=_non_negative_int)
     """How many entries before a snapshot's index compaction keeps (at most
