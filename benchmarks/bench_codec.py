@@ -28,6 +28,11 @@ CPython's default thresholds, ``gc.set_threshold(10_000, 10, 10)``, and ``gc.fre
 every 100,000 writes (a full collection then skips the frozen log); µs of collection per
 write, full (generation 2) collections and the longest pause.
 
+A fourth table runs a 3-node cluster in this process over real WebSocket transports
+(``MemoryStorage``, the testing KV state machine, 16-byte values), closed-loop writes with 1
+and 128 clients: writes/s, CPU µs per write (all three nodes share this thread) and how many
+frames the leader's WebSocket messages carried on average.
+
 Run: ``python -m benchmarks.bench_codec`` (``--quick`` for a smoke run).
 """
 
@@ -35,19 +40,22 @@ from __future__ import annotations
 
 import argparse
 import gc
+import random
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AsyncExitStack
 
 import trio
 
-from trio_raft import AppendRequest, AppendResponse, Entry
+from trio_raft import AppendRequest, AppendResponse, Entry, MemoryStorage, open_node
 from trio_raft._codec import decode, encode
 from trio_raft._core._log import entry_size
 from trio_raft._node import _check_command
 from trio_raft._transport import open_websocket_transport
 from trio_raft._wal._segments import encode_append, frame
+from trio_raft.testing import KVStateMachine
 
 CLUSTER = "bench"
 FOLLOWERS = 2
@@ -184,6 +192,56 @@ async def transport_us_per_message(burst: int, messages: int) -> tuple[float, fl
     return elapsed / n * 1e6, cpu / n * 1e6, per_ws
 
 
+async def websocket_cluster(clients: int, writes: int) -> str:
+    """A markdown row: a 3-node in-process cluster over WebSockets, ``clients`` proposers."""
+    ids = ["a", "b", "c"]
+    async with AsyncExitStack() as stack:
+        transports = {}
+        for nid in ids:
+            peers: dict[str, str | None] = {p: None for p in ids if p != nid}
+            transports[nid] = await stack.enter_async_context(
+                open_websocket_transport(nid, peers, cluster_id=CLUSTER, secret=b"s" * 32)
+            )
+        for a in transports.values():
+            for b in transports.values():
+                if a is not b:
+                    a.set_peer_url(b.node_id, b.url)
+        nodes = {}
+        for nid in ids:
+            nodes[nid] = await stack.enter_async_context(
+                open_node(
+                    nid,
+                    ids,
+                    state_machine=KVStateMachine(),
+                    transport=transports[nid],
+                    storage=MemoryStorage(),
+                    rng=random.Random(nid),
+                )
+            )
+        with trio.fail_after(30):
+            leader = nodes[await nodes["a"].wait_leader()]
+        for _ in range(50):
+            await leader.propose(("put", "warm", "up"))
+        counter = iter(range(writes))
+
+        async def client() -> None:
+            for i in counter:
+                await leader.propose(("put", f"k{i % 100}", "v" * 16))
+
+        start, cpu = time.perf_counter(), time.process_time()
+        async with trio.open_nursery() as nursery:
+            for _ in range(clients):
+                nursery.start_soon(client)
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+        peers_stats = transports[leader.id].statistics().peers.values()
+        frames = sum(p.frames_sent for p in peers_stats)
+        messages = sum(p.messages_sent for p in peers_stats)
+    return (
+        f"| {clients} | {writes / wall:.0f} | {cpu / writes * 1e6:.0f} | "
+        f"{frames / max(messages, 1):.2f} |"
+    )
+
+
 GC_MODES = ("default", "threshold", "freeze")
 
 
@@ -238,6 +296,12 @@ def run(*, quick: bool = False) -> Iterator[str]:
     for burst in (1, 8, 64):
         us, cpu_us, per_ws = trio.run(transport_us_per_message, burst, 512 if quick else 8192)
         yield f"| {burst} | {us:.1f} | {cpu_us:.1f} | {per_ws:.1f} |"
+    yield ""
+    yield "| clients | writes/s | CPU µs/write (3 nodes) | leader frames per message |"
+    yield "|---|---|---|---|"
+    for clients in (1, 128):
+        writes = (200 if clients == 1 else 1000) if quick else (1000 if clients == 1 else 5000)
+        yield trio.run(websocket_cluster, clients, writes)
     yield ""
     yield "| gc mode | entries | µs/write | gc µs/write | full collections | longest pause ms |"
     yield "|---|---|---|---|---|---|"
