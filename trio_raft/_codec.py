@@ -186,9 +186,9 @@ def encode(message: Message, *, cluster_id: str) -> bytes:
             append(_uint(value))
         elif type(value) is bool:
             append(b"\xf5" if value else b"\xf4")
-        elif type(value) is bytes:
+        elif isinstance(value, bytes):  # a subclass too, as the schema allows
             append(_head(_BYTES, len(value)))
-            append(value)
+            append(bytes(value))
         elif name == "entries":
             _append_entries(parts, value)
         elif name == "membership":

@@ -1022,3 +1022,11 @@ def test_a_command_that_fails_its_check_caches_nothing() -> None:
         with pytest.raises(FrameError, match=r"^entry.command\['when'\]: date"):
             codec.command_bytes(entry)
     assert entry._encoded is None
+
+
+def test_a_bytes_subclass_is_framed_as_bytes() -> None:
+    class Chunk(bytes):
+        pass
+
+    message = SnapshotRequest("a", "b", 2, 1, 1, 0, Chunk(b"abc"), True, Membership({"a"}))
+    assert encode(message, cluster_id=CLUSTER) == reference_frame(message)
