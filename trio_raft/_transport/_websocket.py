@@ -6,7 +6,7 @@
       ├── server        listeners on host:port; one task per inbound connection: TLS, HTTP
       │                 upgrade on /raft, handshake (at most max_connections at once, at most
       │                 MAX_HANDSHAKES_PER_ADDRESS per address: a newcomer evicts the oldest),
-      │                 then read frames ──▶ decode ──▶ receive channel
+      │                 then read messages ──▶ split batches ──▶ decode ──▶ receive channel
       └── dialer → peer one per peer: connect, handshake, then write that peer's queue, in order;
                         reconnect with exponential backoff and jitter; each in a cancel scope
                         of its own, so update_members can add and remove peers at any time
@@ -16,6 +16,9 @@ connections are read-only. So each direction of a pair of nodes has its own orde
 a slow reader never blocks anyone's ``send``: that is sync, encodes the frame and puts it on the
 peer's bounded queue, or drops it (counted) when the queue is full or the peer is not connected.
 Raft retries whatever is lost.
+
+Frames already queued when the dialer writes go together in one WebSocket message (a batch) if
+the listener negotiated batches (subprotocol ``trio-raft.2+batch``; see :doc:`wire`).
 """
 
 from __future__ import annotations
