@@ -63,22 +63,20 @@ from ._types import MAX_ID_CHARS, EncodedCommand, Entry, EntryKind, FieldError, 
 
 __all__ = [
     "BODY_FIELDS",
-    "MAX_BATCH_FRAMES",
     "MAX_COMMAND_DEPTH",
     "MAX_ID_CHARS",
     "PROTOCOL_VERSION",
     "TYPE_CODES",
     "EncodedCommand",
     "FrameError",
+    "cbor_head",
     "cbor_uint",
     "check_command",
     "command_bytes",
     "decode",
     "encode",
-    "encode_batch",
     "encode_command",
     "load_plain",
-    "split_batch",
 ]
 
 PROTOCOL_VERSION: Final = 2
@@ -205,7 +203,7 @@ def _append_entries(parts: list[bytes], entries: tuple[Entry, ...]) -> None:
     append = parts.append
     for i, e in enumerate(entries):
         append(b"\x84" + _uint(e.term) + _uint(e.index) + _KIND_BYTES[e.kind])
-        data = e._encoded
+        data = getattr(e, "_encoded", None)  # unset in an entry built without __init__
         append(data if data is not None else command_bytes(e, f"AppendRequest.entries[{i}]"))
 
 
@@ -231,7 +229,7 @@ def command_bytes(entry: Entry, where: str = "entry") -> bytes:
         FrameError: the command is outside the data model or cannot be encoded; nothing is
             cached then.
     """
-    data = entry._encoded
+    data = getattr(entry, "_encoded", None)  # unset in an entry built without __init__
     if data is not None:
         return data
     if entry.kind is EntryKind.CONFIG:
@@ -280,6 +278,12 @@ def _uint(n: int) -> bytes:
 def _text(value: str) -> bytes:
     data = value.encode("utf-8")
     return _head(_TEXT, len(data)) + data
+
+
+def cbor_head(major: int, n: int) -> bytes:
+    """A CBOR head (major type ``major``, argument ``n`` < 2**64) in its shortest form, as
+    ``cbor2`` writes it."""
+    return _head(major, n)
 
 
 def cbor_uint(n: int) -> bytes:
@@ -510,73 +514,6 @@ def decode(data: bytes, *, cluster_id: str, max_bytes: int) -> Message:
         if late is not None and exc.path == "membership":
             raise late from None
         raise FrameError(str(exc)) from None
-
-
-# -- batches (several frames in one WebSocket message) ---------------------------------------
-
-MAX_BATCH_FRAMES: Final = 256
-"""The most frames one batch carries."""
-
-
-def encode_batch(frames: list[bytes]) -> bytes:
-    """Several frames as one message: a CBOR array of at least two byte strings, each one
-    frame (see :doc:`wire`, "Batches"). Only for a connection that negotiated batches."""
-    assert 2 <= len(frames) <= MAX_BATCH_FRAMES
-    parts = [_head(_ARRAY, len(frames))]
-    for frame in frames:
-        parts.append(_head(_BYTES, len(frame)))
-        parts.append(frame)
-    return b"".join(parts)
-
-
-def split_batch(data: bytes) -> list[bytes]:
-    """The frames of a message that :func:`encode_batch` made, each still to be decoded.
-
-    A message starting with a CBOR map is a single frame and comes back alone. Otherwise it
-    must be a definite-length array of 2 to :data:`MAX_BATCH_FRAMES` definite-length byte
-    strings with nothing after it (no tags, nothing nested); parsing only reads heads and
-    slices, so its cost is bounded by the number of frames, not their content.
-
-    Raises:
-        FrameError: the message is neither.
-    """
-    if not data:
-        raise FrameError("empty message")
-    major = data[0] >> 5
-    if major == 5:  # a map: one frame
-        return [data]
-    if major != _ARRAY:
-        raise FrameError(
-            f"expected a frame (a map) or a batch (an array), got CBOR major type {major}"
-        )
-    count, pos = _read_head(data, 0)
-    if not 2 <= count <= MAX_BATCH_FRAMES:
-        raise FrameError(f"batch of {count} frames (expected 2 to {MAX_BATCH_FRAMES})")
-    frames = []
-    for i in range(count):
-        if pos >= len(data) or data[pos] >> 5 != _BYTES:
-            raise FrameError(f"batch item {i}: expected a byte string")
-        length, pos = _read_head(data, pos)
-        if pos + length > len(data):
-            raise FrameError(f"batch item {i}: {length} bytes, past the end of the message")
-        frames.append(data[pos : pos + length])
-        pos += length
-    if pos != len(data):
-        raise FrameError(f"{len(data) - pos} trailing bytes after the batch")
-    return frames
-
-
-def _read_head(data: bytes, pos: int) -> tuple[int, int]:
-    """The argument of the definite-length head at ``pos`` and the position after it."""
-    info = data[pos] & 0x1F
-    if info < 24:
-        return info, pos + 1
-    if info > 27:  # reserved, or an indefinite length
-        raise FrameError(f"batch: unsupported CBOR head 0x{data[pos]:02x} (definite lengths only)")
-    size = 1 << (info - 24)
-    if pos + 1 + size > len(data):
-        raise FrameError("batch: truncated CBOR head")
-    return int.from_bytes(data[pos + 1 : pos + 1 + size], "big"), pos + 1 + size
 
 
 _CLASS_BY_CODE: Final = {code: cls for cls, code in TYPE_CODES.items()}

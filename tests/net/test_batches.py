@@ -12,16 +12,10 @@ import pytest
 import trio
 from hypothesis import given
 
-from trio_raft._codec import (
-    MAX_BATCH_FRAMES,
-    FrameError,
-    cbor_uint,
-    encode,
-    encode_batch,
-    split_batch,
-)
+from trio_raft._codec import FrameError, cbor_uint, encode
 from trio_raft._messages import AppendResponse, SnapshotRequest
 from trio_raft._transport._auth import BATCH_SUBPROTOCOL, SUBPROTOCOL
+from trio_raft._transport._batch import MAX_BATCH_FRAMES, encode_batch, split_batch
 from trio_raft._types import Membership
 
 from . import CLUSTER, closed_with, nothing_delivered, open_mesh, raw_client, transport, vote

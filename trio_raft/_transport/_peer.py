@@ -26,7 +26,6 @@ from trio_websocket import (
     WebSocketConnection,
 )
 
-from .._codec import MAX_BATCH_FRAMES, encode_batch
 from .._types import NodeId
 from .._util import unwrap_single_exception_group
 from .._ws import wrap_client_stream_fast
@@ -39,6 +38,7 @@ from ._auth import (
     describe_failure,
     is_refusal,
 )
+from ._batch import MAX_BATCH_FRAMES, encode_batch
 from ._stats import (
     BATCH_BYTES,
     DISCONNECT_TIMEOUT_S,

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection
 
-from .._codec import MAX_ID_CHARS, FrameError, decode, encode, split_batch
+from .._codec import MAX_ID_CHARS, FrameError, decode, encode
 from .._inbound import Admission, Barrier, Ticket, remote_host
 from .._messages import Message
 from .._types import NodeId, short
@@ -46,6 +46,7 @@ from ._auth import (
     describe_failure,
     server_handshake,
 )
+from ._batch import split_batch
 from ._peer import PeerLink, close
 from ._stats import (
     MAX_HANDSHAKES_PER_ADDRESS,
