@@ -229,7 +229,7 @@ def command_bytes(entry: Entry, where: str = "entry") -> bytes:
         FrameError: the command is outside the data model or cannot be encoded; nothing is
             cached then.
     """
-    data = getattr(entry, "_encoded", None)  # unset in an entry built without __init__
+    data: bytes | None = getattr(entry, "_encoded", None)  # unset if built without __init__
     if data is not None:
         return data
     if entry.kind is EntryKind.CONFIG:
