@@ -8,6 +8,7 @@ import sys
 from . import (
     bench_cluster,
     bench_cluster_memory,
+    bench_codec,
     bench_membership,
     bench_sim,
     bench_storage,
@@ -21,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for module in (
         bench_sim,
+        bench_codec,
         bench_cluster_memory,
         bench_storage,
         bench_membership,

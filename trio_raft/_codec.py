@@ -59,7 +59,7 @@ from ._messages import (
     VoteResponse,
     validate,
 )
-from ._types import MAX_ID_CHARS, Entry, EntryKind, FieldError, Membership, short
+from ._types import MAX_ID_CHARS, EncodedCommand, Entry, EntryKind, FieldError, Membership, short
 
 __all__ = [
     "BODY_FIELDS",
@@ -67,10 +67,15 @@ __all__ = [
     "MAX_ID_CHARS",
     "PROTOCOL_VERSION",
     "TYPE_CODES",
+    "EncodedCommand",
     "FrameError",
+    "cbor_head",
+    "cbor_uint",
     "check_command",
+    "command_bytes",
     "decode",
     "encode",
+    "encode_command",
     "load_plain",
 ]
 
@@ -140,7 +145,10 @@ def encode(message: Message, *, cluster_id: str) -> bytes:
     """Frame ``message`` for ``cluster_id``.
 
     Every frame this returns is accepted by :func:`decode` with the same ``cluster_id`` and a
-    large enough ``max_bytes``.
+    large enough ``max_bytes``. The bytes are exactly ``cbor2.dumps`` of the envelope, but
+    built by hand around each entry's cached command encoding (:func:`command_bytes`), so a
+    command is encoded once however many followers it is sent to (CBOR is concatenative: an
+    array is its header followed by its items' encodings).
 
     Raises:
         FrameError: a field breaks the schema :func:`decode` enforces (only possible for a
@@ -157,31 +165,139 @@ def encode(message: Message, *, cluster_id: str) -> bytes:
         validate(message)  # the checks decode runs, for messages that skipped construction's
     except FieldError as exc:
         raise FrameError(str(exc)) from None
-    body: list[object] = [getattr(message, name) for name in BODY_FIELDS[cls]]
-    if isinstance(message, AppendRequest):
-        entries = []
-        for i, e in enumerate(message.entries):
-            where = f"AppendRequest.entries[{i}].command"
-            if e.kind is EntryKind.CONFIG:
-                entries.append([e.term, e.index, int(e.kind), _plain_membership(e.command, where)])
-            else:
-                check_command(e.command, where=where)
-                entries.append([e.term, e.index, int(e.kind), e.command])
-        body[-1] = entries
-    elif isinstance(message, SnapshotRequest):
-        body[-1] = _plain_membership(message.membership, "SnapshotRequest.membership")
-    envelope = {
-        "v": PROTOCOL_VERSION,
-        "c": cluster_id,
-        "s": message.src,
-        "d": message.dst,
-        "t": TYPE_CODES[cls],
-        "b": body,
-    }
     try:
-        return cbor2.dumps(envelope)
-    except Exception as exc:  # e.g. a str with lone surrogates is not UTF-8 encodable
+        parts = [
+            _ENVELOPE_HEAD,
+            _text(cluster_id),
+            b"\x61s",
+            _text(message.src),
+            b"\x61d",
+            _text(message.dst),
+            _TYPE_AND_BODY[cls],
+        ]
+    except UnicodeEncodeError as exc:  # a str with lone surrogates is not UTF-8 encodable
         raise FrameError(f"cannot encode {cls.__name__}: {exc}") from exc
+    append = parts.append
+    for name in BODY_FIELDS[cls]:
+        value = getattr(message, name)
+        if type(value) is int:  # the schema bounds every int field to [0, 2**63 - 1]
+            append(_uint(value))
+        elif type(value) is bool:
+            append(b"\xf5" if value else b"\xf4")
+        elif isinstance(value, bytes):  # a subclass too, as the schema allows
+            append(_head(_BYTES, len(value)))
+            append(bytes(value))
+        elif name == "entries":
+            _append_entries(parts, value)
+        elif name == "membership":
+            plain = _plain_membership(value, f"{cls.__name__}.membership")
+            append(_dumps(plain, f"{cls.__name__}.membership"))
+        else:  # validate() allows nothing else
+            raise AssertionError(f"{cls.__name__}.{name}: no encoding for {type(value)}")
+    return b"".join(parts)
+
+
+def _append_entries(parts: list[bytes], entries: tuple[Entry, ...]) -> None:
+    """Each entry as ``[term, index, kind, command]`` around its cached command encoding."""
+    parts.append(_head(_ARRAY, len(entries)))
+    append = parts.append
+    for i, e in enumerate(entries):
+        append(b"\x84" + _uint(e.term) + _uint(e.index) + _KIND_BYTES[e.kind])
+        data = getattr(e, "_encoded", None)  # unset in an entry built without __init__
+        append(data if data is not None else command_bytes(e, f"AppendRequest.entries[{i}]"))
+
+
+def encode_command(command: object, *, where: str = "command") -> EncodedCommand:
+    """Check ``command`` against the wire's data model (:func:`check_command`) and encode it,
+    once: an :class:`Entry` built with the result as its command keeps the encoding for the
+    WAL, the wire and the size accounting (:func:`command_bytes`).
+
+    Raises:
+        FrameError: the command is outside the data model, or cannot be encoded (a str
+            holding lone surrogates).
+    """
+    check_command(command, where=where)
+    return EncodedCommand(command, _dumps(command, where))
+
+
+def command_bytes(entry: Entry, where: str = "entry") -> bytes:
+    """The CBOR encoding of ``entry``'s command (a configuration entry's membership in its
+    plain form, a no-op's ``null``), checked against the wire's data model; computed once per
+    entry and cached in it (an entry that came from a proposal already holds it).
+
+    Raises:
+        FrameError: the command is outside the data model or cannot be encoded; nothing is
+            cached then.
+    """
+    data: bytes | None = getattr(entry, "_encoded", None)  # unset if built without __init__
+    if data is not None:
+        return data
+    if entry.kind is EntryKind.CONFIG:
+        plain = _plain_membership(entry.command, f"{where}.command")
+        data = _dumps(plain, f"{where}.command")
+    elif entry.kind is EntryKind.NOOP:
+        data = b"\xf6"  # null: an Entry invariant
+    else:
+        data = encode_command(entry.command, where=f"{where}.command").data
+    object.__setattr__(entry, "_encoded", data)
+    return data
+
+
+def _dumps(value: object, where: str) -> bytes:
+    try:
+        return cbor2.dumps(value)
+    except Exception as exc:  # e.g. a str with lone surrogates is not UTF-8 encodable
+        raise FrameError(f"{where}: cannot be encoded: {exc}") from exc
+
+
+_UINT: Final = 0
+_BYTES: Final = 2
+_TEXT: Final = 3
+_ARRAY: Final = 4
+_SMALL_UINTS: Final = tuple(bytes((n,)) for n in range(24))
+
+
+def _head(major: int, n: int) -> bytes:
+    """A CBOR head: major type ``major`` with argument ``n``, in its shortest form (as
+    ``cbor2`` writes it)."""
+    if n < 24:
+        return bytes((major << 5 | n,))
+    if n < 0x100:
+        return bytes((major << 5 | 24, n))
+    if n < 0x10000:
+        return bytes((major << 5 | 25, n >> 8, n & 0xFF))
+    if n < 0x100000000:
+        return bytes((major << 5 | 26,)) + n.to_bytes(4, "big")
+    return bytes((major << 5 | 27,)) + n.to_bytes(8, "big")
+
+
+def _uint(n: int) -> bytes:
+    return _SMALL_UINTS[n] if n < 24 else _head(_UINT, n)
+
+
+def _text(value: str) -> bytes:
+    data = value.encode("utf-8")
+    return _head(_TEXT, len(data)) + data
+
+
+def cbor_head(major: int, n: int) -> bytes:
+    """A CBOR head (major type ``major``, argument ``n`` < 2**64) in its shortest form, as
+    ``cbor2`` writes it."""
+    return _head(major, n)
+
+
+def cbor_uint(n: int) -> bytes:
+    """The CBOR encoding of the unsigned integer ``n`` (< 2**64), as ``cbor2`` writes it: for
+    the WAL, which builds its records around :func:`command_bytes` as :func:`encode` does."""
+    return _uint(n)
+
+
+_ENVELOPE_HEAD: Final = b"\xa6" + _text("v") + _uint(PROTOCOL_VERSION) + _text("c")
+_TYPE_AND_BODY: Final = {
+    cls: _text("t") + _uint(code) + _text("b") + _head(_ARRAY, len(BODY_FIELDS[cls]))
+    for cls, code in TYPE_CODES.items()
+}
+_KIND_BYTES: Final = {kind: _uint(int(kind)) for kind in EntryKind}
 
 
 def _plain_membership(membership: object, where: str) -> object:
@@ -436,6 +552,10 @@ def _entries(value: object, where: str, budget: list[int]) -> tuple[Entry, ...]:
         except _Invalid as exc:
             path = "".join(reversed(exc.path))
             raise FrameError(f"{where}[{i}].command{path}: {exc.reason}") from None
+        if kind is EntryKind.COMMAND:
+            # Checked: encode it now, once, for the follower's WAL and size accounting (not
+            # the received bytes: shared or string references may tie them to the frame).
+            object.__setattr__(entries[-1], "_encoded", _dumps(command, f"{where}[{i}].command"))
     return tuple(entries)
 
 

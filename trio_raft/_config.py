@@ -39,8 +39,9 @@ class Config:
     max_entries_per_append: int = attrs.field(default=256, validator=_positive_int)
     """At most this many entries in one AppendEntries."""
     max_bytes_per_append: int = attrs.field(default=1 << 20, validator=_positive_int)
-    """Roughly at most this many bytes of commands in one AppendEntries (at least one entry is
-    always sent). Sizes are estimated as ``len(repr(command))`` by the memory transport."""
+    """At most this many bytes of commands in one AppendEntries (at least one entry is
+    always sent), counting each command's CBOR encoding (as stored and sent; made once, at
+    ``propose``). The pipelining window and the snapshot trigger count the same way."""
     max_inflight_appends: int = attrs.field(default=8, validator=_positive_int)
     """Pipelining window: AppendEntries sent to one follower and not yet answered."""
     max_inflight_bytes: int = attrs.field(default=8 << 20, validator=_positive_int)
@@ -59,8 +60,9 @@ class Config:
     snapshot_bytes: int = attrs.field(default=64 << 20, validator=_positive_int)
     """Also take a snapshot once the commands applied since the last one add up to this many
     bytes, and keep at most this many bytes of entries before a snapshot's index when
-    compacting, so a log of large commands stays within about twice this much memory. Sizes are
-    estimated as for :attr:`max_bytes_per_append`."""
+    compacting, so a log of large commands holds about twice this many bytes of commands (each
+    kept both as a value and encoded, so about four times this much memory). Sizes are
+    counted as for :attr:`max_bytes_per_append`."""
     snapshot_keep_entries: int = attrs.field(default=1_000, validator=_non_negative_int)
     """How many entries before a snapshot's index compaction keeps (at most
     :attr:`snapshot_bytes` of them), so that a follower that is only a little behind catches up

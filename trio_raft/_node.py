@@ -36,12 +36,11 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Final, Protocol, final
 
 import attrs
-import cbor2
 import trio
 
 from . import _changes, _events, _snapshot, _statistics
 from ._abc import StateMachine, Storage, Transport
-from ._codec import FrameError, check_command
+from ._codec import EncodedCommand, FrameError, encode_command
 from ._config import Config
 from ._core import _membership
 from ._core._log import RaftLog, entry_size
@@ -306,7 +305,7 @@ class Node:
             ValueError: ``command`` is not a CBOR value of the wire's data model, or encodes
                 to more than ``Config.max_command_bytes``; nothing was appended.
         """
-        _check_command(command, self._state.config.max_command_bytes)
+        command = _check_command(command, self._state.config.max_command_bytes)
         waiter: Waiter[object] = Waiter()
         await self._submit(_Propose(command, waiter, frees_space))
         return await waiter.wait()
@@ -324,9 +323,9 @@ class Node:
             NodeClosedError: the node has shut down.
             ValueError: as for :meth:`propose`; nothing was handed over.
         """
-        _check_command(command, self._state.config.max_command_bytes)
+        encoded = _check_command(command, self._state.config.max_command_bytes)
         proposal = Proposal()
-        self._submit_nowait(_Propose(command, proposal._waiter, frees_space, proposal))
+        self._submit_nowait(_Propose(encoded, proposal._waiter, frees_space, proposal))
         return proposal
 
     async def read(self, query: object) -> object:
@@ -1233,22 +1232,24 @@ def _as_ids(ids: Collection[NodeId], what: str) -> frozenset[NodeId]:
     return frozenset(ids)
 
 
-def _check_command(command: object, max_bytes: int) -> None:
+def _check_command(command: object, max_bytes: int) -> EncodedCommand:
     """Refuse, before anything is appended, a command no storage or transport could carry (it
-    would block replication of every entry behind it)."""
+    would block replication of every entry behind it); return it with its encoding, made here
+    once, which the entry keeps for the WAL, the wire and the size accounting."""
     try:
-        check_command(command)
-        size = len(cbor2.dumps(command))
-    except (FrameError, cbor2.CBOREncodeError, TypeError, ValueError) as exc:
+        encoded = encode_command(command)
+    except FrameError as exc:
         raise ValueError(
             f"cannot propose {command!r:.100}: {exc}. Commands must be CBOR values: None, bool, "
             "int, float, str, bytes, lists/tuples, dicts with str or bytes keys"
         ) from None
+    size = len(encoded.data)
     if size > max_bytes:
         raise ValueError(
             f"command encodes to {size} bytes, over Config.max_command_bytes={max_bytes}; "
             "store large values elsewhere and propose a reference, or raise the limit"
         )
+    return encoded
 
 
 def _describe_failure(exc: Exception) -> tuple[str, str]:

@@ -13,7 +13,7 @@ import enum
 import itertools
 import types
 from collections.abc import Iterable, Mapping
-from typing import Final, TypeAlias
+from typing import Final, TypeAlias, final
 
 import attrs
 
@@ -108,6 +108,24 @@ class EntryKind(enum.IntEnum):
     node); ``command`` is a :class:`Membership`. Never handed to the state machine."""
 
 
+@final
+class EncodedCommand:
+    """A proposed command and its CBOR encoding, made once by the leader's check of a proposal
+    (``trio_raft._codec.encode_command``, private): an :class:`Entry` built with it as its
+    command keeps ``value`` as the command and ``data`` as its cached encoding, which the WAL,
+    the wire and the size accounting then reuse. Only the codec makes one, after checking
+    ``value`` against the wire's data model and encoding it; decoders never do."""
+
+    __slots__ = ("data", "value")
+
+    def __init__(self, value: object, data: bytes) -> None:
+        self.value = value
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"EncodedCommand({self.value!r:.100}, {len(self.data)} bytes)"
+
+
 @attrs.frozen(slots=True)
 class Entry:
     """One log entry.
@@ -119,6 +137,12 @@ class Entry:
         ValueError: on construction, if a field breaks the invariants in the module docstring
             (the message names the field and the rule). The command is not checked here: the
             codec and the WAL check it against the wire's data model when they encode it.
+
+    An entry keeps its command's CBOR encoding once it is made (by ``propose``, which checks
+    and encodes each command once, or by the first encoder), so the WAL, every AppendEntries
+    and the size accounting reuse the same bytes. The cache is private and not part of the
+    value (equality, hashing and ``repr`` ignore it); commands are treated as immutable, as
+    entries are.
     """
 
     term: int = attrs.field(validator=_entry_term)
@@ -129,8 +153,15 @@ class Entry:
     """The user's command (any CBOR-encodable value); ``None`` for a no-op."""
     kind: EntryKind = EntryKind.COMMAND
     """Whether the entry is a user command or a leader's no-op."""
+    _encoded: bytes | None = attrs.field(default=None, init=False, eq=False, hash=False, repr=False)
+    # The command's CBOR encoding, once the command was checked against the wire's data model
+    # (private; see ``trio_raft._codec.command_bytes``, the only reader and writer). Not part of
+    # the value: equality, hashing and repr ignore it, and nothing from outside sets it.
 
     def __attrs_post_init__(self) -> None:
+        if type(self.command) is EncodedCommand:  # a proposal checked and encoded once
+            object.__setattr__(self, "_encoded", self.command.data)
+            object.__setattr__(self, "command", self.command.value)
         kind = self.kind
         if type(kind) is not EntryKind:
             raise FieldError("Entry", "kind", f"expected an EntryKind, got {short(kind)}")

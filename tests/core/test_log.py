@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import cbor2
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trio_raft._config import Config
 from trio_raft._core._log import RaftLog, entry_size
-from trio_raft._types import Entry
+from trio_raft._types import Entry, EntryKind
 
 
 def entries(*terms: int, start: int = 1) -> list[Entry]:
@@ -274,8 +275,8 @@ def test_find_conflict_is_zero_for_any_subset_of_the_log(
 
 
 def test_tail_start_keeps_at_most_so_many_entries_and_bytes() -> None:
-    log = RaftLog([Entry(1, i, "x" * 8) for i in range(1, 11)])  # each command: 10 bytes
-    assert entry_size(log.entry(1)) == 10
+    log = RaftLog([Entry(1, i, "x" * 9) for i in range(1, 11)])  # each command: 10 bytes
+    assert entry_size(log.entry(1)) == 10  # CBOR: a 1-byte head and 9 bytes of text
     assert log.tail_start(10, max_entries=3, max_bytes=1000) == 7  # keeps 8..10
     assert log.tail_start(10, max_entries=100, max_bytes=25) == 8  # 2 entries fit in 25 bytes
     assert log.tail_start(10, max_entries=0, max_bytes=1000) == 10  # keeps none
@@ -283,6 +284,24 @@ def test_tail_start_keeps_at_most_so_many_entries_and_bytes() -> None:
     assert log.tail_start(6, max_entries=100, max_bytes=1000) == 0  # never below the start
     log.compact(4)
     assert log.tail_start(6, max_entries=100, max_bytes=1000) == 4
+
+
+@pytest.mark.parametrize(
+    ("entry", "size"),
+    [
+        (Entry(1, 1, b"v" * 16), 17),
+        (Entry(1, 1, b"v" * 65536), 65541),
+        (Entry(1, 1, ("put", "k", 7)), 8),
+        (Entry(1, 1, None, EntryKind.NOOP), 1),
+    ],
+)
+def test_entry_size_is_the_encoded_size_of_the_command(entry: Entry, size: int) -> None:
+    assert entry_size(entry) == size == len(cbor2.dumps(entry.command))
+
+
+def test_entry_size_of_a_command_outside_the_wire_model_is_its_repr() -> None:
+    entry = Entry(1, 1, {1, 2})  # a set: only a storage used on its own can hold one
+    assert entry_size(entry) == len(repr({1, 2}))
 
 
 def test_config_validates_snapshot_bytes() -> None:

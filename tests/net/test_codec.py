@@ -592,7 +592,9 @@ def test_encode_refuses_an_unencodable_command() -> None:
     with pytest.raises(FrameError, match=r"^AppendRequest.entries\[0\].command\['when'\]: date"):
         encode(message, cluster_id=CLUSTER)
     message = AppendRequest("a", "b", 1, 0, 0, (Entry(1, 1, "\ud800"),), 0)
-    with pytest.raises(FrameError, match=r"^cannot encode AppendRequest: "):
+    with pytest.raises(
+        FrameError, match=r"^AppendRequest.entries\[0\].command: cannot be encoded: "
+    ):
         encode(message, cluster_id=CLUSTER)
 
 
@@ -928,3 +930,103 @@ def test_a_version_1_frame_names_both_versions() -> None:
     old = {"v": 1, "c": CLUSTER, "s": "n1", "d": "n2", "t": 1, "b": [5, 7, 4, False]}
     error = rejects(cbor2.dumps(old), r"^envelope: unsupported protocol version 1 ")
     assert "this node speaks 2" in str(error)
+
+
+# -- encoding each command once -----------------------------------------------------------------
+
+
+def reference_frame(message: Message) -> bytes:
+    """The frame as ``cbor2.dumps`` makes it of the whole envelope (how frames were built
+    before commands were encoded once): the hand-built frames must be these bytes exactly."""
+    cls = type(message)
+    body: list[object] = [getattr(message, name) for name in codec.BODY_FIELDS[cls]]
+    if isinstance(message, AppendRequest):
+        body[-1] = [
+            [
+                e.term,
+                e.index,
+                int(e.kind),
+                e.command.to_plain() if e.kind is EntryKind.CONFIG else e.command,
+            ]
+            for e in message.entries
+        ]
+    elif isinstance(message, SnapshotRequest):
+        body[-1] = message.membership.to_plain()
+    envelope = {"v": 2, "c": CLUSTER, "s": message.src, "d": message.dst,
+                "t": codec.TYPE_CODES[cls], "b": body}  # fmt: skip
+    return cbor2.dumps(envelope)
+
+
+def pre_encoded(message: Message) -> Message:
+    """``message`` with every command encoded once up front, as a proposal's is."""
+    if not isinstance(message, AppendRequest):
+        return message
+    entries = tuple(
+        Entry(e.term, e.index, codec.encode_command(e.command), e.kind)
+        if e.kind is EntryKind.COMMAND
+        else e
+        for e in message.entries
+    )
+    return attrs.evolve(message, entries=entries)
+
+
+@given(messages)
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+def test_frames_are_byte_for_byte_those_of_the_whole_envelope(message: Message) -> None:
+    expected = reference_frame(message)
+    assert encode(message, cluster_id=CLUSTER) == expected  # fresh: encodes and caches
+    assert encode(message, cluster_id=CLUSTER) == expected  # from the entries' caches
+    assert encode(pre_encoded(message), cluster_id=CLUSTER) == expected  # proposed
+    decoded = decode(expected, cluster_id=CLUSTER, max_bytes=MAX)
+    assert encode(decoded, cluster_id=CLUSTER) == expected  # relayed after a decode
+
+
+@pytest.mark.parametrize("n", [0, 1, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1])
+def test_cbor_heads_are_the_shortest_form(n: int) -> None:
+    assert codec.cbor_uint(n) == cbor2.dumps(n)
+    items = [None] * n if n < 70000 else None
+    if items is not None:
+        assert codec._head(4, n) + b"\xf6" * n == cbor2.dumps(items)
+
+
+@given(commands)
+def test_a_command_is_encoded_once_and_its_entry_keeps_the_bytes(command: object) -> None:
+    encoded = codec.encode_command(command)
+    assert encoded.data == cbor2.dumps(command)
+    entry = Entry(1, 1, encoded)
+    assert entry.command is command  # the entry holds the command, not the wrapper
+    assert entry == Entry(1, 1, command)
+    assert repr(entry) == repr(Entry(1, 1, command))
+    assert codec.command_bytes(entry) is encoded.data
+
+
+def test_the_cached_encoding_cannot_be_given_from_outside() -> None:
+    with pytest.raises(TypeError):
+        Entry(1, 1, "x", EntryKind.COMMAND, b"\xf6")  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        Entry(1, 1, "x", encoded=b"\xf6")  # type: ignore[call-arg]
+    assert hash(Entry(1, 1, codec.encode_command("x"))) == hash(Entry(1, 1, "x"))
+    shared = cbor2.dumps(["x", "x"], value_sharing=True)  # a shared reference, CBOR tag 28/29
+    assert shared != cbor2.dumps(["x", "x"])
+    frame = reference_frame(AppendRequest("a", "b", 1, 0, 0, (Entry(1, 1, "@"),), 0))
+    frame = frame.replace(cbor2.dumps("@"), shared)
+    decoded = decode(frame, cluster_id=CLUSTER, max_bytes=MAX)
+    assert isinstance(decoded, AppendRequest)
+    # The cache holds the decoded value's own encoding, never the received bytes.
+    assert decoded.entries[0]._encoded == cbor2.dumps(["x", "x"])
+
+
+def test_a_command_that_fails_its_check_caches_nothing() -> None:
+    entry = Entry(1, 1, {"when": datetime.date.today()})
+    for _ in range(2):
+        with pytest.raises(FrameError, match=r"^entry.command\['when'\]: date"):
+            codec.command_bytes(entry)
+    assert entry._encoded is None
+
+
+def test_a_bytes_subclass_is_framed_as_bytes() -> None:
+    class Chunk(bytes):
+        pass
+
+    message = SnapshotRequest("a", "b", 2, 1, 1, 0, Chunk(b"abc"), True, Membership({"a"}))
+    assert encode(message, cluster_id=CLUSTER) == reference_frame(message)

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .._codec import FrameError, command_bytes
 from .._types import Entry
 
 
 def entry_size(entry: Entry) -> int:
-    """The estimated size of an entry's command in bytes: cheap, and the same estimate for
-    batching AppendEntries and for the byte-based snapshot trigger."""
-    return len(repr(entry.command))
+    """The size of an entry's command in bytes, CBOR-encoded (as in the WAL and on the wire):
+    the measure for batching AppendEntries (``max_bytes_per_append``), flow control
+    (``max_inflight_bytes``), the byte-based snapshot trigger and the backlog applied since the
+    last snapshot. The encoding is made once per entry and cached in it (a proposal's, at
+    ``propose``), so this costs a lookup. A command outside the wire's data model (only a
+    storage used on its own can hold one) counts as the length of its ``repr``."""
+    try:
+        return len(command_bytes(entry))
+    except FrameError:
+        return len(repr(entry.command))
 
 
 class RaftLog:

@@ -48,6 +48,10 @@ from .._types import NodeId
 
 SUBPROTOCOL: Final = f"trio-raft.{PROTOCOL_VERSION}"
 """The WebSocket subprotocol both sides must agree on."""
+BATCH_SUBPROTOCOL: Final = f"trio-raft.{PROTOCOL_VERSION}+batch"
+"""The same protocol, and the listener reads batches (several frames in one message): a dialer
+offers it before :data:`SUBPROTOCOL`, a listener that knows it picks it, and one that does
+not picks :data:`SUBPROTOCOL` (see :doc:`wire`, "Batches")."""
 
 NONCE_BYTES: Final = 32
 HANDSHAKE_MAX_BYTES: Final = 512
@@ -204,7 +208,8 @@ async def server_handshake(
 
 
 async def accept_request(request: WebSocketRequest) -> WebSocketConnection:
-    """Accept the HTTP upgrade if it is for :data:`RAFT_PATH` and offers :data:`SUBPROTOCOL`.
+    """Accept the HTTP upgrade if it is for :data:`RAFT_PATH` and offers :data:`SUBPROTOCOL`
+    (with :data:`BATCH_SUBPROTOCOL` if the dialer offers that too: check ``ws.subprotocol``).
 
     Raises:
         PeerRejectedError: it is not; the request was rejected with 404 or 400.
@@ -212,6 +217,8 @@ async def accept_request(request: WebSocketRequest) -> WebSocketConnection:
     if request.path != RAFT_PATH:
         await request.reject(404)
         raise PeerRejectedError(f"path {request.path[:40]!r} is not {RAFT_PATH}")
+    if BATCH_SUBPROTOCOL in request.proposed_subprotocols:
+        return await request.accept(subprotocol=BATCH_SUBPROTOCOL)
     if SUBPROTOCOL not in request.proposed_subprotocols:
         await request.reject(400, body=f"expected subprotocol {SUBPROTOCOL}".encode())
         raise PeerRejectedError(f"subprotocol {SUBPROTOCOL} not offered")

@@ -30,6 +30,7 @@ from .._types import NodeId
 from .._util import unwrap_single_exception_group
 from .._ws import wrap_client_stream_fast
 from ._auth import (
+    BATCH_SUBPROTOCOL,
     HANDSHAKE_MAX_BYTES,
     SUBPROTOCOL,
     PeerRejectedError,
@@ -37,7 +38,15 @@ from ._auth import (
     describe_failure,
     is_refusal,
 )
-from ._stats import DISCONNECT_TIMEOUT_S, Limits, PeerCounters, PeerStatistics, Totals
+from ._batch import MAX_BATCH_FRAMES, encode_batch
+from ._stats import (
+    BATCH_BYTES,
+    DISCONNECT_TIMEOUT_S,
+    Limits,
+    PeerCounters,
+    PeerStatistics,
+    Totals,
+)
 
 logger: Final = logging.getLogger("trio_raft.transport")
 
@@ -186,7 +195,7 @@ class PeerLink:
                                 stream,
                                 _host_header(url),
                                 _resource(url),
-                                subprotocols=[SUBPROTOCOL],
+                                subprotocols=[BATCH_SUBPROTOCOL, SUBPROTOCOL],
                                 message_queue_size=1,
                                 max_message_size=HANDSHAKE_MAX_BYTES,
                             )
@@ -221,7 +230,7 @@ class PeerLink:
         """Run the handshake; on refusal count it, close with 1008 and return False."""
         try:
             with trio.fail_after(self._limits.handshake_timeout_s):
-                if ws.subprotocol != SUBPROTOCOL:
+                if ws.subprotocol not in (BATCH_SUBPROTOCOL, SUBPROTOCOL):
                     raise PeerRejectedError(f"subprotocol {ws.subprotocol!r}")
                 await client_handshake(
                     ws,
@@ -251,23 +260,48 @@ class PeerLink:
         logger.debug("%s: cannot connect to %s: %r", self._node_id, self.id, exc)
 
     async def _write_frames(self, ws: WebSocketConnection) -> None:
-        """Send the queue in order until the connection fails or closes."""
+        """Send the queue in order until the connection fails or closes. If the listener
+        reads batches, frames already queued when one is taken go with it, in one message of
+        at most ``BATCH_BYTES`` (no waiting for more: a lone frame goes at once)."""
         counters, changed = self.counters, self._totals.changed
+        batching = ws.subprotocol == BATCH_SUBPROTOCOL
+        cap = min(BATCH_BYTES, self._limits.max_message_bytes)
+        carry: bytes | None = None  # taken from the queue, too big for the batch before it
         self.connected = True
         changed.notify()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch_for_close, ws, nursery.cancel_scope)
                 while True:
-                    frame = await self._queue.receive()
-                    self._queued_bytes -= len(frame)
+                    if carry is None:
+                        frame = await self._queue.receive()
+                        self._queued_bytes -= len(frame)
+                    else:
+                        frame, carry = carry, None
+                    frames = [frame]
+                    size = _BATCH_HEAD + len(frame)
+                    while batching and len(frames) < MAX_BATCH_FRAMES and size < cap:
+                        try:
+                            frame = self._queue.receive_nowait()
+                        except (trio.WouldBlock, trio.EndOfChannel):  # EndOfChannel: stopped
+                            break
+                        self._queued_bytes -= len(frame)
+                        if size + _ITEM_HEAD + len(frame) > cap:
+                            carry = frame
+                            break
+                        frames.append(frame)
+                        size += _ITEM_HEAD + len(frame)
+                    data = frames[0] if len(frames) == 1 else encode_batch(frames)
                     with trio.fail_after(self._limits.send_timeout_s):
-                        await ws.send_message(frame)
-                    counters.frames_sent += 1
-                    counters.bytes_sent += len(frame)
+                        await ws.send_message(data)
+                    counters.frames_sent += len(frames)
+                    counters.bytes_sent += sum(map(len, frames))
+                    counters.messages_sent += 1
                     changed.notify()
         finally:
             self.connected = False
+            if carry is not None:
+                counters.dropped_not_connected += 1
             while True:  # frames queued for a connection that is gone: Raft will resend
                 try:
                     self._queue.receive_nowait()
@@ -276,6 +310,10 @@ class PeerLink:
                 counters.dropped_not_connected += 1
             self._queued_bytes = 0
             changed.notify()
+
+
+_BATCH_HEAD: Final = 3  # the most a batch's array head takes (up to MAX_BATCH_FRAMES items)
+_ITEM_HEAD: Final = 5  # the most a frame's byte-string head takes (frames under 4 GiB)
 
 
 async def close(ws: WebSocketConnection, code: int, reason: str) -> None:

@@ -10,6 +10,9 @@ import attrs
 from .._sync import Broadcast
 from .._types import NodeId
 
+BATCH_BYTES: Final = 64 << 10
+"""The largest batch a link writes (or ``max_message_bytes`` if smaller): frames queued for a
+peer are coalesced into one WebSocket message up to this size; a larger frame goes alone."""
 MAX_MESSAGE_BYTES: Final = 4 << 20
 """Default frame size limit: above the node's default ``max_bytes_per_append`` and
 ``snapshot_chunk_bytes`` (1 MiB each) plus framing."""
@@ -63,6 +66,9 @@ class PeerStatistics:
     """Frames written to the peer's connection."""
     bytes_sent: int = 0
     """Bytes of those frames."""
+    messages_sent: int = 0
+    """WebSocket messages those frames were written in: fewer than the frames when several
+    queued frames were coalesced into one batch (see :doc:`wire`, "Batches")."""
     frames_received: int = 0
     """Valid frames received from the peer and delivered to the receive channel."""
     bytes_received: int = 0
@@ -94,6 +100,7 @@ class PeerCounters:
 
     frames_sent: int = 0
     bytes_sent: int = 0
+    messages_sent: int = 0
     frames_received: int = 0
     bytes_received: int = 0
     dropped_not_connected: int = 0

@@ -6,7 +6,7 @@
       ├── server        listeners on host:port; one task per inbound connection: TLS, HTTP
       │                 upgrade on /raft, handshake (at most max_connections at once, at most
       │                 MAX_HANDSHAKES_PER_ADDRESS per address: a newcomer evicts the oldest),
-      │                 then read frames ──▶ decode ──▶ receive channel
+      │                 then read messages ──▶ split batches ──▶ decode ──▶ receive channel
       └── dialer → peer one per peer: connect, handshake, then write that peer's queue, in order;
                         reconnect with exponential backoff and jitter; each in a cancel scope
                         of its own, so update_members can add and remove peers at any time
@@ -16,6 +16,9 @@ connections are read-only. So each direction of a pair of nodes has its own orde
 a slow reader never blocks anyone's ``send``: that is sync, encodes the frame and puts it on the
 peer's bounded queue, or drops it (counted) when the queue is full or the peer is not connected.
 Raft retries whatever is lost.
+
+Frames already queued when the dialer writes go together in one WebSocket message (a batch) if
+the listener negotiated batches (subprotocol ``trio-raft.2+batch``; see :doc:`wire`).
 """
 
 from __future__ import annotations
@@ -35,7 +38,15 @@ from .._inbound import Admission, Barrier, Ticket, remote_host
 from .._messages import Message
 from .._types import NodeId, short
 from .._ws import wrap_server_stream_fast
-from ._auth import RAFT_PATH, PeerRejectedError, accept_request, describe_failure, server_handshake
+from ._auth import (
+    BATCH_SUBPROTOCOL,
+    RAFT_PATH,
+    PeerRejectedError,
+    accept_request,
+    describe_failure,
+    server_handshake,
+)
+from ._batch import split_batch
 from ._peer import PeerLink, close
 from ._stats import (
     MAX_HANDSHAKES_PER_ADDRESS,
@@ -415,9 +426,11 @@ class WebSocketTransport:
 
     async def _read_frames(self, ws: WebSocketConnection, peer: PeerLink) -> tuple[int, str]:
         """Deliver ``peer``'s frames until the connection ends; return the close code and
-        reason to answer with."""
+        reason to answer with. On a connection that negotiated batches a message may carry
+        several frames, each checked and delivered in order as if it came alone."""
         limits = self._limits
         counters = peer.counters
+        batching = ws.subprotocol == BATCH_SUBPROTOCOL
         while True:
             try:
                 data = await ws.get_message()
@@ -429,20 +442,28 @@ class WebSocketTransport:
                 self._frame_failed(peer, "text message")
                 return 1003, "binary messages only"
             try:
-                message = decode(
-                    data, cluster_id=self._cluster_id, max_bytes=limits.max_message_bytes
-                )
+                frames = split_batch(data) if batching else [data]
             except FrameError as exc:
                 self._frame_failed(peer, str(exc))
                 return 1007, str(exc)
-            if message.src != peer.id or message.dst != self._id:
-                reason = f"frame {message.src!r}->{message.dst!r} on the connection of {peer.id!r}"
-                self._frame_failed(peer, reason)
-                return 1008, reason
-            counters.frames_received += 1
-            counters.bytes_received += len(data)
-            self._totals.changed.notify()
-            await self._inbound_send.send(message)
+            for frame in frames:
+                try:
+                    message = decode(
+                        frame, cluster_id=self._cluster_id, max_bytes=limits.max_message_bytes
+                    )
+                except FrameError as exc:
+                    self._frame_failed(peer, str(exc))
+                    return 1007, str(exc)
+                if message.src != peer.id or message.dst != self._id:
+                    reason = (
+                        f"frame {message.src!r}->{message.dst!r} on the connection of {peer.id!r}"
+                    )
+                    self._frame_failed(peer, reason)
+                    return 1008, reason
+                counters.frames_received += 1
+                counters.bytes_received += len(frame)
+                self._totals.changed.notify()
+                await self._inbound_send.send(message)
 
     def _frame_failed(self, peer: PeerLink, reason: str) -> None:
         self._totals.decode_failures += 1
