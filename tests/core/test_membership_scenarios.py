@@ -16,7 +16,7 @@ from trio_raft import (
 )
 from trio_raft._config import Config
 from trio_raft._core import _membership as mb
-from trio_raft._core._state import RaftState
+from trio_raft._core._state import RETIRE_ELECTION_TIMEOUTS, RaftState
 from trio_raft._messages import AppendRequest, TimeoutNow, VoteRequest
 from trio_raft._types import Entry, EntryKind, HardState, Membership, NodeId, Role, StoredState
 
@@ -314,13 +314,29 @@ def test_replace_the_leader() -> None:
 
 def test_the_leader_stops_replicating_to_a_removed_peer_once_it_knows() -> None:
     net, leader = with_learner()
+    removal = leader.log.last_index + 1  # the index the removal will have
+    net.drop = lambda m: m.dst == "n4" and isinstance(m, AppendRequest) and m.commit >= removal
     net.change("n1", Membership(ids(3)))  # remove learner n4: a simple change
     assert net["n4"].membership == Membership(ids(3)) and not net["n4"].membership_committed
-    assert "n4" in leader.replica_ids  # until it has been told the removal committed
-    net.heartbeat("n1")
+    for _ in range(5):  # every message that would tell it is lost: it is kept
+        net.heartbeat("n1")
+    assert "n4" in leader.replica_ids and not net["n4"].membership_committed
+    net.drop = lambda m: False
+    net.heartbeat("n1")  # told, and it answers
     assert net["n4"].membership_committed
     net.heartbeat("n1")
     assert "n4" not in leader.replica_ids and "n4" not in leader.progress
+
+
+def test_a_removed_peer_that_never_answers_is_dropped_after_a_while() -> None:
+    net, leader = with_learner()
+    net.isolated = {"n4"}
+    net.change("n1", Membership(ids(3)))
+    net.heartbeat("n1")
+    assert "n4" in leader.replica_ids
+    net.now += RETIRE_ELECTION_TIMEOUTS * leader.config.election_timeout_s_max
+    net.heartbeat("n1")
+    assert "n4" not in leader.replica_ids
 
 
 def test_a_removed_node_with_a_stale_log_cannot_disrupt() -> None:

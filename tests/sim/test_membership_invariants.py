@@ -24,6 +24,7 @@ from trio_raft import (
     HardState,
     Membership,
     Role,
+    RoleChangeReason,
     SnapshotMeta,
     StoredState,
 )
@@ -67,7 +68,8 @@ def command(index: int, term: int) -> Entry:
 def become_leader(checker: InvariantChecker, node: FakeNode, term: int) -> None:
     node._state.term = term
     node._state.role = Role.LEADER
-    checker.observe(node, "role", (Role.LEADER, term))  # type: ignore[arg-type]
+    won = RoleChangeReason.ELECTION_WON
+    checker.observe(node, "role", (Role.LEADER, term, won))  # type: ignore[arg-type]
 
 
 def vote(checker: InvariantChecker, voter: str, term: int, candidate: str) -> None:
@@ -369,3 +371,22 @@ async def test_election_safety_is_global_across_added_and_removed_nodes() -> Non
     checker.node_started("n1", stored=StoredState())
     with pytest.raises(InvariantViolation, match=r"Election Safety.*n6 and n1.*term 2"):
         become_leader(checker, fake("n6", Membership({"n6"})), 2)
+
+
+async def test_role_changes_are_reported_with_a_reason_that_leads_there() -> None:
+    checker = InvariantChecker(seed=0)
+    node = fake("n1", Membership({"n1", "n2", "n3"}))
+    node._state.term = 2
+    node._state.role = Role.LEADER
+    with pytest.raises(InvariantViolation, match=r"Role change reason.*leader.*election timeout"):
+        checker.observe(  # type: ignore[arg-type]
+            node, "role", (Role.LEADER, 2, RoleChangeReason.ELECTION_TIMEOUT)
+        )
+    node._state.role = Role.CANDIDATE
+    with pytest.raises(InvariantViolation, match=r"Role change reported.*leader@2.*candidate@2"):
+        checker.observe(  # type: ignore[arg-type]
+            node, "role", (Role.LEADER, 2, RoleChangeReason.ELECTION_WON)
+        )
+    checker.observe(  # type: ignore[arg-type]
+        node, "role", (Role.CANDIDATE, 2, RoleChangeReason.PRE_VOTE_WON)
+    )

@@ -59,6 +59,11 @@ from ._transfer import Transfer, pick_target
 __all__ = ["RaftState", "Ready", "Transfer"]
 
 
+RETIRE_ELECTION_TIMEOUTS = 4
+"""A leader stops replicating to a removed peer that has not acknowledged its removal this
+many maximum election timeouts after the removal committed (it is down, or cut off)."""
+
+
 class RaftState:
     """One node's Raft state: term, vote, log, commit index, role and (as leader) progress."""
 
@@ -97,6 +102,9 @@ class RaftState:
         """Leader only: removed peers still replicated to until they learn of their removal,
         each with the index of the configuration entry that removed it."""
         self._retire_by: dict[NodeId, float] = {}
+        self._retire_seq: dict[NodeId, int] = {}
+        """Leader only: the heartbeat round whose answer proves a retiring peer has seen a
+        commit index past its removal."""
         """Leader only: when each retiring peer is dropped at the latest."""
         self._now = float("-inf")
         """The time of the latest input that carried one."""
@@ -242,6 +250,7 @@ class RaftState:
             for peer in members & self._retiring.keys():
                 del self._retiring[peer]  # added back before it was dropped
                 self._retire_by.pop(peer, None)
+                self._retire_seq.pop(peer, None)
             # A new replica is sent the entry that added it first (then probed backwards).
             first = max(self._members.index, self.log.start_index + 1)
             for peer in self.replica_ids - self.progress.keys():
@@ -264,6 +273,7 @@ class RaftState:
         self.progress = {}
         self._retiring = {}
         self._retire_by = {}
+        self._retire_seq = {}
         self.transfer = None
         self.votes = {}
         self._fail_reads()
@@ -917,18 +927,30 @@ class RaftState:
         )  # fmt: skip
 
     def _retired(self, peer: NodeId, pr: Progress, now: float) -> bool:
-        """Drop a removed peer once it has been told of its removal: its log holds the entry
-        that removed it, committed, and one more AppendEntries (carrying that commit) has gone
-        out; or one maximum election timeout after that entry committed, whichever is first."""
+        """Drop a removed peer once it knows of its removal: its log holds the entry that
+        removed it, committed, and it has answered a message sent after that, which carried a
+        commit index past the entry (a message merely sent could still be lost, or dropped
+        from the transport's queue by the very retirement); or
+        :data:`RETIRE_ELECTION_TIMEOUTS` maximum election timeouts after that entry committed
+        (a removed peer that is down), whichever is first."""
         removed_at = self._retiring[peer]
         if self.commit < removed_at:
             return False
-        deadline = self._retire_by.setdefault(peer, now + self.config.election_timeout_s_max)
-        told = pr.match >= removed_at and pr.sent_commit >= removed_at
+        deadline = self._retire_by.setdefault(
+            peer, now + RETIRE_ELECTION_TIMEOUTS * self.config.election_timeout_s_max
+        )
+        told_seq = self._retire_seq.get(peer)
+        if told_seq is None and pr.match >= removed_at:
+            # A new round: the next message to the peer carries it and a commit index past
+            # its removal; its answer to that round (or a later one) proves it learned.
+            self.seq += 1
+            self._retire_seq[peer] = told_seq = self.seq
+        told = told_seq is not None and pr.acked_seq >= told_seq
         if not told and now < deadline:
             return False
         del self._retiring[peer]
         self._retire_by.pop(peer, None)
+        self._retire_seq.pop(peer, None)
         del self.progress[peer]
         self._ready.replicas_changed = True  # the node stops its replicator
         return True
