@@ -215,28 +215,15 @@ def load_cluster_file(path: str | os.PathLike[str]) -> ClusterFile:
                     f"(where {scheme_hint} reach {node_id}), got {url!r}"
                 )
             urls[key] = url
-        listen = table.get("listen")
-        address = None
-        if listen is not None:
-            address = _listen_address(f"ws://{listen}/") if isinstance(listen, str) else None
-            if address is None:
-                raise fail(
-                    f'nodes.{node_id}.listen must look like "127.0.0.1:7501", got {listen!r}'
-                )
+        address = _host_port(table, "listen", node_id, "7501", "", fail)
         dial = table.get("dial", {})
         if not isinstance(dial, dict) or not all(
             isinstance(v, str) and _listen_address(v) is not None for v in dial.values()
         ):
             raise fail(f"nodes.{node_id}.dial must map peer ids to ws:// URLs, got {dial!r}")
-        admin = table.get("admin")
-        admin_address = None
-        if admin is not None:
-            admin_address = _listen_address(f"ws://{admin}/") if isinstance(admin, str) else None
-            if admin_address is None:
-                raise fail(
-                    f'nodes.{node_id}.admin must look like "127.0.0.1:7601" (where the admin '
-                    f"HTTP endpoint listens), got {admin!r}"
-                )
+        admin_address = _host_port(
+            table, "admin", node_id, "7601", " (where the admin HTTP endpoint listens)", fail
+        )
         nodes[str(node_id)] = NodeAddress(
             urls["peer"], urls["client"], address, dict(dial), admin_address
         )
@@ -269,6 +256,26 @@ def load_cluster_file(path: str | os.PathLike[str]) -> ClusterFile:
         file, cluster_id, secret, token, (file.parent / data_dir).resolve(), nodes, config, tls,
         admin_token=admin_token,
     )  # fmt: skip
+
+
+def _host_port(
+    table: Mapping[str, object],
+    key: str,
+    node_id: object,
+    example_port: str,
+    what: str,
+    fail: Callable[[str], ConfigError],
+) -> tuple[str, int] | None:
+    """The optional ``host:port`` of ``[nodes.ID] key``, or ``None`` if it is absent."""
+    value = table.get(key)
+    if value is None:
+        return None
+    address = _listen_address(f"ws://{value}/") if isinstance(value, str) else None
+    if address is None:
+        raise fail(
+            f'nodes.{node_id}.{key} must look like "127.0.0.1:{example_port}"{what}, got {value!r}'
+        )
+    return address
 
 
 def _token(data: Mapping[str, object], key: str, absent: str, file: Path) -> str | None:

@@ -19,6 +19,7 @@ import trio
 import trio.testing
 from hypothesis import HealthCheck, example, given, settings
 
+from tests._strategies import commands, scalars
 from trio_raft import Config
 from trio_raft import _codec as codec
 from trio_raft._codec import FrameError, check_command, decode, encode
@@ -63,23 +64,6 @@ def round_trip(message: Message) -> Message:
 
 # -- strategies -------------------------------------------------------------------------------
 
-scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**64), 2**64 - 1)
-    | st.floats(allow_nan=False)
-    | st.text(max_size=20)
-    | st.binary(max_size=20)
-)
-commands = st.recursive(
-    scalars,
-    lambda inner: (
-        st.lists(inner, max_size=4)
-        | st.tuples(inner, inner)
-        | st.dictionaries(st.text(max_size=6) | st.binary(max_size=6), inner, max_size=4)
-    ),
-    max_leaves=16,
-)
 node_ids = st.text(min_size=1, max_size=8)
 SRC, DST = "a", "b"
 # Addresses without tuples, so that memberships round trip exactly.

@@ -10,28 +10,11 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given
 
+from tests._strategies import commands
 from trio_raft import Membership
 from trio_raft._codec import command_bytes, encode_command
 from trio_raft._types import MAX_INDEX, MAX_TERM, Entry, EntryKind
 from trio_raft._wal._segments import Append, decode_record, encode_append
-
-scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**64), 2**64 - 1)
-    | st.floats(allow_nan=False)
-    | st.text(max_size=20)
-    | st.binary(max_size=20)
-)
-commands = st.recursive(
-    scalars,
-    lambda inner: (
-        st.lists(inner, max_size=4)
-        | st.tuples(inner, inner)
-        | st.dictionaries(st.text(max_size=6) | st.binary(max_size=6), inner, max_size=4)
-    ),
-    max_leaves=16,
-)
 
 
 def reference(entry: Entry) -> bytes:
