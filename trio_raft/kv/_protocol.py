@@ -60,9 +60,9 @@ MAX_REQUEST_BYTES: Final = 512 * 1024
 """Largest request message a server accepts (a ``put`` of the largest key and value fits)."""
 MAX_RESPONSE_BYTES: Final = 2 * 1024 * 1024
 """Largest response message a client accepts (a full ``list`` page of the longest keys fits)."""
-MAX_SNAPSHOT_PIECE_BYTES: Final = 1024 * 1024
-"""A ``snapshot`` response carries at most this many bytes of the snapshot file (so that it
-stays within :data:`MAX_RESPONSE_BYTES` with its metadata)."""
+MAX_SNAPSHOT_PIECE_BYTES: Final = 1024 * 1024 - 32 * 1024
+"""A ``snapshot`` response carries at most this many bytes of the snapshot file, so that the
+whole message, metadata included (at most a few KiB), stays within 1 MiB."""
 MAX_URL_BYTES: Final = 400
 """A URL in an ``add_learner`` (``peer``, ``client``) is at most this long in UTF-8, so that a
 member's address (both URLs) stays within the configuration's limit per address."""
