@@ -340,10 +340,14 @@ def render_report(found: DirectoryReport) -> str:
         lines.append(f"hard state: term {hard.term}, voted for {hard.voted_for or 'nobody'}")
     if found.log_start is not None:
         start, start_term = found.log_start
-        last = "unknown" if found.last_index is None else str(found.last_index)
-        lines.append(
-            f"log: entries {start + 1}..{last} (compacted up to index {start}, term {start_term})"
-        )
+        last = found.last_index
+        compacted = f"compacted up to index {start}, term {start_term}"
+        if last is None:
+            lines.append(f"log: unknown, not replayed ({compacted})")
+        elif last == start:
+            lines.append(f"log: no entries ({compacted})")
+        else:
+            lines.append(f"log: entries {start + 1}..{last} ({compacted})")
     snap = found.snapshot
     if snap is None:
         lines.append("snapshot: none")

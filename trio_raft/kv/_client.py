@@ -390,8 +390,8 @@ class KVClient:
                     return info
                 await self._backoff(attempts)
         raise p.KVTimeoutError(
-            f"snapshot: no complete download in time (last: {attempts.last_error}); raise "
-            "timeout_s for a large state"
+            f"snapshot: no complete download in time (last: {attempts.last_error}); check that "
+            "the node is up, or raise timeout_s for a large state"
         )
 
     async def _download(
