@@ -315,7 +315,7 @@ class Node:
         await waiter.wait()
         return self._sm.query(query)
 
-    async def snapshot(self) -> int:
+    async def snapshot(self, *, linearizable: bool = False) -> int:
         """Take a snapshot of the state machine now, at the index it has applied, and return
         that index once the snapshot is durable in the storage (the log is then compacted
         behind it, as after an automatic one). If a durable snapshot already covers the applied
@@ -323,9 +323,16 @@ class Node:
         snapshot). The snapshot is taken by the applier between two entries, as the automatic
         ones (:attr:`Config.snapshot_entries`) are.
 
+        A follower's applied index may lag the leader's commit by a heartbeat or more. With
+        ``linearizable``, the node first confirms it leads and applies up to its commit index
+        (as :meth:`read` does), so the snapshot holds every command acknowledged before the
+        call: backups take it that way.
+
         Cancelling the call abandons the wait, not the snapshot: it may still be taken.
 
         Raises:
+            NotLeaderError: ``linearizable`` on a node that is not (or stopped being) the
+                leader; nothing was taken.
             TypeError: the state machine has no ``snapshot()``; implement
                 :class:`SnapshottingStateMachine`.
             StorageFullError: the snapshot did not fit on the disk (the storage refused it;
@@ -339,6 +346,10 @@ class Node:
                 f"node {self._id!r}: {type(self._sm).__name__} has no snapshot(); implement "
                 "SnapshottingStateMachine (snapshot() and restore()) to take snapshots"
             )
+        if linearizable:
+            read: Waiter[int] = Waiter()
+            await self._submit(_Read(read))
+            await read.wait()  # confirmed leader, applied up to its commit index
         target = self._last_applied
         refusals = self._snapshot_refusal[0]
         if target > self._snapshot_index:

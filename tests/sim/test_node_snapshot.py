@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from trio_raft import Config, NodeClosedError, StorageFullError
+from trio_raft import Config, NodeClosedError, NotLeaderError, StorageFullError
 from trio_raft.testing import KVStateMachine, open_simulated_cluster
 
 NEVER = Config(snapshot_entries=1_000_000, snapshot_keep_entries=5)
@@ -93,3 +93,20 @@ async def test_a_state_machine_without_snapshots_is_refused(
             leader = await cluster.wait_leader()
             with pytest.raises(TypeError, match="implement SnapshottingStateMachine"):
                 await leader.snapshot()
+
+
+async def test_a_linearizable_snapshot_holds_every_acknowledged_write(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(60):
+        async with open_simulated_cluster(3, seed=14, config=NEVER) as cluster:
+            leader = await cluster.wait_leader()
+            follower = next(n for n in cluster.nodes.values() if n is not leader)
+            for i in range(10):
+                await leader.propose(("put", f"k{i}", str(i)))
+            commit = leader.status.commit_index
+            with pytest.raises(NotLeaderError):
+                await follower.snapshot(linearizable=True)
+            assert follower.status.snapshot_index == 0  # nothing taken
+            index = await leader.snapshot(linearizable=True)
+            assert index >= commit

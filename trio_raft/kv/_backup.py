@@ -1,7 +1,9 @@
-"""The ``snapshot`` op on the server: a backup of a live node, streamed as a snapshot file.
+"""The ``snapshot`` op on the server: a backup of a live cluster, streamed as a snapshot file.
 
-A request with ``offset`` 0 makes the node take a snapshot at the index it has applied
-(:meth:`Node.snapshot <trio_raft.Node.snapshot>`: durable before anything is sent), opens the
+A request with ``offset`` 0 makes the leader (a follower answers ``not_leader``) confirm its
+leadership, apply everything committed and take a snapshot at the index it has then applied
+(:meth:`Node.snapshot(linearizable=True) <trio_raft.Node.snapshot>`: durable before anything
+is sent), so the backup holds every write acknowledged before the request; it then opens the
 storage's current snapshot (that one, or a newer one taken meanwhile) and starts encoding it
 as a snapshot file (``trio_raft._wal._export``). Every response carries the next
 :data:`~trio_raft.kv._protocol.MAX_SNAPSHOT_PIECE_BYTES` bytes at most, with the snapshot's
@@ -18,13 +20,13 @@ one frame), so a server holds at most ``max_connections`` pieces of snapshots in
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 import trio
 
-from .._errors import NodeClosedError
+from .._errors import NodeClosedError, NotLeaderError
 from .._node import Node
-from .._types import SnapshotMeta
+from .._types import NodeId, SnapshotMeta
 from .._wal._errors import StorageFullError
 from .._wal._export import snapshot_file_bytes
 from ._protocol import MAX_SNAPSHOT_PIECE_BYTES, ErrorCode, Failure, Ok, Response
@@ -72,13 +74,26 @@ class Downloads:
         self._current: _Download | None = None
         self._lock = trio.Lock()  # requests of one connection run in tasks of their own
 
-    async def answer(self, node: Node, cluster_id: str | None, rid: int, offset: int) -> Response:
-        """The response to ``{"op": "snapshot", "offset": offset}``."""
+    async def answer(
+        self,
+        node: Node,
+        cluster_id: str | None,
+        rid: int,
+        offset: int,
+        leader_url: Callable[[NodeId | None], str | None],
+    ) -> Response:
+        """The response to ``{"op": "snapshot", "offset": offset}`` (``leader_url`` tells a
+        client sent to a follower where the leader is)."""
         async with self._lock:
             if offset == 0:
                 await self.aclose()
                 try:
                     started = await self._start(node)
+                except NotLeaderError as exc:
+                    return Failure(
+                        rid, ErrorCode.NOT_LEADER, f"{exc}; the leader takes backups",
+                        leader_url(exc.leader_id),
+                    )  # fmt: skip
                 except NodeClosedError as exc:
                     return Failure(rid, ErrorCode.UNAVAILABLE, str(exc))
                 except StorageFullError as exc:
@@ -120,7 +135,7 @@ class Downloads:
             return Ok(rid, result)
 
     async def _start(self, node: Node) -> _Download | None:
-        if await node.snapshot() == 0:
+        if await node.snapshot(linearizable=True) == 0:
             return None
         loaded = await node._storage.load_snapshot()
         if loaded is None:  # pragma: no cover  (snapshot() returned a durable one)

@@ -345,9 +345,10 @@ class KVClient:
         *,
         timeout_s: Timeout = USE_CLIENT_DEFAULT,
     ) -> dict[str, object]:
-        """Download a backup: the connected node (see :attr:`url`; any member will do, it is
-        not redirected) takes a snapshot of its state at the index it has applied, durably,
-        and sends it as a snapshot file, the format ``trio-raft snapshot restore`` reads.
+        """Download a backup: the leader (the client follows redirects to it) confirms its
+        leadership, applies everything committed and takes a snapshot of its state, durably,
+        so the backup holds every write acknowledged before the call; it sends it as a
+        snapshot file, the format ``trio-raft snapshot restore`` reads.
 
         ``write(offset, data)`` receives the file's bytes in order, at most 1 MiB at a time,
         ``offset`` being where ``data`` goes in the file. A download cut short (a lost
@@ -364,7 +365,7 @@ class KVClient:
                 documentation. A large state needs a longer one than the default.
 
         Returns:
-            What was saved: ``node`` (the id of the node that took the snapshot),
+            What was saved: ``node`` (the id of the node that took the snapshot: the leader),
             ``cluster_id`` (its cluster's, or ``None`` if its server was not told),
             ``index`` and ``term`` (of the last entry the snapshot covers), ``voters`` and
             ``learners`` (the configuration at ``index``), ``size`` (bytes) and ``sha256``
@@ -386,6 +387,8 @@ class KVClient:
                     attempts.last_error = f"{link.url}: {exc}"
                     self._drop(link)
                     info = None
+                if info is _FOLLOW:
+                    continue
                 if info is not None:
                     return info
                 await self._backoff(attempts)
@@ -397,7 +400,8 @@ class KVClient:
     async def _download(
         self, link: _Link, write: Callable[[int, bytes], Awaitable[object]], attempts: _Attempts
     ) -> dict[str, object] | None:
-        """One download over ``link``: its description, or ``None`` to start over."""
+        """One download over ``link``: its description, or ``None`` to start over (after a
+        pause), or :data:`_FOLLOW` to start over at once on the leader it named."""
         offset = 0
         digest = hashlib.sha256()
         first: dict[str, object] | None = None
@@ -408,7 +412,10 @@ class KVClient:
                 response = await link.request(request_id, p.FetchSnapshot(offset=offset))
             if isinstance(response, p.Failure):
                 attempts.last_error = f"{link.url}: {response.code}: {response.message}"
+                hops = attempts.hops
                 self._retry_at_once(link, response, attempts)  # raises what cannot be retried
+                if attempts.hops > hops:  # following a leader hint
+                    return _FOLLOW
                 return None
             piece = _snapshot_piece(response.result, offset)
             if first is None:
@@ -910,6 +917,9 @@ def _membership_result(result: object) -> dict[str, object] | None:
     )
     return result if ok else None
 
+
+_FOLLOW: Final[dict[str, object]] = {}
+"""A download sent elsewhere (to the leader): start over at once."""
 
 _PIECE_TYPES: Final[dict[str, tuple[type, ...]]] = {
     "node": (str,), "cluster_id": (str, NoneType), "index": (int,), "term": (int,),

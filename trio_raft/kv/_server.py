@@ -554,7 +554,9 @@ class _Connection:
                 reason = "snapshot downloads (backups) need a hello with the cluster's token"
             return Failure(rid, ErrorCode.UNAUTHORIZED, reason)
         server = self._server
-        return await self._downloads.answer(server._node, server._cluster_id, rid, request.offset)
+        return await self._downloads.answer(
+            server._node, server._cluster_id, rid, request.offset, server._leader_url
+        )
 
     def _not_admin(self) -> str:
         if self._server._admin_token is not None:
@@ -637,8 +639,9 @@ async def serve_kv(
     Besides the key-value ops, the server answers the membership ops (``members``,
     ``add_learner``, ``promote``, ``demote``, ``remove``, ``transfer_leader``) on the leader,
     through the node's methods; other nodes answer ``not_leader`` with the leader's URL.
-    Any node answers ``snapshot`` (a backup: :meth:`KVClient.snapshot`), with the admin
-    credential the membership ops need; one download at a time per connection.
+    The leader answers ``snapshot`` (a backup holding every acknowledged write:
+    :meth:`KVClient.snapshot`), with the admin credential the membership ops need; one
+    download at a time per connection.
 
     Args:
         node: A node running a :class:`KVStateMachine`.
