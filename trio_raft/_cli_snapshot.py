@@ -49,7 +49,7 @@ from ._wal._file_storage import DEFAULT_MAX_RECORD_BYTES, open_file_storage
 from ._wal._fs import OsFileSystem
 from ._wal._inspect import DirectoryReport, inspect_directory
 from ._wal._snapshot_file import SnapshotReader, verify_snapshot
-from .kv import KVError, open_client
+from .kv import KVAuthError, KVError, open_client
 
 EXIT_OK: Final = 0
 SAVE_TIMEOUT_S: Final = 60.0
@@ -72,7 +72,8 @@ def add_snapshot_commands(commands: argparse._SubParsersAction[OneLineParser]) -
         help="save a snapshot of a live node into OUT",
         description="Ask a node (the first that answers of --url or the cluster file's nodes) "
         "for a fresh snapshot and write it to OUT (through OUT.partial, checked, fsynced, "
-        "renamed). Needs the admin token (--config reads the file's admin_token, else token).",
+        "renamed). Needs the admin token (--config reads the file's admin_token, else token). "
+        "--timeout (the whole download) defaults to 60 s here.",
     )
     save.add_argument("out", metavar="OUT", type=Path, help="the backup file to write")
     save.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
@@ -165,6 +166,13 @@ async def save_command(args: argparse.Namespace) -> int:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(_remove_quietly, partial)
             raise
+    except KVAuthError as exc:
+        text = " ".join(str(exc).split()).removesuffix("; pass the servers' token")
+        if "admin_token" not in text:
+            text += "; backups need the cluster's admin_token"
+        where_from = "--token-file FILE, $TRIO_RAFT_TOKEN or --config FILE"
+        print(f"trio-raft snapshot save: {text} ({where_from})", file=sys.stderr)
+        return EXIT_FAILED
     except (CliError, KVError, OSError, StorageError) as exc:
         return report("snapshot save", exc, admin=True)
     if where.json:

@@ -14,8 +14,9 @@ import trio_raft.kv._backup
 from trio_raft._wal._file_storage import DEFAULT_MAX_RECORD_BYTES
 from trio_raft._wal._fs import OsFileSystem
 from trio_raft._wal._snapshot_file import SnapshotReader
-from trio_raft.kv import KVAuthError, KVStateMachine, open_client
+from trio_raft.kv import KVAuthError, KVNoSpaceError, KVStateMachine, open_client
 from trio_raft.kv._protocol import MAX_SNAPSHOT_PIECE_BYTES
+from trio_raft.testing import SimulatedStorage
 
 from .test_server_client import TEST_S, kv_cluster, raw_ws, request, wait_until
 
@@ -113,3 +114,20 @@ async def test_downloads_are_one_per_connection_and_closed_with_it(
             # The client left mid-download: its download is closed with the connection.
             await wait_until(lambda: len(closed) == 2)
             assert cluster.servers["solo"].failed_connections == 0
+
+
+async def test_a_snapshot_that_does_not_fit_is_refused_with_what_to_do() -> None:
+    storage = SimulatedStorage(random.Random(1))
+    with trio.fail_after(3 * TEST_S):
+        async with kv_cluster(ids=["solo"], storages={"solo": storage}) as cluster:
+            async with open_client(list(cluster.urls.values()), timeout_s=None) as kv:
+                await kv.put("a", "1")
+                storage.set_disk_space("full")
+
+                async def write(offset: int, piece: bytes) -> None:
+                    raise AssertionError("nothing is sent")
+
+                with pytest.raises(KVNoSpaceError, match="transfer-leader"):
+                    await kv.snapshot(write)
+                storage.set_disk_space("ok")
+                assert await kv.get("a") == b"1"  # the node goes on

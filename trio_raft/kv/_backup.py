@@ -27,7 +27,7 @@ import trio
 from .._errors import NodeClosedError, NotLeaderError
 from .._node import Node
 from .._types import NodeId, SnapshotMeta
-from .._wal._errors import StorageFullError
+from .._wal._errors import StorageError, StorageFullError
 from .._wal._export import snapshot_file_bytes
 from ._protocol import MAX_SNAPSHOT_PIECE_BYTES, ErrorCode, Failure, Ok, Response
 
@@ -96,11 +96,14 @@ class Downloads:
                     )  # fmt: skip
                 except NodeClosedError as exc:
                     return Failure(rid, ErrorCode.UNAVAILABLE, str(exc))
-                except StorageFullError as exc:
+                except StorageFullError as exc:  # before StorageError: a subclass
                     return Failure(
                         rid, ErrorCode.NO_SPACE, f"{node.id}: the snapshot did not fit on its "
-                        f"disk ({exc}); free space there, or save the backup from another node",
+                        f"disk ({exc}); free space there, or hand leadership to another node "
+                        "(trio-raft transfer-leader) and retry",
                     )  # fmt: skip
+                except StorageError as exc:
+                    return _unreadable(rid, node, exc)
                 if started is None:
                     return Failure(
                         rid, ErrorCode.UNAVAILABLE, f"{node.id} has applied nothing yet: "
@@ -114,7 +117,11 @@ class Downloads:
                     rid, ErrorCode.BAD_REQUEST, f"no snapshot download at offset {offset} on "
                     f"this connection ({where}); start again from offset 0",
                 )  # fmt: skip
-            data, done = await download.next_piece()
+            try:
+                data, done = await download.next_piece()
+            except StorageError as exc:
+                await self.aclose()
+                return _unreadable(rid, node, exc)
             meta = download.meta
             membership = meta.membership
             result: dict[str, object] = {
@@ -148,3 +155,12 @@ class Downloads:
         download, self._current = self._current, None
         if download is not None:
             await download.aclose()
+
+
+def _unreadable(rid: int, node: Node, exc: StorageError) -> Failure:
+    """The answer when the node's storage fails to give its snapshot (damaged, or a disk
+    error): the download is over; the message says what the storage said."""
+    return Failure(
+        rid, ErrorCode.INTERNAL, f"{node.id}: its snapshot cannot be read ({exc}); hand "
+        "leadership to another node (trio-raft transfer-leader) and retry",
+    )  # fmt: skip
