@@ -1,9 +1,10 @@
 """``trio-raft snapshot save``/``restore`` and ``trio-raft inspect``: backups and a look inside
 a data directory.
 
-``snapshot save`` asks a live node for a fresh snapshot over its client port (the ``snapshot``
-op, admin credential) and writes it as a snapshot file: ``OUT.partial`` first, its SHA-256
-checked against the node's and every frame verified, fsynced, then renamed to ``OUT``.
+``snapshot save`` asks the leader for a fresh snapshot over the client port (the ``snapshot``
+op, admin credential; it holds every acknowledged write) and writes it as a snapshot file:
+``OUT.partial`` first, its SHA-256 checked against the node's and every frame verified,
+fsynced, then renamed to ``OUT``.
 
 ``snapshot restore`` seeds a *new* node's data directory from such a file, etcd's model: the
 directory gets the identity of the cluster file's ``cluster_id`` and the node's id, the
@@ -62,18 +63,19 @@ def add_snapshot_commands(commands: argparse._SubParsersAction[OneLineParser]) -
     snapshot = commands.add_parser(
         "snapshot",
         help="back up a running cluster, or seed a new one from a backup",
-        description="save: a consistent snapshot of a live node into a file. restore: a new "
+        description="save: a consistent snapshot of a live cluster into a file. restore: a new "
         "node's data directory from such a file (restore every node of the new cluster from "
         "the same file, then start them with trio-raft serve).",
     )
     actions = snapshot.add_subparsers(dest="action", metavar="ACTION", required=True)
     save = actions.add_parser(
         "save",
-        help="save a snapshot of a live node into OUT",
-        description="Ask a node (the first that answers of --url or the cluster file's nodes) "
-        "for a fresh snapshot and write it to OUT (through OUT.partial, checked, fsynced, "
-        "renamed). Needs the admin token (--config reads the file's admin_token, else token). "
-        "--timeout (the whole download) defaults to 60 s here.",
+        help="save a snapshot of a live cluster into OUT",
+        description="Ask the leader (through any node of --url or the cluster file: a "
+        "follower redirects) for a fresh snapshot holding every acknowledged write, and write "
+        "it to OUT (through OUT.partial, checked, fsynced, renamed). Needs the admin token "
+        "(--config reads the file's admin_token, else token). --timeout (the whole download) "
+        "defaults to 60 s here.",
     )
     save.add_argument("out", metavar="OUT", type=Path, help="the backup file to write")
     save.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
