@@ -11,7 +11,8 @@ connection carries many requests at once and responses may come back in any orde
 
 The ops and their fields are the request classes below (``hello``, ``open_session``, ``get``,
 ``list``, ``put``, ``delete``, ``cas``, ``status``, and the membership ops ``members``,
-``add_learner``, ``promote``, ``demote``, ``remove``, ``transfer_leader``), the error codes
+``add_learner``, ``promote``, ``demote``, ``remove``, ``transfer_leader``, and ``snapshot``
+for backups, answered in ``_backup``), the error codes
 :class:`ErrorCode`; ``docs/source/kv.rst`` ("The wire protocol") has the full table. Every
 field is checked (type, size, no unknown field) when a request is built, on either side. A
 frame that cannot be answered (not CBOR, not a map, no valid ``id``) closes the connection with
