@@ -17,6 +17,9 @@ Subcommands:
 ``member``, ``transfer-leader``
     Change the membership of a running cluster, hand leadership over (see
     :mod:`trio_raft._cli_member`).
+``snapshot save``, ``snapshot restore``, ``inspect``
+    Back up a running cluster, seed a new one from a backup, look inside a data directory
+    (see :mod:`trio_raft._cli_snapshot`).
 
 Exit codes: 0 on success, 1 when the command ran but failed (the output says why), 2 for a usage
 error (argparse prints what is wrong), 130 when interrupted with Ctrl-C.
@@ -47,6 +50,7 @@ from ._cli_client import (
     target,
 )
 from ._cli_member import add_member_commands, configuration_line, run_member_command
+from ._cli_snapshot import add_snapshot_commands, misplaced_snapshot_options, run_snapshot_command
 from ._cli_status import query_statuses
 from ._demo import MAX_NODES, MIN_NODES, run_demo
 from ._errors import RaftError
@@ -235,6 +239,7 @@ def _add_real_commands(commands: argparse._SubParsersAction[OneLineParser]) -> N
     )
     add_client_options(status)
     add_member_commands(commands)
+    add_snapshot_commands(commands)
 
 
 def _positive(text: str) -> int:
@@ -359,7 +364,10 @@ def parse_command_line(argv: Sequence[str] | None) -> argparse.Namespace | int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    misplaced = misplaced_options(args)
+    if args.command in ("snapshot", "inspect"):
+        misplaced = misplaced_snapshot_options(args)
+    else:
+        misplaced = misplaced_options(args)
     if misplaced:
         takers = "the client commands (kv, status, member, transfer-leader)"
         if args.command == "kv":
@@ -402,6 +410,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )  # fmt: skip
             return EXIT_OK if ok else EXIT_FAILED
+        if args.command in ("snapshot", "inspect"):
+            return run_snapshot_command(args)
         return trio.run(run_client_command, args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -221,6 +221,10 @@ class Node:
         self._leader_writes_term = 0
         """The term of the leader that handed them over."""
         self._writer_signal = Signal()
+        self._snapshot_forced = False
+        """:meth:`snapshot` waits for a snapshot at an index the thresholds have not reached."""
+        self._snapshot_refusal: tuple[int, StorageFullError | None] = (0, None)
+        """How many snapshots did not fit on the disk so far, and the last refusal."""
 
     # -- public API --------------------------------------------------------------------------
 
@@ -343,6 +347,59 @@ class Node:
         await self._submit(_Read(waiter))
         await waiter.wait()
         return self._sm.query(query)
+
+    async def snapshot(self, *, linearizable: bool = False) -> int:
+        """Take a snapshot of the state machine now, at the index it has applied, and return
+        that index once the snapshot is durable in the storage (the log is then compacted
+        behind it, as after an automatic one). If a durable snapshot already covers the applied
+        index, return its index at once; 0 if nothing was applied yet (there is nothing to
+        snapshot). The snapshot is taken by the applier between two entries, as the automatic
+        ones (:attr:`Config.snapshot_entries`) are.
+
+        A follower's applied index may lag the leader's commit by a heartbeat or more. With
+        ``linearizable``, the node first confirms it leads and applies up to its commit index
+        (as :meth:`read` does), so the snapshot holds every command acknowledged before the
+        call: backups take it that way.
+
+        Cancelling the call abandons the wait, not the snapshot: it may still be taken.
+
+        Raises:
+            NotLeaderError: ``linearizable`` on a node that is not (or stopped being) the
+                leader; nothing was taken.
+            TypeError: the state machine has no ``snapshot()``; implement
+                :class:`SnapshottingStateMachine`.
+            StorageFullError: the snapshot did not fit on the disk (the storage refused it;
+                the previous one stays); free space, or take the snapshot on another node.
+            NodeClosedError: the node has shut down (or shuts down before the snapshot is
+                durable).
+            NodeCrashedError: the node stopped on an internal error meanwhile.
+        """
+        if getattr(self._sm, "snapshot", None) is None:
+            raise TypeError(
+                f"node {self._id!r}: {type(self._sm).__name__} has no snapshot(); implement "
+                "SnapshottingStateMachine (snapshot() and restore()) to take snapshots"
+            )
+        if linearizable:
+            read: Waiter[int] = Waiter()
+            await self._submit(_Read(read))
+            await read.wait()  # confirmed leader, applied up to its commit index
+        target = self._last_applied
+        refusals = self._snapshot_refusal[0]
+        if target > self._snapshot_index:
+            self._snapshot_forced = True
+            self._apply_signal.set()
+        while True:
+            if self._crash is not None:
+                raise self._crash_error() from self._crash[1]
+            if self._closed:
+                raise NodeClosedError(f"node {self._id!r} has shut down; open a new node")
+            if self._snapshot_index >= target:
+                await trio.lowlevel.checkpoint()
+                return self._snapshot_index
+            count, error = self._snapshot_refusal
+            if count != refusals and error is not None:
+                raise error
+            await self._changed.wait()
 
     def events(
         self, buffer: int = _events.DEFAULT_BUFFER
@@ -876,6 +933,8 @@ class Node:
     def _on_snapshot_refused(self, exc: StorageFullError) -> None:
         """A snapshot did not fit on the disk: the node goes on without it (a follower's
         leader resends it, a local one is retried later)."""
+        self._snapshot_refusal = (self._snapshot_refusal[0] + 1, exc)
+        self._changed.notify()
         now = trio.current_time()
         if now >= self._snapshot_warned_at + SNAPSHOT_WARN_INTERVAL_S:
             self._snapshot_warned_at = now

@@ -489,9 +489,9 @@ async def serve(
                 trio.open_nursery() as nursery,
             ):  # fmt: skip
                 await nursery.start(
-                    _serve_clients, node, client_host, client_port,
-                    LeaderUrls(node, cluster), cluster.token, server_tls, max_clients,
-                    cluster.admin_token,
+                    partial(_serve_clients, cluster_id=cluster.cluster_id), node, client_host,
+                    client_port, LeaderUrls(node, cluster), cluster.token, server_tls,
+                    max_clients, cluster.admin_token,
                 )  # fmt: skip
                 if me.admin is not None:
                     admin_port = await nursery.start(
@@ -648,6 +648,7 @@ async def _serve_clients(
     max_connections: int,
     admin_token: str | None = None,
     *,
+    cluster_id: str | None = None,
     task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     await serve_kv(
@@ -659,6 +660,7 @@ async def _serve_clients(
         admin_token=admin_token,
         ssl_context=ssl_context,
         max_connections=max_connections,
+        cluster_id=cluster_id,
         task_status=task_status,
     )
 

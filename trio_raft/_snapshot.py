@@ -113,22 +113,30 @@ async def rechunk(chunks: AsyncIterator[bytes], size: int) -> AsyncGenerator[byt
 
 def maybe_take(node: Node) -> None:
     """Called by the applier after applying (and by the space watch after a snapshot did not
-    fit on the disk): start a snapshot if one is due."""
+    fit on the disk): start a snapshot if one is due, or if :meth:`Node.snapshot` asked for
+    one (``node._snapshot_forced``: then at once, whatever the thresholds and the pause after
+    a snapshot that did not fit, so that its caller hears of a refusal)."""
     take = getattr(node._sm, "snapshot", None)
     if take is None or node._snapshotting or node._nursery is None:
         return
     index = node._last_applied
     cfg = node._state.config
-    if trio.current_time() < node._snapshot_not_before:
+    forced = node._snapshot_forced
+    if forced and index <= node._snapshot_index:
+        node._snapshot_forced = False  # a snapshot already covers what was asked for
+        return
+    if not forced and trio.current_time() < node._snapshot_not_before:
         return  # the last one did not fit on the disk
     if (
-        index - node._snapshot_index < cfg.snapshot_entries
+        not forced
+        and index - node._snapshot_index < cfg.snapshot_entries
         and node._applied_bytes < cfg.snapshot_bytes
     ):
         return
     term = node._state.log.term(index)
     if term is None:
         return
+    node._snapshot_forced = False  # this one covers every applied index asked for so far
     node._snapshotting = True
     node._applied_bytes = 0
     chunks: Iterable[bytes] = take()
@@ -153,6 +161,8 @@ async def _save_taken(node: Node, meta: SnapshotMeta, chunks: Iterable[bytes]) -
         await node._inbox_send.send(SnapshotSaved(meta))
     finally:
         node._snapshotting = False
+        if node._snapshot_forced:
+            node._apply_signal.set()  # Node.snapshot() asked for a newer one meanwhile
 
 
 async def compact_after(node: Node, meta: SnapshotMeta) -> None:

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import builtins
 import enum
+import hashlib
 import math
 import random
 import ssl
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from types import NoneType
 from typing import Final, Literal, TypeVar, final
@@ -398,6 +399,106 @@ class KVClient:
         """
         result = await self._read(p.NodeStatus(), "status", timeout_s)
         return _expect(result, (dict,), "status")
+
+    # -- backups -------------------------------------------------------------------------------
+
+    async def snapshot(
+        self,
+        write: Callable[[int, bytes], Awaitable[object]],
+        *,
+        timeout_s: Timeout = USE_CLIENT_DEFAULT,
+    ) -> dict[str, object]:
+        """Download a backup: the leader (the client follows redirects to it) confirms its
+        leadership, applies everything committed and takes a snapshot of its state, durably,
+        so the backup holds every write acknowledged before the call; it sends it as a
+        snapshot file, the format ``trio-raft snapshot restore`` reads.
+
+        ``write(offset, data)`` receives the file's bytes in order, at most 1 MiB at a time,
+        ``offset`` being where ``data`` goes in the file. A download cut short (a lost
+        connection, a node that stopped) starts over, on the next node if need be: the next
+        ``write`` then has ``offset`` 0, and the bytes written so far must be thrown away.
+        The whole file's SHA-256 is checked against the node's before this returns.
+
+        The connection needs the admin credential (open the client with the cluster's
+        ``admin_token``, or its ``token`` if it has no admin token).
+
+        Args:
+            write: Called with each piece, in order (awaited before the next is asked for).
+            timeout_s: The limit of the whole download, retries included; see the class
+                documentation. A large state needs a longer one than the default.
+
+        Returns:
+            What was saved: ``node`` (the id of the node that took the snapshot: the leader),
+            ``cluster_id`` (its cluster's, or ``None`` if its server was not told),
+            ``index`` and ``term`` (of the last entry the snapshot covers), ``voters`` and
+            ``learners`` (the configuration at ``index``), ``size`` (bytes) and ``sha256``
+            (hex).
+
+        Raises:
+            KVAuthError: the connection lacks the admin credential.
+            KVNoSpaceError: the snapshot did not fit on the node's disk.
+            KVServerError: the file received does not match the node's checksum.
+            KVTimeoutError: it did not complete in time.
+        """
+        attempts = _Attempts("snapshot")
+        with trio.move_on_at(self._deadline(timeout_s)):
+            while True:
+                link = await self._connected(attempts)
+                try:
+                    info = await self._download(link, write, attempts)
+                except _LinkLost as exc:
+                    attempts.last_error = f"{link.url}: {exc}"
+                    self._drop(link)
+                    info = None
+                if info is _FOLLOW:
+                    continue
+                if info is not None:
+                    return info
+                await self._backoff(attempts)
+        raise p.KVTimeoutError(
+            f"snapshot: no complete download in time (last: {attempts.last_error}); check that "
+            "the node is up, or raise timeout_s for a large state"
+        )
+
+    async def _download(
+        self, link: _Link, write: Callable[[int, bytes], Awaitable[object]], attempts: _Attempts
+    ) -> dict[str, object] | None:
+        """One download over ``link``: its description, or ``None`` to start over (after a
+        pause), or :data:`_FOLLOW` to start over at once on the leader it named."""
+        offset = 0
+        digest = hashlib.sha256()
+        first: dict[str, object] | None = None
+        while True:
+            self._next_id += 1
+            request_id = self._next_id  # taken before any checkpoint: ids are never shared
+            async with self._slots:
+                response = await link.request(request_id, p.FetchSnapshot(offset=offset))
+            if isinstance(response, p.Failure):
+                attempts.last_error = f"{link.url}: {response.code}: {response.message}"
+                hops = attempts.hops
+                self._retry_at_once(link, response, attempts)  # raises what cannot be retried
+                if attempts.hops > hops:  # following a leader hint
+                    return _FOLLOW
+                return None
+            piece = _snapshot_piece(response.result, offset)
+            if first is None:
+                first = piece
+            elif any(piece[key] != first[key] for key in ("node", "index", "term")):
+                raise p.KVServerError(f"snapshot: {link.url} changed snapshots mid-download")
+            data = piece["data"]
+            assert isinstance(data, bytes)
+            await write(offset, data)
+            digest.update(data)
+            offset += len(data)
+            if piece["done"]:
+                if piece["size"] != offset or piece["sha256"] != digest.digest():
+                    raise p.KVServerError(
+                        f"snapshot: the file received from {link.url} does not match the "
+                        f"node's SHA-256 ({offset} bytes received, {piece['size']} sent); retry"
+                    )
+                info = {k: first[k] for k in ("node", "cluster_id", "index", "term")}
+                info.update(voters=first["voters"], learners=first["learners"])
+                return {**info, "size": offset, "sha256": digest.hexdigest()}
 
     # -- membership ----------------------------------------------------------------------------
     # The ops are answered by the leader (the client follows redirects) and run without a
@@ -921,6 +1022,33 @@ def _membership_result(result: object) -> dict[str, object] | None:
         and all(type(i) is str for group in (voters, learners, outgoing) for i in group)
     )
     return result if ok else None
+
+
+_FOLLOW: Final[dict[str, object]] = {}
+"""A download sent elsewhere (to the leader): start over at once."""
+
+_PIECE_TYPES: Final[dict[str, tuple[type, ...]]] = {
+    "node": (str,), "cluster_id": (str, NoneType), "index": (int,), "term": (int,),
+    "voters": (list,), "learners": (list,), "offset": (int,), "data": (bytes,), "done": (bool,),
+    "size": (int, NoneType), "sha256": (bytes, NoneType),
+}  # fmt: skip
+
+
+def _snapshot_piece(result: object, offset: int) -> dict[str, object]:
+    """``result`` if it is the ``snapshot`` op's answer for ``offset``, else KVServerError."""
+    ok = (
+        isinstance(result, dict)
+        and set(result) == set(_PIECE_TYPES)
+        and all(isinstance(result[k], types) for k, types in _PIECE_TYPES.items())
+        and result["offset"] == offset
+        and len(result["data"]) <= p.MAX_SNAPSHOT_PIECE_BYTES
+        and (result["done"] or (result["size"] is None and result["sha256"] is None))
+        and (not result["done"] or (result["size"] is not None and result["sha256"] is not None))
+    )
+    if not ok:
+        raise p.KVServerError(f"the server answered a snapshot with {describe(result)}")
+    assert isinstance(result, dict)
+    return result
 
 
 def _leader(result: object) -> dict[str, object] | None:

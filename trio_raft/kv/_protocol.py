@@ -11,7 +11,8 @@ connection carries many requests at once and responses may come back in any orde
 
 The ops and their fields are the request classes below (``hello``, ``open_session``, ``get``,
 ``list``, ``put``, ``delete``, ``cas``, ``status``, and the membership ops ``members``,
-``add_learner``, ``promote``, ``demote``, ``remove``, ``transfer_leader``), the error codes
+``add_learner``, ``promote``, ``demote``, ``remove``, ``transfer_leader``, and ``snapshot``
+for backups, answered in ``_backup``), the error codes
 :class:`ErrorCode`; ``docs/source/kv.rst`` ("The wire protocol") has the full table. Every
 field is checked (type, size, no unknown field) when a request is built, on either side. A
 frame that cannot be answered (not CBOR, not a map, no valid ``id``) closes the connection with
@@ -60,6 +61,9 @@ MAX_REQUEST_BYTES: Final = 512 * 1024
 """Largest request message a server accepts (a ``put`` of the largest key and value fits)."""
 MAX_RESPONSE_BYTES: Final = 2 * 1024 * 1024
 """Largest response message a client accepts (a full ``list`` page of the longest keys fits)."""
+MAX_SNAPSHOT_PIECE_BYTES: Final = 1024 * 1024 - 32 * 1024
+"""A ``snapshot`` response carries at most this many bytes of the snapshot file, so that the
+whole message, metadata included (at most a few KiB), stays within 1 MiB."""
 MAX_URL_BYTES: Final = 400
 """A URL in an ``add_learner`` (``peer``, ``client``) is at most this long in UTF-8, so that a
 member's address (both URLs) stays within the configuration's limit per address."""
@@ -576,6 +580,19 @@ class TransferLeader:
     )
 
 
+@final
+@attrs.frozen(kw_only=True)
+class FetchSnapshot:
+    """Download a snapshot of the answering node's state machine (never redirected; needs the
+    admin credential, as the membership ops do). ``offset`` 0 makes the node take a snapshot
+    at the index it has applied (:meth:`Node.snapshot <trio_raft.Node.snapshot>`) and starts
+    a download of it as a snapshot file; each next request asks for the bytes from
+    ``offset`` on, the number of bytes received so far. One download at a time per
+    connection: offset 0 abandons the previous one."""
+
+    offset: int = attrs.field(default=0, validator=_v(lambda x: check_int(x, "offset", 0, MAX_SEQ)))
+
+
 Request = (
     Hello
     | OpenSession
@@ -593,6 +610,7 @@ Request = (
     | Demote
     | Remove
     | TransferLeader
+    | FetchSnapshot
 )
 WriteRequest = Put | Delete | Cas
 MembershipChange = AddLearner | Promote | Demote | Remove | TransferLeader
@@ -615,6 +633,7 @@ _OPS: Final[dict[str, type[Request]]] = {
     "demote": Demote,
     "remove": Remove,
     "transfer_leader": TransferLeader,
+    "snapshot": FetchSnapshot,
 }
 _OP_NAMES: Final = {cls: name for name, cls in _OPS.items()}
 _FIELDS: Final = {cls: frozenset(f.name for f in attrs.fields(cls)) for cls in _OPS.values()}

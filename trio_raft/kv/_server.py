@@ -56,6 +56,7 @@ from .._status import Status
 from .._sync import Broadcast
 from .._types import Membership, NodeId, Role
 from .._ws import wrap_server_stream_fast
+from ._backup import Downloads
 from ._protocol import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_POLICY_VIOLATION,
@@ -71,6 +72,7 @@ from ._protocol import (
     Demote,
     ErrorCode,
     Failure,
+    FetchSnapshot,
     FrameError,
     Get,
     Hello,
@@ -201,8 +203,10 @@ class KVServer:
         admin_token: str | None,
         max_connections: int,
         max_concurrent_requests: int,
+        cluster_id: str | None = None,
     ) -> None:
         self._node = node
+        self._cluster_id = cluster_id
         self._sm = state_machine
         self._leader_urls = leader_urls
         self._token = None if token is None else token.encode()
@@ -428,6 +432,8 @@ class KVServer:
                 return self._membership()
             case TransferLeader(to=target):
                 return {"leader": await node.transfer_leadership(target)}
+            case FetchSnapshot():  # pragma: no cover
+                raise AssertionError("a snapshot request is answered by its connection")
 
     async def _call(self, command: object) -> object:
         """Propose a ``call``'s command; an exception of its ``apply`` becomes
@@ -492,13 +498,18 @@ class _Connection:
         self._ending: tuple[int, str] | None = None
         self._admin = server._admin_token is None and server._token is None
         """Whether this connection may run the membership ops (set by each hello)."""
+        self._downloads = Downloads()
+        """This connection's snapshot download (the ``snapshot`` op), at most one."""
 
     async def run(self) -> None:
         """Serve requests until the client leaves or breaks the protocol, then close."""
-        with self._scope:
-            async with trio.open_nursery() as nursery:
-                await self._read_requests(nursery)
-                nursery.cancel_scope.cancel()  # nobody is left to answer
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    await self._read_requests(nursery)
+                    nursery.cancel_scope.cancel()  # nobody is left to answer
+        finally:
+            await self._downloads.aclose()  # an abandoned download closes its snapshot file
         if self._ending is not None:
             await self.close(*self._ending)
 
@@ -558,9 +569,29 @@ class _Connection:
             elif isinstance(request, MembershipChange) and not self._admin:
                 await self._send(Failure(rid, ErrorCode.UNAUTHORIZED, self._not_admin()))
                 return
+            elif isinstance(request, FetchSnapshot):
+                await self._send(await self._snapshot(rid, request))
+                return
             await self._send(await self._server._answer(rid, request))
         finally:
             self._slots.release()
+
+    async def _snapshot(self, rid: int, request: FetchSnapshot) -> Response:
+        """The ``snapshot`` op (a backup): only for a connection with the admin credential."""
+        if not self._admin:
+            await trio.lowlevel.checkpoint()
+            if self._server._admin_token is not None:
+                reason = (
+                    "snapshot downloads (backups) need the cluster's admin_token: send it in "
+                    "the hello (trio-raft snapshot save --token-file FILE)"
+                )
+            else:
+                reason = "snapshot downloads (backups) need a hello with the cluster's token"
+            return Failure(rid, ErrorCode.UNAUTHORIZED, reason)
+        server = self._server
+        return await self._downloads.answer(
+            server._node, server._cluster_id, rid, request.offset, server._leader_url
+        )
 
     def _not_admin(self) -> str:
         if self._server._admin_token is not None:
@@ -615,6 +646,7 @@ async def serve_kv(
     ssl_context: SSLContext | None = None,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS,
+    cluster_id: str | None = None,
     task_status: trio.TaskStatus[KVServer] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Serve the KV service of ``node`` over WebSocket at ``ws[s]://host:port/kv``, forever.
@@ -648,6 +680,9 @@ async def serve_kv(
     Besides the key-value ops, the server answers the membership ops (``members``,
     ``add_learner``, ``promote``, ``demote``, ``remove``, ``transfer_leader``) on the leader,
     through the node's methods; other nodes answer ``not_leader`` with the leader's URL.
+    The leader answers ``snapshot`` (a backup holding every acknowledged write:
+    :meth:`KVClient.snapshot`), with the admin credential the membership ops need; one
+    download at a time per connection.
 
     Args:
         node: The node to serve (running a :class:`KVStateMachine` for the KV ops).
@@ -672,6 +707,7 @@ async def serve_kv(
         ssl_context: Serve ``wss://`` with this context.
         max_connections: Bound of concurrent connections.
         max_concurrent_requests: Bound of requests in flight per connection.
+        cluster_id: The cluster's id, reported with a backup (the ``snapshot`` op) if given.
         task_status: For :meth:`trio.Nursery.start`.
 
     Raises:
@@ -692,6 +728,7 @@ async def serve_kv(
         admin_token,
         max_connections,
         max_concurrent_requests,
+        cluster_id,
     )
     listeners: list[trio.SocketListener] | list[trio.SSLListener[trio.SocketStream]]
     if ssl_context is None:
