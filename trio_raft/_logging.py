@@ -98,7 +98,6 @@ def configure(level: str, fmt: str, node_id: str) -> None:
     else:
         raise ValueError(f"unknown log format {fmt!r}; use text or json")
     root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
     root.setLevel(levels[level])
+    if not root.handlers:  # like logging.basicConfig: a host that set up logging keeps it
+        root.addHandler(handler)
