@@ -31,7 +31,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ import trio
 
 import trio_raft
 from trio_raft._local_cluster import stop_processes
+from trio_raft._util import bind_error
 
 from . import _cluster_floors, _cluster_report
 from ._cluster_load import LoadError, find_leader, status, write_once
@@ -138,13 +138,7 @@ class _Ports:
 
 
 def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
-    return True
+    return bind_error(HOST, port) is None
 
 
 def _child_env() -> dict[str, str]:

@@ -36,7 +36,6 @@ import itertools
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,6 +49,7 @@ import trio
 
 from trio_raft import Config, kv
 from trio_raft._local_cluster import stop_processes
+from trio_raft._util import bind_error
 
 try:
     import fcntl
@@ -139,14 +139,10 @@ class _Ports:
             except BlockingIOError:
                 os.close(fd)
                 return False
-        with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((HOST, port))
-            except OSError:
-                if fd is not None:
-                    os.close(fd)
-                return False
+        if bind_error(HOST, port) is not None:
+            if fd is not None:
+                os.close(fd)
+            return False
         if fd is not None:
             self._fds.append(fd)
         return True

@@ -22,10 +22,11 @@ pick a port for them. They take their ports from here; everything else binds por
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from trio_raft._util import bind_error
 
 try:
     import fcntl
@@ -168,13 +169,7 @@ class PortAllocator:
 
 
 def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
-    return True
+    return bind_error(HOST, port) is None
 
 
 _allocator: PortAllocator | None = None

@@ -12,7 +12,6 @@ from __future__ import annotations
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import attrs
 import trio
 
 from ._serve import ClusterFile, load_cluster_file
+from ._util import bind_error
 from .kv import KVError, open_client
 
 STOP_GRACE_S = 5.0
@@ -64,16 +64,13 @@ def check_ports(nodes: int, base_port: int) -> None:
         )
     for node_id, ports in cluster_ports(nodes, base_port).items():
         for kind, port in zip(("peer", "client"), ports, strict=True):
-            with socket.socket() as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    probe.bind((HOST, port))
-                except OSError as exc:
-                    raise PortError(
-                        f"port {port} ({node_id}'s {kind} port) is in use on {HOST} "
-                        f"({exc.strerror}): stop what uses it (another `trio-raft cluster`?) "
-                        "or pick another --base-port"
-                    ) from None
+            error = bind_error(HOST, port)
+            if error is not None:
+                raise PortError(
+                    f"port {port} ({node_id}'s {kind} port) is in use on {HOST} "
+                    f"({error.strerror}): stop what uses it (another `trio-raft cluster`?) "
+                    "or pick another --base-port"
+                )
 
 
 def write_cluster_file(directory: Path, nodes: int, base_port: int) -> Path:

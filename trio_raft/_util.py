@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -46,3 +47,18 @@ def unwrap_single_exception_group() -> Iterator[None]:
         if inner is group:
             raise
         raise inner from inner.__cause__
+
+
+def bind_error(host: str, port: int) -> OSError | None:
+    """Why ``port`` on ``host`` cannot be listened on right now, or ``None`` if it can.
+
+    The probe binds with ``SO_REUSEADDR``, as the nodes do, so a port left in ``TIME_WAIT`` by an
+    earlier run counts as free; it closes the socket again at once.
+    """
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc
+    return None
