@@ -132,35 +132,39 @@ def add_client_options(parser: argparse.ArgumentParser, *, json: bool = True) ->
     (before the command, after it, after an op), so none has a default here: read them with
     :func:`target` (or :func:`option`)."""
     group = parser.add_argument_group("reaching the cluster")
-    hide = argparse.SUPPRESS
-    group.add_argument(
-        "--url", action="append", type=url_argument, default=hide, metavar="URL",
-        help="a node's client URL, ws://host:port/kv (repeat for several)",
-    )  # fmt: skip
-    group.add_argument(
-        "--config", type=Path, default=hide, metavar="FILE",
-        help="the cluster file: its nodes' client URLs, token and [tls] CA",
-    )  # fmt: skip
-    group.add_argument(
-        "--token-file", type=Path, default=hide, metavar="FILE",
-        help=f"read the token from FILE (or set {TOKEN_ENV}; --config reads the file's)",
-    )  # fmt: skip
-    group.add_argument(
-        "--token", default=hide, metavar="TOKEN",
-        help="the token itself (other users can see it in `ps`: prefer --token-file)",
-    )  # fmt: skip
-    group.add_argument(
-        "--timeout", type=seconds_argument, default=hide, metavar="SECONDS",
-        help=f"limit of the whole command (default {DEFAULT_TIMEOUT_S:g})",
-    )  # fmt: skip
-    group.add_argument(
-        "--ca", type=Path, default=hide, metavar="PEM",
-        help="trust this CA for wss:// URLs (default: the cluster file's, else the system's)",
-    )  # fmt: skip
-    if json:
-        group.add_argument(
-            "--json", action="store_true", default=hide, help="print one JSON object instead"
-        )
+    for flag, spec in _CLIENT_OPTIONS:
+        if json or flag != "--json":
+            group.add_argument(flag, default=argparse.SUPPRESS, **spec)
+
+
+_CLIENT_OPTIONS: Final[tuple[tuple[str, dict[str, Any]], ...]] = (
+    ("--url", {
+        "action": "append", "type": url_argument, "metavar": "URL",
+        "help": "a node's client URL, ws://host:port/kv (repeat for several)",
+    }),
+    ("--config", {
+        "type": Path, "metavar": "FILE",
+        "help": "the cluster file: its nodes' client URLs, token and [tls] CA",
+    }),
+    ("--token-file", {
+        "type": Path, "metavar": "FILE",
+        "help": f"read the token from FILE (or set {TOKEN_ENV}; --config reads the file's)",
+    }),
+    ("--token", {
+        "metavar": "TOKEN",
+        "help": "the token itself (other users can see it in `ps`: prefer --token-file)",
+    }),
+    ("--timeout", {
+        "type": seconds_argument, "metavar": "SECONDS",
+        "help": f"limit of the whole command (default {DEFAULT_TIMEOUT_S:g})",
+    }),
+    ("--ca", {
+        "type": Path, "metavar": "PEM",
+        "help": "trust this CA for wss:// URLs (default: the cluster file's, else the system's)",
+    }),
+    ("--json", {"action": "store_true", "help": "print one JSON object instead"}),
+)  # fmt: skip
+"""The client options: flag and :meth:`argparse.ArgumentParser.add_argument` keywords."""
 
 
 def option(args: argparse.Namespace, name: str, default: object = None) -> object:
