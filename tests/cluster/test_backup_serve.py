@@ -7,7 +7,8 @@ commands run through ``main`` in worker threads, as from a shell."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,8 @@ import trio
 from tests import _ports
 from trio_raft._cli import main
 from trio_raft._cli_client import TOKEN_ENV
-from trio_raft._serve import load_cluster_file, serve
-from trio_raft.kv import open_client
+from trio_raft._serve import ClusterFile, load_cluster_file, serve
+from trio_raft.kv import KVClient, open_client
 
 pytestmark = pytest.mark.process
 
@@ -41,6 +42,18 @@ def _cluster_file(path: Path, cluster_id: str, ids: Sequence[str]) -> Path:
     return path
 
 
+@asynccontextmanager
+async def _serving(cluster: ClusterFile) -> AsyncIterator[KVClient]:
+    """Serve every node of ``cluster`` in this process; yield a client of them all."""
+    async with trio.open_nursery() as nursery:
+        for node_id in cluster.nodes:
+            await nursery.start(serve, cluster, node_id)
+        urls = [a.client for a in cluster.nodes.values()]
+        async with open_client(urls, token=TOKEN, timeout_s=None) as kv:
+            yield kv
+        nursery.cancel_scope.cancel()
+
+
 async def _command(*argv: str) -> int:
     return await trio.to_thread.run_sync(main, list(argv))
 
@@ -53,40 +66,30 @@ async def test_save_from_serve_restore_and_serve_again(
     new_file = _cluster_file(tmp_path / "new" / "cluster.toml", "new", ["b1", "b2", "b3"])
     backup = tmp_path / "backup.snap"
     with trio.fail_after(DEADLINE_S):
-        old = load_cluster_file(old_file)
-        async with trio.open_nursery() as nursery:
-            for node_id in old.nodes:
-                await nursery.start(serve, old, node_id)
-            urls = [a.client for a in old.nodes.values()]
-            async with open_client(urls, token=TOKEN, timeout_s=None) as kv:
-                for i in range(20):
-                    await kv.put(f"key{i}", f"value{i}")
-                await kv.delete("key3")
+        async with _serving(load_cluster_file(old_file)) as kv:
+            for i in range(20):
+                await kv.put(f"key{i}", f"value{i}")
+            await kv.delete("key3")
             assert await _command("snapshot", "save", "--config", str(old_file), "--json",
                                   str(backup)) == 0  # fmt: skip
             info = json.loads(capsys.readouterr().out.splitlines()[-1])
             assert info["cluster_id"] == "old" and info["voters"] == ["a1", "a2", "a3"]
-            nursery.cancel_scope.cancel()
 
         for node_id in ("b1", "b2", "b3"):
             assert await _command("snapshot", "restore", str(backup), "--config", str(new_file),
                                   "--id", node_id) == 0  # fmt: skip
         capsys.readouterr()
         new = load_cluster_file(new_file)
-        async with trio.open_nursery() as nursery:
-            for node_id in new.nodes:
-                await nursery.start(serve, new, node_id)
-            urls = [a.client for a in new.nodes.values()]
-            async with open_client(urls, token=TOKEN, timeout_s=None) as kv:
-                for i in range(20):
-                    assert await kv.get(f"key{i}") == (None if i == 3 else f"value{i}".encode())
-                await kv.put("after", "restore")
-                members = await kv.members()
-                assert sorted(members["voters"]) == ["b1", "b2", "b3"]  # type: ignore[arg-type]
+        async with _serving(new) as kv:
+            for i in range(20):
+                assert await kv.get(f"key{i}") == (None if i == 3 else f"value{i}".encode())
+            await kv.put("after", "restore")
+            members = await kv.members()
+            voters = members["voters"]
+            assert isinstance(voters, list) and sorted(voters) == ["b1", "b2", "b3"]
             live = new.data_dir / "b1"
             assert await _command("inspect", str(live), "--json") == 0
             report = json.loads(capsys.readouterr().out.splitlines()[-1])
             assert report["identity"] == {"cluster_id": "new", "node_id": "b1"}
             assert report["snapshot"]["index"] == info["index"]
             assert report["problems"] == []
-            nursery.cancel_scope.cancel()
