@@ -86,7 +86,7 @@ async def test_save_from_serve_restore_and_serve_again(
             await kv.put("after", "restore")
             members = await kv.members()
             voters = members["voters"]
-            assert isinstance(voters, list | tuple) and sorted(voters) == ["b1", "b2", "b3"]
+            assert isinstance(voters, dict) and sorted(voters) == ["b1", "b2", "b3"]
             live = new.data_dir / "b1"
             assert await _command("inspect", str(live), "--json") == 0
             report = json.loads(capsys.readouterr().out.splitlines()[-1])
