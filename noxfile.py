@@ -10,7 +10,9 @@ The suite is split in two by the ``process`` marker: ``tests`` runs everything e
 time, in-process, port 0), ``processes`` the tests that start OS processes or bind fixed ports
 (real time, real sockets; see ``tests/_ports.py`` and ``tests/_process_guard.py``).
 
-``nox -s tests_all_pythons`` (optional, not in CI) runs the ``tests`` session on every
+CI runs the whole suite on the default Python (3.11 on CI) and ``tests_newest``, a cross-version
+check of the unit and in-process suites, on the newest supported Python (skipped where it is not
+installed). ``nox -s tests_all_pythons`` (optional, not in CI) runs the ``tests`` session on every
 supported Python (3.11, 3.12, 3.13) found on the PATH.
 """
 
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["tests", "processes", "lint", "typecheck", "docs"]
+nox.options.sessions = ["tests", "processes", "tests_newest", "lint", "typecheck", "docs"]
 nox.options.reuse_existing_virtualenvs = True
 
 ROOT = Path(__file__).parent
@@ -54,6 +56,24 @@ def tests(session: nox.Session) -> None:
     """Run the test suite on two workers (pytest-xdist), except the tests marked ``process``."""
     _install(session, "test")
     session.run("pytest", "-n", "2", "-m", "not process", *session.posargs)
+
+
+NEWEST_PYTHON = "3.13"
+NEWEST_PYTHON_TESTS = (
+    "tests/core", "tests/storage", "tests/net", "tests/kv", "tests/admin", "tests/testing",
+    "tests/test_public_api.py", "tests/test_docs_code.py",
+)  # fmt: skip
+"""What ``tests_newest`` runs: the units (core, codec, WAL, transport, KV, admin) and the public
+API, about 1,000 tests in a minute or two. The simulator suites exercise the same code on the
+default Python; running them twice would double CI's time for little."""
+
+
+@nox.session(python=NEWEST_PYTHON)
+def tests_newest(session: nox.Session) -> None:
+    """Run the unit and in-process suites on the newest supported Python (CI runs it; a
+    missing interpreter is skipped)."""
+    _install(session, "test")
+    session.run("pytest", "-n", "2", "-m", "not process", *NEWEST_PYTHON_TESTS, *session.posargs)
 
 
 @nox.session(python=["3.11", "3.12", "3.13"])
