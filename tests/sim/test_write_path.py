@@ -13,8 +13,8 @@ import trio.testing
 
 from trio_raft import AppendRequest, Node, RaftError, Role, Status
 from trio_raft._core._ready import Ready
-from trio_raft._node import _after_leader_writes
 from trio_raft._types import Entry, HardState
+from trio_raft._write import after_leader_writes
 from trio_raft.testing import open_simulated_cluster
 
 
@@ -88,17 +88,17 @@ def test_a_step_downs_write_takes_the_queued_leader_entries_first() -> None:
     queued = [Entry(2, 5, "a"), Entry(2, 6, "b"), Entry(2, 7, "c")]
     new = [Entry(3, 6, "x")]
     hard = HardState(3, None)
-    merged = _after_leader_writes(queued, Ready(hard_state=hard, truncate_from=6, entries=new))
+    merged = after_leader_writes(queued, Ready(hard_state=hard, truncate_from=6, entries=new))
     assert (merged.hard_state, merged.truncate_from, merged.entries) == (
         hard,
         None,
         queued[:1] + new,
     )
-    merged = _after_leader_writes(queued, Ready(truncate_from=5, entries=[Entry(3, 5, "y")]))
+    merged = after_leader_writes(queued, Ready(truncate_from=5, entries=[Entry(3, 5, "y")]))
     assert (merged.truncate_from, merged.entries) == (None, [Entry(3, 5, "y")])
-    merged = _after_leader_writes(queued, Ready(truncate_from=3, entries=[Entry(3, 3, "z")]))
+    merged = after_leader_writes(queued, Ready(truncate_from=3, entries=[Entry(3, 3, "z")]))
     assert (merged.truncate_from, merged.entries) == (3, [Entry(3, 3, "z")])
-    merged = _after_leader_writes(queued, Ready(hard_state=hard))
+    merged = after_leader_writes(queued, Ready(hard_state=hard))
     assert (merged.hard_state, merged.truncate_from, merged.entries) == (hard, None, queued)
 
 
@@ -121,7 +121,7 @@ async def test_deposed_leader_with_a_write_in_flight_is_overwritten_in_order(
                     for i in range(3):
                         nursery.start_soon(_try_propose, old, ("put", "lost", f"{batch}{i}"))
                     await old.wait_status(functools.partial(_log_reaches, commit + 3 * batch + 3))
-                assert old._leader_writes, f"seed={sim_seed}"
+                assert old._writer.pending, f"seed={sim_seed}"
                 others = [n for n in cluster.node_ids if n != old.id]
                 new = await cluster.wait_leader(among=others)
                 for i in range(3):
