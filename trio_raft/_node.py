@@ -1090,14 +1090,10 @@ def _as_ids(ids: Collection[NodeId], what: str) -> frozenset[NodeId]:
 def _check_command(command: object, max_bytes: int) -> EncodedCommand:
     """Refuse, before anything is appended, a command no storage or transport could carry (it
     would block replication of every entry behind it); return it with its encoding, made here
-    once, which the entry keeps for the WAL, the wire and the size accounting."""
-    try:
-        encoded = encode_command(command)
-    except FrameError as exc:
-        raise ValueError(
-            f"cannot propose {command!r:.100}: {exc}. Commands must be CBOR values: None, bool, "
-            "int, float, str, bytes, lists/tuples, dicts with str or bytes keys"
-        ) from None
+    once, which the entry keeps for the WAL, the wire and the size accounting. An
+    :class:`EncodedCommand` (a server that checked a request with this function) is only
+    checked for size."""
+    encoded = command if type(command) is EncodedCommand else _encode_checked(command)
     size = len(encoded.data)
     if size > max_bytes:
         raise ValueError(
@@ -1105,6 +1101,16 @@ def _check_command(command: object, max_bytes: int) -> EncodedCommand:
             "store large values elsewhere and propose a reference, or raise the limit"
         )
     return encoded
+
+
+def _encode_checked(command: object) -> EncodedCommand:
+    try:
+        return encode_command(command)
+    except FrameError as exc:
+        raise ValueError(
+            f"cannot propose {command!r:.100}: {exc}. Commands must be CBOR values: None, bool, "
+            "int, float, str, bytes, lists/tuples, dicts with str or bytes keys"
+        ) from None
 
 
 def _describe_failure(exc: Exception) -> tuple[str, str]:

@@ -13,6 +13,7 @@ import trio.testing
 
 from trio_raft import AppendRequest, Node, RaftError, Role, Status
 from trio_raft._core._ready import Ready
+from trio_raft._node import _check_command
 from trio_raft._types import Entry, HardState
 from trio_raft._write import after_leader_writes
 from trio_raft.testing import open_simulated_cluster
@@ -153,3 +154,12 @@ def _log_reaches(index: int, status: Status) -> bool:
 async def _try_propose(node: Node, command: object) -> None:
     with contextlib.suppress(RaftError):
         await node.propose(command)
+
+
+def test_an_encoded_command_is_checked_for_size_only() -> None:
+    """A server that checked a request (``kv`` ``call``) proposes its encoding: not encoded
+    again, still refused if over the limit."""
+    encoded = _check_command(("put", "k", "v"), 100)
+    assert _check_command(encoded, 100) is encoded
+    with pytest.raises(ValueError, match="max_command_bytes=3"):
+        _check_command(encoded, 3)
