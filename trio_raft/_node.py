@@ -5,7 +5,8 @@
     open_node ─ nursery
       ├── pump          transport.receive_channel ──▶ inbox
       ├── dispatcher    inbox ──▶ RaftState.step ──▶ persist ──▶ send   (the actor: sole writer)
-      ├── writer        a leader's new entries ──▶ save, sync ──▶ on_persisted (while they are sent)
+      ├── writer        a leader's new entries ──▶ save, sync ──▶ on_persisted (while they are sent;
+      │                 :mod:`trio_raft._write` holds every disk write and the disk watchdogs)
       ├── election timer  a CancelScope whose deadline moves on every heartbeat ──▶ inbox
       ├── applier       commit index ──▶ StateMachine.apply ──▶ proposers' results
       └── role runner   one CancelScope per role; cancelled on every role or term change
@@ -27,7 +28,6 @@ fails every waiting proposal and read with :class:`NodeCrashedError`, and leaves
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import random
@@ -38,7 +38,7 @@ from typing import Final, Protocol, final
 import attrs
 import trio
 
-from . import _changes, _events, _snapshot, _statistics
+from . import _changes, _events, _snapshot, _statistics, _write
 from ._abc import StateMachine, Storage, Transport
 from ._codec import EncodedCommand, FrameError, encode_command
 from ._config import Config
@@ -59,7 +59,7 @@ from ._logging import RAFT_FIELDS
 from ._messages import MESSAGE_TYPES, AppendRequest, AppendResponse, Message, SnapshotRequest
 from ._proposal import Proposal
 from ._status import FollowerStatus, Status
-from ._sync import Broadcast, Signal, Waiter, WriteLock
+from ._sync import Broadcast, Signal, Waiter
 from ._types import (
     Entry,
     EntryKind,
@@ -88,10 +88,6 @@ REPLICATOR_BURST = 16
 SNAPSHOT_WARN_INTERVAL_S = 10.0
 """At most one warning this often about snapshots that do not fit on the disk."""
 
-SPACE_POLL_S = 1.0
-"""How often a node whose storage can run out of space asks it whether space is low (and,
-while an append is refused, retries it)."""
-
 
 @attrs.frozen
 class _Propose:
@@ -110,13 +106,8 @@ class _Timeout:
     pass
 
 
-class _Retry:
-    """Process the Ready again: an append refused for disk space is due for a retry."""
-
-
 _WAITING_EVENTS = (_Propose, _Read, _changes.ChangeMembership, _changes.TransferLeadership)
 _TIMEOUT = _Timeout()
-_RETRY = _Retry()
 _Event = (
     Message
     | _Propose
@@ -124,7 +115,7 @@ _Event = (
     | _changes.ChangeMembership
     | _changes.TransferLeadership
     | _Timeout
-    | _Retry
+    | _write.Retry
     | _snapshot.SnapshotSaved
     | _snapshot.SnapshotReceived
 )
@@ -185,10 +176,6 @@ class Node:
         self._applied_bytes = 0
         """Estimated bytes of commands applied since the last snapshot was started."""
         self._receiver: _snapshot.Receiver | None = None
-        self._disk_busy_since = math.inf
-        self._disk_idle = trio.Event()
-        self._stall_scope: trio.CancelScope | None = None
-        """The disk watchdog's scope: its deadline is the current write's stall limit."""
         self._crash: tuple[str, Exception] | None = None
         """``(task, exception)`` of the internal error that stopped the node, if one did."""
         self._terms_exhausted_logged = False
@@ -202,25 +189,11 @@ class Node:
         self._published_membership: tuple[int, bool, Membership | None] = (
             state.membership_index, state.membership_committed, state.membership,
         )  # fmt: skip
-        self._space_low = False
-        """Free space is below the storage's reserve: it refused an append, or the last poll
-        said so. Only a poll that finds space again clears it."""
-        self._refused = False
-        """An append was refused for disk space and waits in the Ready to be retried."""
-        self._space_aware = False
-        """The storage has ``space_low`` (and so takes ``use_reserve``)."""
         self._snapshot_not_before = -math.inf
         """No snapshot is taken before this time (one just failed for disk space)."""
         self._snapshot_warned_at = -math.inf
         """When the last warning about a snapshot that did not fit was logged."""
-        self._write_lock = WriteLock()
-        """Held around every write of the log and hard state (by the dispatcher or the
-        writer): one writer at a time, the writes in the order their Readys were taken."""
-        self._leader_writes: list[Entry] = []
-        """A leader's new entries handed to the writer and not yet being saved."""
-        self._leader_writes_term = 0
-        """The term of the leader that handed them over."""
-        self._writer_signal = Signal()
+        self._writer = _write.Writer(self)
         self._snapshot_forced = False
         """:meth:`snapshot` waits for a snapshot at an index the thresholds have not reached."""
         self._snapshot_refusal: tuple[int, StorageFullError | None] = (0, None)
@@ -605,12 +578,12 @@ class Node:
         self._spawn(nursery, "timer", self._run_election_timer)
         self._spawn(nursery, "applier", self._apply)
         self._spawn(nursery, "roles", self._run_roles)
-        self._spawn(nursery, "disk watchdog", self._watch_disk)
-        self._spawn(nursery, "writer", self._write_behind)
+        self._spawn(nursery, "disk watchdog", self._writer.watch_disk)
+        self._spawn(nursery, "writer", self._writer.run)
         space_low = getattr(self._storage, "space_low", None)
         if space_low is not None:
-            self._space_aware = True
-            self._spawn(nursery, "space watch", self._watch_space, space_low)
+            self._writer.space_aware = True
+            self._spawn(nursery, "space watch", self._writer.watch_space, space_low)
 
     def _spawn(
         self, nursery: trio.Nursery, task: str, fn: Callable[..., Awaitable[object]], *args: object
@@ -708,8 +681,8 @@ class Node:
             for event in batch:
                 if isinstance(event, _snapshot.SnapshotSaved | _snapshot.SnapshotReceived):
                     await self._process_ready()  # effects so far first: these await storage
-                    if self._leader_writes:  # and the leader's entries, before a compaction
-                        await self._persist(Ready())
+                    if self._writer.pending:  # and the leader's entries, before a compaction
+                        await self._writer.persist(Ready())
                     if isinstance(event, _snapshot.SnapshotSaved):
                         await _snapshot.compact_after(self, event.meta)
                     else:
@@ -743,7 +716,7 @@ class Node:
                 self._reads[st.read_index()] = event.waiter
             except NotLeaderError as exc:
                 event.waiter.fail(exc)
-        elif isinstance(event, _Retry):
+        elif isinstance(event, _write.Retry):
             pass  # the Ready is processed after every batch
         elif isinstance(event, (_changes.ChangeMembership, _changes.TransferLeadership)):
             _changes.handle(self, event, now)
@@ -775,10 +748,8 @@ class Node:
             ):
                 # A leader's own new entries: saved by the writer while the replicators send
                 # them (thesis §10.2.1); it counts its own copy once that is durable.
-                self._leader_writes += ready.entries
-                self._leader_writes_term = st.term
-                self._writer_signal.set()
-            elif ready.must_sync and (unsaved := await self._persist(ready)) is not None:
+                self._writer.hand_over(ready.entries, st.term)
+            elif ready.must_sync and (unsaved := await self._writer.persist(ready)) is not None:
                 # Refused for disk space (retried with the next event or poll). Send what does
                 # not promise the unsaved entries: votes (the hard state is saved), refusals,
                 # acknowledgements of saved entries (so the leader still sees this node).
@@ -805,8 +776,7 @@ class Node:
                 )  # fmt: skip
         if st.leader_id != self._transport_leader and st.membership is not None:
             self._update_transport()  # drop a former leader that is no longer a member
-        if self._leader_writes:
-            self._writer_signal.set()  # a retry of entries the storage refused
+        self._writer.kick()  # a retry of entries the storage refused
         self._wake()
 
     def _wake(self) -> None:
@@ -827,109 +797,6 @@ class Node:
             self._apply_signal.set()
         self._changed.notify()
 
-    async def _persist(self, ready: Ready) -> int | None:
-        """Make ``ready``'s writes durable, after the leader's writes handed to the writer
-        (they were taken first). Returns ``None``, or the first index of the entries the
-        storage refused for disk space: the hard state and truncation are durable, the entries
-        wait in the state's next Ready, and no message acknowledging them may be sent."""
-        st = self._state
-        async with self._write_lock:
-            if self._leader_writes:
-                ready = _after_leader_writes(self._take_leader_writes(), ready)
-            last = st.log.last_index  # nothing else changes the log while we await
-            refused = await self._write(ready)
-        if refused is not None:
-            st.on_persist_refused(ready.entries)
-            self._on_append_refused(refused)
-            return ready.entries[0].index
-        st.on_persisted(last)
-        return None
-
-    def _take_leader_writes(self) -> list[Entry]:
-        entries, self._leader_writes = self._leader_writes, []
-        return entries
-
-    async def _write_behind(self) -> None:
-        """The writer: save and sync a leader's new entries while the dispatcher goes on (and
-        its replicators send them); then let the leader count its own copy."""
-        st = self._state
-        while True:
-            await self._writer_signal.wait()
-            async with self._write_lock:
-                if not self._leader_writes:
-                    continue  # the dispatcher wrote them with a Ready of its own
-                term = self._leader_writes_term
-                entries = self._take_leader_writes()
-                refused = await self._write(Ready(entries=entries))
-                if refused is not None:
-                    # Back to the core, with those handed over since (in log order): it owns
-                    # every unsaved entry, so a compaction drops the ones a snapshot covers
-                    # (a copy kept here could be written below the storage's compaction
-                    # point), and its next Ready hands them out again.
-                    st.on_persist_refused(entries + self._take_leader_writes())
-                    self._on_append_refused(refused)
-                    continue  # retried with the next event, as a refused Ready of its own is
-            if st.role is Role.LEADER and st.term == term:
-                # Otherwise the next Ready persisted by the dispatcher (the step-down's hard
-                # state) counts them: it is written after these.
-                commit = st.commit
-                st.on_persisted(entries[-1].index)
-                if st.has_ready():
-                    # A full inbox wakes the dispatcher anyway; a closed one: shutting down.
-                    with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
-                        self._inbox_send.send_nowait(_RETRY)
-                elif st.commit != commit:
-                    self._wake()
-
-    async def _write(self, ready: Ready) -> StorageFullError | None:
-        """Save and sync ``ready``'s writes (under ``_write_lock``). Returns the storage's
-        refusal if it refused the entries for disk space (the hard state and the truncation
-        are then durable, no entry is written)."""
-        st = self._state
-        self._disk_busy_since = trio.current_time()
-        self._disk_idle = trio.Event()
-        if self._stall_scope is not None:
-            self._stall_scope.deadline = self._disk_busy_since + st.config.disk_stall_s
-        try:
-            # Followers take what the leader accepted (it is the one that gates proposals); a
-            # leader in the alarm accepted only space-freeing commands. Only a storage with
-            # ``space_low`` knows the keyword.
-            reserve: dict[str, bool] = {}
-            if self._space_aware:
-                reserve["use_reserve"] = st.role is not Role.LEADER or st.no_space
-            try:
-                await self._storage.save(
-                    hard_state=ready.hard_state,
-                    truncate_from=ready.truncate_from,
-                    entries=ready.entries,
-                    **reserve,
-                )
-            except StorageFullError as exc:
-                if ready.hard_state is not None or ready.truncate_from is not None:
-                    await self._storage.save(
-                        hard_state=ready.hard_state, truncate_from=ready.truncate_from
-                    )
-                    await self._storage.sync()
-                return exc
-            await self._storage.sync()
-        finally:
-            self._counters.disk_write(trio.current_time() - self._disk_busy_since)
-            self._disk_busy_since = math.inf
-            self._disk_idle.set()
-            if self._stall_scope is not None:
-                self._stall_scope.deadline = math.inf
-        if self._refused:
-            self._refused = False
-            self._update_space_alarm()
-        self._notify("persisted", ready)
-        return None
-
-    def _on_append_refused(self, exc: StorageFullError) -> None:
-        self._refused = True
-        if self._space_aware:
-            self._space_low = True  # until a poll finds space again
-        self._update_space_alarm(f"{exc}; the refused entries are retried every {SPACE_POLL_S} s")
-
     def _on_snapshot_refused(self, exc: StorageFullError) -> None:
         """A snapshot did not fit on the disk: the node goes on without it (a follower's
         leader resends it, a local one is retried later)."""
@@ -939,65 +806,6 @@ class Node:
         if now >= self._snapshot_warned_at + SNAPSHOT_WARN_INTERVAL_S:
             self._snapshot_warned_at = now
             logger.warning("node %r: snapshot not saved: %s", self._id, exc)
-
-    def _update_space_alarm(self, cause: str = "free space is below the storage's reserve") -> None:
-        """Raise or clear the disk-space alarm from ``_space_low`` and ``_refused``; ``cause``
-        goes into the warning if this raises it."""
-        st = self._state
-        alarm = self._space_low or self._refused
-        if alarm != st.no_space:
-            st.no_space = alarm
-            self._notify("no-space", alarm)
-            if alarm:
-                logger.warning(
-                    "node %r: disk-space alarm: %s. As leader it accepts only commands that "
-                    "free space",
-                    self._id, cause,
-                )  # fmt: skip
-            else:
-                logger.info("node %r: disk-space alarm cleared", self._id)
-            self._changed.notify()
-
-    async def _watch_space(self, space_low: Callable[[], Awaitable[bool]]) -> None:
-        """Poll the storage's free space every :data:`SPACE_POLL_S`: raise or clear the
-        disk-space alarm, and retry an append or a snapshot the storage refused."""
-        while True:
-            low = await space_low()
-            if low != self._space_low:
-                self._space_low = low
-                self._update_space_alarm()
-            if self._refused:
-                await self._inbox_send.send(_RETRY)
-            if self._snapshot_not_before != -math.inf:
-                # A snapshot did not fit. Retry it at once when space is back, and in any case
-                # from here: nothing else does if no entry is applied.
-                if not low:
-                    self._snapshot_not_before = -math.inf
-                _snapshot.maybe_take(self)
-            await trio.sleep(SPACE_POLL_S)
-
-    async def _watch_disk(self) -> None:
-        """A leader whose disk stalls must not hold the cluster hostage: its replicators would
-        keep heartbeating while nothing commits. Past ``Config.disk_stall_s`` it steps down
-        (its followers then elect a healthy leader); a stalled follower simply stops answering,
-        since its dispatcher is the one waiting."""
-        stall_s = self._state.config.disk_stall_s
-        while True:
-            # Writes move the deadline (no wake-up per write): a timer, as the election's.
-            with trio.CancelScope(deadline=self._disk_busy_since + stall_s) as scope:
-                self._stall_scope = scope
-                await trio.sleep_forever()
-            self._stall_scope = None
-            if self._disk_busy_since == math.inf:
-                continue  # the write returned just in time
-            idle = self._disk_idle
-            st = self._state
-            if st.role is Role.LEADER:
-                self._notify("disk-stall", trio.current_time() - self._disk_busy_since)
-                st.step_down()
-                self._on_role_changed(RoleChangeReason.STEPPED_DOWN)
-                self._changed.notify()
-            await idle.wait()
 
     def _update_transport(self) -> None:
         """Tell a membership-aware transport whom to reach: every member but this node, and
@@ -1265,18 +1073,6 @@ class Node:
             )
 
 
-def _after_leader_writes(queued: list[Entry], ready: Ready) -> Ready:
-    """``ready`` with the leader's writes ``queued`` before it (taken earlier, not yet saved;
-    the storage's log ends just before them). A truncation in ``ready`` that falls among
-    them drops them from the write instead of truncating the storage."""
-    cut = ready.truncate_from
-    if cut is None:
-        return attrs.evolve(ready, entries=[*queued, *ready.entries])
-    kept = [e for e in queued if e.index < cut]
-    truncate_from = cut if cut < queued[0].index else None
-    return attrs.evolve(ready, truncate_from=truncate_from, entries=[*kept, *ready.entries])
-
-
 def _now_or_zero() -> float:
     """The trio clock, or 0 outside a run (a status read after the node's run ended)."""
     try:
@@ -1294,14 +1090,10 @@ def _as_ids(ids: Collection[NodeId], what: str) -> frozenset[NodeId]:
 def _check_command(command: object, max_bytes: int) -> EncodedCommand:
     """Refuse, before anything is appended, a command no storage or transport could carry (it
     would block replication of every entry behind it); return it with its encoding, made here
-    once, which the entry keeps for the WAL, the wire and the size accounting."""
-    try:
-        encoded = encode_command(command)
-    except FrameError as exc:
-        raise ValueError(
-            f"cannot propose {command!r:.100}: {exc}. Commands must be CBOR values: None, bool, "
-            "int, float, str, bytes, lists/tuples, dicts with str or bytes keys"
-        ) from None
+    once, which the entry keeps for the WAL, the wire and the size accounting. An
+    :class:`EncodedCommand` (a server that checked a request with this function) is only
+    checked for size."""
+    encoded = command if type(command) is EncodedCommand else _encode_checked(command)
     size = len(encoded.data)
     if size > max_bytes:
         raise ValueError(
@@ -1309,6 +1101,16 @@ def _check_command(command: object, max_bytes: int) -> EncodedCommand:
             "store large values elsewhere and propose a reference, or raise the limit"
         )
     return encoded
+
+
+def _encode_checked(command: object) -> EncodedCommand:
+    try:
+        return encode_command(command)
+    except FrameError as exc:
+        raise ValueError(
+            f"cannot propose {command!r:.100}: {exc}. Commands must be CBOR values: None, bool, "
+            "int, float, str, bytes, lists/tuples, dicts with str or bytes keys"
+        ) from None
 
 
 def _describe_failure(exc: Exception) -> tuple[str, str]:

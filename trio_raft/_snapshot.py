@@ -171,7 +171,7 @@ async def compact_after(node: Node, meta: SnapshotMeta) -> None:
     cfg = st.config
     end = min(meta.index, st.commit)
     index = st.log.tail_start(end, cfg.snapshot_keep_entries, cfg.snapshot_bytes)
-    async with node._write_lock:  # no leader write may land between the two compactions
+    async with node._writer.lock:  # no leader write may land between the two compactions
         term = st.compact(index) if index > 0 else None
         if term is not None:
             await node._storage.compact(index, term)

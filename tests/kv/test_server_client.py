@@ -24,7 +24,7 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
-import trio_raft._node
+import trio_raft._write
 import trio_raft.kv._server
 from trio_raft import Config, MemoryStorage, Node, Role, Status, open_node
 from trio_raft._util import unwrap_single_exception_group
@@ -478,7 +478,7 @@ async def test_a_leader_low_on_disk_refuses_writes_but_not_deletes_or_reads() ->
     """The disk-space alarm end to end: ``no_space`` in status, a typed client error for a put
     (not retried until the timeout), deletes and reads served, and writes back once space is."""
     storages = {n: SimulatedStorage(random.Random(n)) for n in ("n1", "n2", "n3")}
-    with trio.fail_after(TEST_S + 2 * trio_raft._node.SPACE_POLL_S):
+    with trio.fail_after(TEST_S + 2 * trio_raft._write.SPACE_POLL_S):
         async with kv_cluster(storages=storages) as cluster:
             async with open_client(list(cluster.urls.values()), timeout_s=TEST_S) as kv:
                 await kv.put("keep", b"1")

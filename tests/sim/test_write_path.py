@@ -13,8 +13,9 @@ import trio.testing
 
 from trio_raft import AppendRequest, Node, RaftError, Role, Status
 from trio_raft._core._ready import Ready
-from trio_raft._node import _after_leader_writes
+from trio_raft._node import _check_command
 from trio_raft._types import Entry, HardState
+from trio_raft._write import after_leader_writes
 from trio_raft.testing import open_simulated_cluster
 
 
@@ -88,17 +89,17 @@ def test_a_step_downs_write_takes_the_queued_leader_entries_first() -> None:
     queued = [Entry(2, 5, "a"), Entry(2, 6, "b"), Entry(2, 7, "c")]
     new = [Entry(3, 6, "x")]
     hard = HardState(3, None)
-    merged = _after_leader_writes(queued, Ready(hard_state=hard, truncate_from=6, entries=new))
+    merged = after_leader_writes(queued, Ready(hard_state=hard, truncate_from=6, entries=new))
     assert (merged.hard_state, merged.truncate_from, merged.entries) == (
         hard,
         None,
         queued[:1] + new,
     )
-    merged = _after_leader_writes(queued, Ready(truncate_from=5, entries=[Entry(3, 5, "y")]))
+    merged = after_leader_writes(queued, Ready(truncate_from=5, entries=[Entry(3, 5, "y")]))
     assert (merged.truncate_from, merged.entries) == (None, [Entry(3, 5, "y")])
-    merged = _after_leader_writes(queued, Ready(truncate_from=3, entries=[Entry(3, 3, "z")]))
+    merged = after_leader_writes(queued, Ready(truncate_from=3, entries=[Entry(3, 3, "z")]))
     assert (merged.truncate_from, merged.entries) == (3, [Entry(3, 3, "z")])
-    merged = _after_leader_writes(queued, Ready(hard_state=hard))
+    merged = after_leader_writes(queued, Ready(hard_state=hard))
     assert (merged.hard_state, merged.truncate_from, merged.entries) == (hard, None, queued)
 
 
@@ -121,7 +122,7 @@ async def test_deposed_leader_with_a_write_in_flight_is_overwritten_in_order(
                     for i in range(3):
                         nursery.start_soon(_try_propose, old, ("put", "lost", f"{batch}{i}"))
                     await old.wait_status(functools.partial(_log_reaches, commit + 3 * batch + 3))
-                assert old._leader_writes, f"seed={sim_seed}"
+                assert old._writer.pending, f"seed={sim_seed}"
                 others = [n for n in cluster.node_ids if n != old.id]
                 new = await cluster.wait_leader(among=others)
                 for i in range(3):
@@ -153,3 +154,12 @@ def _log_reaches(index: int, status: Status) -> bool:
 async def _try_propose(node: Node, command: object) -> None:
     with contextlib.suppress(RaftError):
         await node.propose(command)
+
+
+def test_an_encoded_command_is_checked_for_size_only() -> None:
+    """A server that checked a request (``kv`` ``call``) proposes its encoding: not encoded
+    again, still refused if over the limit."""
+    encoded = _check_command(("put", "k", "v"), 100)
+    assert _check_command(encoded, 100) is encoded
+    with pytest.raises(ValueError, match="max_command_bytes=3"):
+        _check_command(encoded, 3)

@@ -27,7 +27,6 @@ from collections.abc import Mapping
 from ssl import SSLContext
 from typing import Final, NoReturn, final
 
-import cbor2
 import trio
 from trio_websocket import (
     ConnectionClosed,
@@ -51,7 +50,7 @@ from .._errors import (
     RaftError,
 )
 from .._inbound import Admission, Barrier, Ticket, remote_host
-from .._node import Node
+from .._node import Node, _check_command
 from .._status import Status
 from .._sync import Broadcast
 from .._types import Membership, NodeId, Role
@@ -438,15 +437,11 @@ class KVServer:
     async def _call(self, command: object) -> object:
         """Propose a ``call``'s command; an exception of its ``apply`` becomes
         :class:`_CommandFailed` (the node's own refusals pass through as they are)."""
-        limit = self._node._state.config.max_command_bytes
-        size = len(cbor2.dumps(command))
-        if size > limit:
-            raise ValueError(
-                f"the command encodes to {size} bytes, over the cluster's max_command_bytes "
-                f"({limit}); nothing was appended"
-            )
+        node = self._node
+        # Checked and encoded once here; the node takes the encoding as it is.
+        encoded = _check_command(command, node._state.config.max_command_bytes)
         try:
-            return await self._node.propose(command)
+            return await node.propose(encoded)
         except (RaftError, trio.Cancelled):
             raise
         except Exception as exc:
