@@ -25,7 +25,8 @@ class StateMachine(Protocol):
     an :class:`Exception` (say, for a malformed command), that exception is the command's outcome:
     it must leave the state unchanged, it is raised from the proposer's :meth:`Node.propose`, and
     the node carries on. Log compaction needs snapshots as well: see
-    :class:`SnapshottingStateMachine`.
+    :class:`SnapshottingStateMachine`. A state machine that needs each command's log index
+    and term implements :class:`IndexedStateMachine`.
     """
 
     def apply(self, command: object) -> object:

@@ -303,8 +303,10 @@ class Node:
         return self._counters.snapshot(self.status, *parts)
 
     async def propose(self, command: object, *, frees_space: bool = False) -> object:
-        """Replicate ``command`` and return what :meth:`StateMachine.apply` returned for it on
-        this node once it is committed and applied.
+        """Replicate ``command`` and return what :meth:`StateMachine.apply` (or
+        :meth:`IndexedStateMachine.apply_entry`) returned for it on this node once it is
+        committed and applied. To learn its log position as soon as it is appended, use
+        :meth:`propose_nowait` and :meth:`Proposal.appended`.
 
         Cancelling the call abandons the wait, not the proposal: it may still commit.
 
