@@ -4,6 +4,7 @@ Embed a replicated state machine with :func:`open_node`; test it under adversity
 deterministic simulator in :mod:`trio_raft.testing`.
 """
 
+from ._abc import IndexedStateMachine as IndexedStateMachine
 from ._abc import MembershipAwareTransport as MembershipAwareTransport
 from ._abc import SnapshottingStateMachine as SnapshottingStateMachine
 from ._abc import StateMachine as StateMachine
@@ -15,6 +16,8 @@ from ._errors import InvalidMembershipError as InvalidMembershipError
 from ._errors import LeadershipLostError as LeadershipLostError
 from ._errors import LeadershipTransferError as LeadershipTransferError
 from ._errors import LearnerNotCaughtUpError as LearnerNotCaughtUpError
+from ._errors import LogCompactedError as LogCompactedError
+from ._errors import LogIndexError as LogIndexError
 from ._errors import MembershipChangeInProgressError as MembershipChangeInProgressError
 from ._errors import MembershipError as MembershipError
 from ._errors import NodeClosedError as NodeClosedError
@@ -25,11 +28,14 @@ from ._errors import ProposalDroppedError as ProposalDroppedError
 from ._errors import QuorumUnavailableError as QuorumUnavailableError
 from ._errors import RaftError as RaftError
 from ._errors import TooManyUncommittedError as TooManyUncommittedError
+from ._errors import TrioRaftDeprecationWarning as TrioRaftDeprecationWarning
 from ._events import Event as Event
 from ._events import EventsDropped as EventsDropped
 from ._events import LeaderChanged as LeaderChanged
 from ._events import MembershipChanged as MembershipChanged
 from ._events import RoleChanged as RoleChanged
+from ._log_view import LogPosition as LogPosition
+from ._log_view import LogView as LogView
 from ._messages import AppendRequest as AppendRequest
 from ._messages import AppendResponse as AppendResponse
 from ._messages import Message as Message

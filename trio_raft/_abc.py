@@ -25,7 +25,8 @@ class StateMachine(Protocol):
     an :class:`Exception` (say, for a malformed command), that exception is the command's outcome:
     it must leave the state unchanged, it is raised from the proposer's :meth:`Node.propose`, and
     the node carries on. Log compaction needs snapshots as well: see
-    :class:`SnapshottingStateMachine`.
+    :class:`SnapshottingStateMachine`. A state machine that needs each command's log index
+    and term implements :class:`IndexedStateMachine`.
     """
 
     def apply(self, command: object) -> object:
@@ -34,6 +35,43 @@ class StateMachine(Protocol):
 
     def query(self, query: object) -> object:
         """Answer a read-only query against the current state (used by :meth:`Node.read`)."""
+        ...
+
+
+class IndexedStateMachine(StateMachine, Protocol):
+    """A :class:`StateMachine` told where each command sits in the log: the node calls
+    :meth:`apply_entry` instead of :meth:`~StateMachine.apply`, with the entry's index and
+    term. For state machines that version their data by log index, de-duplicate, or keep
+    their own durable copy of the state and must skip what they already hold after a restart.
+
+    The node looks ``apply_entry`` up once, when it opens, and then never calls ``apply``;
+    ``apply`` stays in the protocol only so that an indexed state machine fits wherever a
+    :class:`StateMachine` is expected (define it for direct use, or have it raise
+    :exc:`TypeError`). Everything :class:`StateMachine` says about ``apply`` holds for
+    ``apply_entry``: deterministic, called exactly once per committed command entry, in log
+    order, never concurrently; an exception is the command's outcome and must leave the
+    state unchanged.
+
+    **Indices.** Only command entries are applied: a leader's no-op and configuration entries
+    take indices too, so the indices of successive calls increase strictly but may skip
+    numbers. A restarted node starts again from its latest snapshot, or from an empty state
+    machine at index 1 if it has none, and re-applies every committed command after that: a
+    state machine that keeps its state outside the node (on disk) and survives the restart
+    sees indices it already applied again, and must skip every ``index`` at or below the last
+    one it holds (the node re-applies them in the same order with the same commands).
+
+    **Snapshots** (with :class:`SnapshottingStateMachine`). A snapshot is taken between two
+    applies, at the node's applied index, which may be past the last *command* index the
+    state machine saw (a no-op or configuration entry after it). ``restore`` is not told the
+    snapshot's index: a state machine that needs it after a restore stores the last index it
+    applied in its snapshot bytes and reads it back in ``restore``; the next ``apply_entry``
+    then has a greater index (the snapshot covers every command up to its own index, and the
+    node applies only what comes after it).
+    """
+
+    def apply_entry(self, command: object, index: int, term: int) -> object:
+        """Apply one committed command, the entry at ``index`` of ``term``, and return its
+        result (handed to the proposer)."""
         ...
 
 

@@ -14,6 +14,8 @@
     │   ├── LearnerNotCaughtUpError           the learner did not catch up in time
     │   └── QuorumUnavailableError            the old or the new voters lack a live majority
     ├── LeadershipTransferError  the transfer did not happen (or no new leader is known yet)
+    ├── LogIndexError            a log index outside a node's log (Node.log; also an IndexError)
+    │   └── LogCompactedError        the entry was compacted into a snapshot
     ├── FrameError               a peer sent bytes that are not a valid frame (connection dropped)
     ├── StorageError             the data directory failed (see trio_raft.FileStorage)
     │   ├── StorageCorruptError      damaged beyond a torn tail: names the file and offset
@@ -27,6 +29,9 @@
 ``NotLeaderError`` and ``ProposalDroppedError`` mean *definitely not applied*: it is always safe to
 retry. ``LeadershipLostError`` means *maybe applied*: retry only idempotent commands, or make the
 command idempotent (e.g. with a client id and sequence number the state machine de-duplicates).
+
+Deprecated names warn with :class:`TrioRaftDeprecationWarning` (a :class:`DeprecationWarning`)
+for at least one release before they go.
 """
 
 from __future__ import annotations
@@ -202,3 +207,34 @@ class LeadershipTransferError(RaftError):
         super().__init__(message)
         self.target = target
         self.moved = moved
+
+
+class LogIndexError(RaftError, IndexError):
+    """An index outside the part of the log a node holds (:attr:`Node.log
+    <trio_raft.Node.log>`): past its last entry, or (as the subclass
+    :class:`LogCompactedError`) compacted into a snapshot. Read the view's ``first_index`` and
+    ``last_index`` first, without awaiting in between, and ask within them.
+
+    Attributes:
+        index: The index asked for.
+        first_index: The first index the log held then.
+        last_index: The last index the log held then (``first_index - 1`` if it held none).
+    """
+
+    def __init__(self, message: str, index: int, first_index: int, last_index: int) -> None:
+        super().__init__(message)
+        self.index = index
+        self.first_index = first_index
+        self.last_index = last_index
+
+
+class LogCompactedError(LogIndexError):
+    """The entry asked for was compacted into a snapshot: only its effect on the state machine
+    remains (the node keeps no copy of it). Ask from ``first_index`` on; to keep every entry,
+    read them before they are compacted (raise :attr:`Config.snapshot_keep_entries
+    <trio_raft.Config.snapshot_keep_entries>` to keep more)."""
+
+
+class TrioRaftDeprecationWarning(DeprecationWarning):
+    """A deprecated trio-raft name or behaviour was used; the message says what to use
+    instead. Deprecated names keep working for at least one release."""

@@ -55,6 +55,7 @@ from ._errors import (
     ProposalDroppedError,
     RaftError,
 )
+from ._log_view import LogView
 from ._logging import RAFT_FIELDS
 from ._messages import MESSAGE_TYPES, AppendRequest, AppendResponse, Message, SnapshotRequest
 from ._proposal import Proposal
@@ -145,6 +146,12 @@ class Node:
         self._id = node_id
         self._state = state
         self._sm = state_machine
+        self._apply_indexed: Callable[[object, int, int], object] | None = getattr(
+            state_machine, "apply_entry", None
+        )
+        """The state machine's ``apply_entry`` if it has one (an IndexedStateMachine): then
+        called instead of ``apply``. Looked up once, here."""
+        self._log_view = LogView(state)
         self._transport = transport
         self._storage = storage
         self._rng = rng
@@ -214,6 +221,18 @@ class Node:
         return self._state.membership
 
     @property
+    def config(self) -> Config:
+        """The :class:`Config` this node runs with (the one given to :func:`open_node`, or the
+        defaults). Immutable: to change a setting, reopen the node with another one."""
+        return self._state.config
+
+    @property
+    def log(self) -> LogView:
+        """A read-only, live view of this node's log (its entries, their terms, the commit
+        index), for debugging and auditing; see :class:`LogView`."""
+        return self._log_view
+
+    @property
     def state_machine(self) -> StateMachine:
         """The state machine this node applies committed commands to.
 
@@ -239,10 +258,11 @@ class Node:
             node_id=self._id, role=st.role, term=st.term, leader_id=st.leader_id,
             commit_index=st.commit, last_applied=self._last_applied,
             last_log_index=st.log.last_index, last_log_term=st.log.last_term, followers=followers,
-            log_start_index=st.log.start_index, snapshot_index=self._snapshot_index,
+            compacted_index=st.log.start_index, snapshot_index=self._snapshot_index,
             no_space=st.no_space, membership=st.membership,
             transfer_target=None if st.transfer is None else st.transfer.target,
             membership_index=st.membership_index, membership_committed=st.membership_committed,
+            voted_for=st.voted_for,
         )  # fmt: skip
 
     def statistics(self) -> _statistics.NodeStatistics:
@@ -256,8 +276,10 @@ class Node:
         return self._counters.snapshot(self.status, *parts)
 
     async def propose(self, command: object, *, frees_space: bool = False) -> object:
-        """Replicate ``command`` and return what :meth:`StateMachine.apply` returned for it on
-        this node once it is committed and applied.
+        """Replicate ``command`` and return what :meth:`StateMachine.apply` (or
+        :meth:`IndexedStateMachine.apply_entry`) returned for it on this node once it is
+        committed and applied. To learn its log position as soon as it is appended, use
+        :meth:`propose_nowait` and :meth:`Proposal.appended`.
 
         Cancelling the call abandons the wait, not the proposal: it may still commit.
 
@@ -1046,7 +1068,10 @@ class Node:
         if entry.kind is EntryKind.COMMAND:
             self._counters.entries_applied += 1
             try:
-                result = self._sm.apply(entry.command)
+                if self._apply_indexed is not None:
+                    result = self._apply_indexed(entry.command, entry.index, entry.term)
+                else:
+                    result = self._sm.apply(entry.command)
             except Exception as exc:
                 self._counters.apply_errors += 1
                 # The command's outcome, the same on every replica (apply is deterministic):

@@ -4,18 +4,43 @@ from __future__ import annotations
 
 from typing import final
 
+import trio
+
+from ._log_view import LogPosition
 from ._sync import Waiter
+
+
+class _ResultWaiter(Waiter[object]):
+    """The proposal's outcome; settling it also wakes :meth:`Proposal.appended` (a refusal
+    settles the outcome without an append)."""
+
+    __slots__ = ("_settled",)
+
+    def __init__(self, settled: trio.Event) -> None:
+        super().__init__()
+        self._settled = settled
+
+    def set(self, result: object) -> None:
+        super().set(result)
+        self._settled.set()
+
+    def fail(self, error: BaseException) -> None:
+        super().fail(error)
+        self._settled.set()
 
 
 @final
 class Proposal:
-    """A command handed to a node by :meth:`~trio_raft.Node.propose_nowait`; await
-    :meth:`result` for its outcome. Do not instantiate directly."""
+    """A command handed to a node by :meth:`~trio_raft.Node.propose_nowait`: await
+    :meth:`appended` for where the leader put it in its log, :meth:`result` for its outcome.
+    Do not instantiate directly."""
 
-    __slots__ = ("_index", "_term", "_waiter")
+    __slots__ = ("_index", "_placed", "_term", "_waiter")
 
     def __init__(self) -> None:
-        self._waiter: Waiter[object] = Waiter()
+        self._placed = trio.Event()
+        """Set once the command was appended, or its outcome is known without an append."""
+        self._waiter: Waiter[object] = _ResultWaiter(self._placed)
         self._index: int | None = None
         self._term: int | None = None
 
@@ -36,6 +61,32 @@ class Proposal:
         """Whether the outcome is known (:meth:`result` then returns at once)."""
         return self._waiter.done
 
+    async def appended(self) -> LogPosition:
+        """Wait until the leader has appended the command to its log, and return where: the
+        entry's index and term. That is as soon as the node's dispatcher takes the command,
+        before the entry is durable, replicated or committed; :meth:`result` waits for all
+        three (and the apply). Whether the command commits at that position is known only
+        from :meth:`result`: another leader may replace the entry (it then fails with
+        :exc:`~trio_raft.ProposalDroppedError` or :exc:`~trio_raft.LeadershipLostError`).
+
+        Cancelling the wait abandons the wait, not the proposal. It may be awaited again, and
+        by several tasks; once appended it returns the same position at once, even after the
+        outcome is known.
+
+        Raises:
+            NotLeaderError: the node is not the leader; nothing was appended.
+            ProposalDroppedError: refused before the append (back-pressure,
+                :exc:`~trio_raft.TooManyUncommittedError`, or the disk-space alarm,
+                :exc:`~trio_raft.NoSpaceError`).
+            NodeClosedError: the node shut down before taking the command.
+            NodeCrashedError: the node stopped on an internal error before taking it.
+        """
+        await self._placed.wait()
+        if self._index is None or self._term is None:
+            await self._waiter.wait()  # the refusal: raises it
+            raise AssertionError("a proposal settled without an append must have failed")
+        return LogPosition(self._index, self._term)
+
     async def result(self) -> object:
         """Wait for the outcome: what :meth:`StateMachine.apply <trio_raft.StateMachine.apply>`
         returned for the command once it is committed and applied on this node.
@@ -53,3 +104,4 @@ class Proposal:
     def _appended(self, index: int, term: int) -> None:
         self._index = index
         self._term = term
+        self._placed.set()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 
 import attrs
 
+from ._errors import TrioRaftDeprecationWarning
 from ._types import Membership, NodeId, Role
 
 
@@ -49,8 +51,9 @@ class Status:
     """Term of its last log entry (0 if the log is empty)."""
     followers: Mapping[NodeId, FollowerStatus] = attrs.field(factory=dict)
     """Empty unless ``role`` is :attr:`Role.LEADER`."""
-    log_start_index: int = 0
-    """The last index compacted into a snapshot (0 if the log was never compacted)."""
+    compacted_index: int = 0
+    """The last index compacted into a snapshot (0 if the log was never compacted): the log
+    holds the entries after it (see :attr:`Node.log <trio_raft.Node.log>`)."""
     snapshot_index: int = 0
     """The last index covered by this node's durable snapshot (0 if it has none)."""
     no_space: bool = False
@@ -68,3 +71,24 @@ class Status:
     """Whether that configuration is committed, as far as this node knows."""
     transfer_target: NodeId | None = None
     """The node a leadership transfer in progress hands over to (leader only)."""
+    voted_for: NodeId | None = None
+    """The candidate this node voted for in ``term`` (itself if it campaigned), or ``None``
+    if it has not voted in this term. Part of its hard state, durable before the vote is sent
+    (a node restarting in the same term remembers it, and votes for no other)."""
+
+    @property
+    def log_start_index(self) -> int:
+        """Deprecated alias of :attr:`compacted_index` (it never was where the log starts, but
+        the last index before it).
+
+        .. deprecated:: 0.1.0
+           Use :attr:`compacted_index`; this alias warns with
+           :class:`~trio_raft.TrioRaftDeprecationWarning` and will be removed.
+        """
+        warnings.warn(
+            "Status.log_start_index is deprecated: use Status.compacted_index (the same value, "
+            "the last index compacted into a snapshot)",
+            TrioRaftDeprecationWarning,
+            stacklevel=2,
+        )
+        return self.compacted_index

@@ -390,12 +390,15 @@ class KVClient:
         Returns:
             A dict with keys ``node``, ``role`` (``"leader"``, ``"follower"``, ``"learner"``
             for a follower that is not a voter, ``"candidate"``, ``"pre-candidate"``),
-            ``term``, ``leader``, ``commit``, ``applied``, ``last_index``, ``last_term``,
-            ``log_start`` (last compacted index), ``snapshot`` (index of its durable
-            snapshot), ``no_space``, ``followers`` (peer -> ``match``, ``next``, ``probing``,
-            ``voter``), and its configuration: ``voters``, ``learners``, ``outgoing`` (lists
-            of ids), ``config_index`` and ``config_committed``. A server older than membership
-            changes leaves out ``voter`` and the configuration keys.
+            ``term``, ``leader``, ``voted_for`` (its vote in ``term``, or ``None``),
+            ``commit``, ``applied``, ``last_index``, ``last_term``, ``compacted`` (the last
+            index compacted into a snapshot; also under its former name ``log_start``, kept
+            for older readers), ``snapshot`` (index of its durable snapshot), ``no_space``,
+            ``followers`` (peer -> ``match``, ``next``, ``probing``, ``voter``), and its
+            configuration: ``voters``, ``learners``, ``outgoing`` (lists of ids),
+            ``config_index`` and ``config_committed``. A server older than membership changes
+            leaves out ``voter`` and the configuration keys; one older than ``compacted``
+            leaves out that key and ``voted_for``.
         """
         result = await self._read(p.NodeStatus(), "status", timeout_s)
         return _expect(result, (dict,), "status")

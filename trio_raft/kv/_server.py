@@ -125,7 +125,9 @@ def status_to_wire(status: Status) -> dict[str, object]:
         "applied": status.last_applied,
         "last_index": status.last_log_index,
         "last_term": status.last_log_term,
-        "log_start": status.log_start_index,
+        "compacted": status.compacted_index,
+        "log_start": status.compacted_index,  # the same, under its old name (compatibility)
+        "voted_for": status.voted_for,
         "snapshot": status.snapshot_index,
         "no_space": status.no_space,
         "followers": {

@@ -1,8 +1,9 @@
 """A replicated counter: three Raft nodes in one trio program.
 
 Run it with ``python counter.py``. The nodes talk over the in-memory network of
-``trio_raft.testing`` and keep their logs in memory. (A network transport and durable storage,
-which let each node run in its own process and survive a restart, come in later releases.)
+``trio_raft.testing`` and keep their logs in memory. To run each node in its own process, over
+the WebSocket transport and with durable storage, give the same state machine to
+``trio_raft.serve_state_machine`` (see "Your own state machine" in the cluster guide).
 """
 
 from __future__ import annotations
