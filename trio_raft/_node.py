@@ -38,7 +38,7 @@ from typing import Final, Protocol, final
 import attrs
 import trio
 
-from . import _changes, _events, _snapshot, _statistics
+from . import _changes, _events, _oplog, _snapshot, _statistics
 from ._abc import StateMachine, Storage, Transport
 from ._codec import EncodedCommand, FrameError, encode_command
 from ._config import Config
@@ -199,6 +199,7 @@ class Node:
         silence from ``leader_contact_at``)."""
         self._events = _events.EventHub()
         self._counters = _statistics.Counters()
+        self._oplog = _oplog.NodeLog(node_id)
         self._published_membership: tuple[int, bool, Membership | None] = (
             state.membership_index, state.membership_committed, state.membership,
         )  # fmt: skip
@@ -682,7 +683,6 @@ class Node:
         self._changed.notify()
 
     def _notify(self, event: str, data: object = None) -> None:
-        self._counters.observe(event, data)
         if self._observer is not None:
             self._observer(self, event, data)
 
@@ -722,6 +722,8 @@ class Node:
     def _handle(self, event: _Event, now: float) -> None:
         st = self._state
         if isinstance(event, MESSAGE_TYPES):
+            if isinstance(event, AppendResponse):
+                self._oplog.append_response(st, event, now)
             st.step(event, now)
             if isinstance(event, SnapshotRequest):
                 _snapshot.on_chunk(self, event)
@@ -798,7 +800,12 @@ class Node:
             self._logged_leader = st.leader_id
             self._events.publish(_events.LeaderChanged(st.term, st.leader_id))
             if st.leader_id is not None and st.leader_id != self._id:
-                facts = {"node": self._id, "term": st.term, "leader": st.leader_id}
+                facts = {
+                    "node": self._id,
+                    "event": "leader_changed",
+                    "term": st.term,
+                    "leader": st.leader_id,
+                }
                 logger.info(
                     "node %r: the leader of term %d is %r", self._id, st.term, st.leader_id,
                     extra={RAFT_FIELDS: facts},
@@ -913,7 +920,7 @@ class Node:
                 return exc
             await self._storage.sync()
         finally:
-            self._counters.disk_write(trio.current_time() - self._disk_busy_since)
+            self._disk_written(trio.current_time() - self._disk_busy_since)
             self._disk_busy_since = math.inf
             self._disk_idle.set()
             if self._stall_scope is not None:
@@ -923,6 +930,11 @@ class Node:
             self._update_space_alarm()
         self._notify("persisted", ready)
         return None
+
+    def _disk_written(self, seconds: float) -> None:
+        """One batch was made durable (or refused) in ``seconds``: count it, log it if slow."""
+        self._counters.disk_write(seconds)
+        self._oplog.disk_write(seconds, trio.current_time())
 
     def _on_append_refused(self, exc: StorageFullError) -> None:
         self._refused = True
@@ -938,7 +950,10 @@ class Node:
         now = trio.current_time()
         if now >= self._snapshot_warned_at + SNAPSHOT_WARN_INTERVAL_S:
             self._snapshot_warned_at = now
-            logger.warning("node %r: snapshot not saved: %s", self._id, exc)
+            logger.warning(
+                "node %r: snapshot not saved: %s", self._id, exc,
+                extra={RAFT_FIELDS: {"node": self._id, "event": "snapshot_refused"}},
+            )  # fmt: skip
 
     def _update_space_alarm(self, cause: str = "free space is below the storage's reserve") -> None:
         """Raise or clear the disk-space alarm from ``_space_low`` and ``_refused``; ``cause``
@@ -948,14 +963,17 @@ class Node:
         if alarm != st.no_space:
             st.no_space = alarm
             self._notify("no-space", alarm)
+            facts = {"node": self._id, "event": "no_space_raised" if alarm else "no_space_cleared"}
             if alarm:
                 logger.warning(
                     "node %r: disk-space alarm: %s. As leader it accepts only commands that "
                     "free space",
-                    self._id, cause,
+                    self._id, cause, extra={RAFT_FIELDS: {**facts, "cause": cause}},
                 )  # fmt: skip
             else:
-                logger.info("node %r: disk-space alarm cleared", self._id)
+                logger.info(
+                    "node %r: disk-space alarm cleared", self._id, extra={RAFT_FIELDS: facts}
+                )
             self._changed.notify()
 
     async def _watch_space(self, space_low: Callable[[], Awaitable[bool]]) -> None:
@@ -1070,7 +1088,7 @@ class Node:
                 "node %r: %s in term %d -> %s in term %d (%s)",
                 self._id, old_role.value, old_term, role.value, term, detail,
                 extra={RAFT_FIELDS: {
-                    "node": self._id, "role": role.value, "term": term,
+                    "node": self._id, "event": "role_changed", "role": role.value, "term": term,
                     "previous_role": old_role.value, "previous_term": old_term,
                     "reason": reason.name.lower(),
                 }},
@@ -1192,6 +1210,7 @@ class Node:
             ):
                 await trio.sleep_forever()  # our scope (or the role's) is being cancelled
             if st.progress[peer].state is ProgressState.SNAPSHOT:
+                self._oplog.follower(st, peer, trio.current_time())
                 await _snapshot.send(self, peer, term)
                 continue
             now = trio.current_time()
@@ -1205,6 +1224,7 @@ class Node:
                 if sent % REPLICATOR_BURST == 0:
                     await trio.lowlevel.checkpoint()
                 continue
+            self._oplog.follower(st, peer, now)
             with trio.move_on_at(heartbeat_at):
                 await signal.wait()
 
