@@ -122,5 +122,5 @@ def log_limited(
     if suppressed:
         message += f" ({suppressed} more like it since the last report)"
         facts = {**facts, "suppressed": suppressed}
-    logger.log(level, "%s", message, extra={RAFT_FIELDS: facts})
+    logger.log(level, "%s", message, extra={RAFT_FIELDS: facts}, stacklevel=2)
     return True

@@ -73,7 +73,7 @@ from ._wal._errors import StorageError
 from ._wal._file_storage import DEFAULT_MAX_RECORD_BYTES, FileStorage, open_file_storage
 from ._wal._fs import OsFileSystem
 from ._wal._snapshot_file import SNAPSHOT_FILE, verify_snapshot
-from .kv import KVStateMachine, serve_kv
+from .kv import KVServer, KVStateMachine, serve_kv
 from .kv._server import DEFAULT_MAX_CONNECTIONS, MAX_REFUSING
 
 MIN_SECRET_BYTES = 16
@@ -488,14 +488,15 @@ async def serve(
                 ) as node,
                 trio.open_nursery() as nursery,
             ):  # fmt: skip
-                await nursery.start(
+                kv_server = await nursery.start(
                     partial(_serve_clients, cluster_id=cluster.cluster_id), node, client_host,
                     client_port, LeaderUrls(node, cluster), cluster.token, server_tls,
                     max_clients, cluster.admin_token,
                 )  # fmt: skip
                 if me.admin is not None:
+                    metrics = _metrics_renderer(node, kv_server)
                     admin_port = await nursery.start(
-                        partial(serve_admin, metrics=_metrics_renderer(node)), node, *me.admin
+                        partial(serve_admin, metrics=metrics), node, *me.admin
                     )
                     print(
                         f"{node_id}: admin endpoint on http://{me.admin[0]}:{admin_port} "
@@ -523,13 +524,14 @@ async def serve(
                     break
 
 
-def _metrics_renderer(node: Node) -> MetricsRenderer | None:
-    """``/metrics`` for ``node`` if the prometheus extra is installed, else ``None``."""
+def _metrics_renderer(node: Node, kv_server: KVServer) -> MetricsRenderer | None:
+    """``/metrics`` for ``node`` and its client endpoint if the prometheus extra is
+    installed, else ``None``."""
     try:
         from .prometheus import render
     except ImportError:
         return None
-    return partial(render, node)
+    return partial(render, node, kv_server)
 
 
 async def serve_state_machine(
@@ -649,7 +651,7 @@ async def _serve_clients(
     admin_token: str | None = None,
     *,
     cluster_id: str | None = None,
-    task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[KVServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     await serve_kv(
         node,
