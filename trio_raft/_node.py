@@ -177,6 +177,9 @@ class Node:
         self._role_scope: trio.CancelScope | None = None
         self._election_deadline = math.inf
         self._timer_scope: trio.CancelScope | None = None
+        self._dispatching_since = math.inf
+        """When the dispatcher took the batch it is handling (``inf`` while it waits for
+        one): ``/health`` reports a node whose dispatcher is stuck in one step."""
         self._closed = False
         self._nursery: trio.Nursery | None = None
         self._snapshot_lock = trio.Lock()
@@ -698,7 +701,9 @@ class Node:
 
     async def _dispatch(self) -> None:
         while True:
+            self._dispatching_since = math.inf
             batch = [await self._inbox.receive()]
+            self._dispatching_since = trio.current_time()
             while len(batch) < INBOX_SIZE:
                 try:
                     batch.append(self._inbox.receive_nowait())
