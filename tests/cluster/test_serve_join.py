@@ -361,7 +361,9 @@ async def test_a_custom_state_machine_node_joins_with_its_own_admin_endpoint(
                         admin=f"{HOST}:{admin_port}",
                     )
                 )  # fmt: skip
-                while "n4" not in nodes or not await _is_voter(client, "n4"):
+                while True:  # joined, caught up, promoted
+                    if "n4" in nodes and await _is_voter(client, "n4"):
+                        break
                     await trio.sleep(0.05)
             await nodes["n4"].wait_status(lambda s: s.last_applied >= s.commit_index > 0)
             assert nodes["n4"].state_machine.query(None) == 55  # type: ignore[attr-defined]
@@ -387,5 +389,5 @@ def test_serve_state_machine_refuses_join_options_without_join(tmp_path: Path) -
     path = write_cluster_file(tmp_path, allocate_ports(), secret=secrets.token_hex(32))
     with pytest.raises(ConfigError, match="go with join"):
         trio.run(partial(serve_state_machine, path, "n1", Tally(), learner=True))
-    with pytest.raises(ConfigError, match="--admin must look like 127.0.0.1:7601"):
+    with pytest.raises(ConfigError, match=r"--admin must look like 127\.0\.0\.1:7601"):
         trio.run(partial(serve_state_machine, path, "n1", Tally(), admin="nowhere"))
