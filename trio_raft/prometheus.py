@@ -24,6 +24,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from ._node import Node
+from ._transport._stats import TransportStatistics
 from ._types import Role
 from .kv._server import KVServer
 
@@ -106,6 +107,38 @@ class NodeCollector(Collector):
         for peer, follower in sorted(status.followers.items()):
             lag.add_metric([status.node_id, peer], status.last_log_index - follower.match_index)
         yield lag
+        if isinstance(stats.transport, TransportStatistics):
+            yield from _peer_families(status.node_id, stats.transport)
+
+
+_PEER_COUNTERS = (
+    ("frames_sent", "Frames (messages) sent to the peer"),
+    ("bytes_sent", "Bytes of frames sent to the peer"),
+    ("frames_received", "Frames received from the peer"),
+    ("bytes_received", "Bytes of frames received from the peer"),
+    ("connects", "Outbound connections to the peer that completed their handshake"),
+    ("connect_failures", "Outbound connection attempts that failed before the handshake"),
+    ("handshake_failures", "Handshakes with the peer that were refused"),
+    ("dropped_not_connected", "Frames dropped because the peer was not connected"),
+    ("dropped_queue_full", "Frames dropped because the peer's send queue was full"),
+)
+
+
+def _peer_families(node_id: str, transport: TransportStatistics) -> Iterator[Metric]:
+    """Per-peer families of the WebSocket transport (``trio_raft_peer_*{node, peer}``)."""
+    peers = sorted(transport.peers.items())
+    connected = GaugeMetricFamily(
+        "trio_raft_peer_connected", "1 while the outbound connection to the peer is up",
+        labels=["node", "peer"],
+    )  # fmt: skip
+    for peer, stats in peers:
+        connected.add_metric([node_id, peer], stats.connected)
+    yield connected
+    for name, doc in _PEER_COUNTERS:
+        family = CounterMetricFamily(f"trio_raft_peer_{name}", doc, labels=["node", "peer"])
+        for peer, stats in peers:
+            family.add_metric([node_id, peer], getattr(stats, name))
+        yield family
 
 
 class KVServerCollector(Collector):

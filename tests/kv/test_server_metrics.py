@@ -91,3 +91,24 @@ async def test_requests_by_outcome_and_refusals_are_counted_logged_and_scraped(
     assert reasons == ["invalid_frame", "unauthenticated", "wrong_path"]  # 3 more suppressed
     assert all(str(f["remote"]).startswith("127.0.0.1:") for f in warnings)
     assert all(f["node"] == leader.id for f in warnings)
+
+
+def test_the_transport_s_per_peer_counters_are_metrics() -> None:
+    pytest.importorskip("prometheus_client")
+    from trio_raft._transport._stats import PeerStatistics, TransportStatistics
+    from trio_raft.prometheus import _peer_families
+
+    peer = PeerStatistics(
+        url="ws://10.0.0.2:7100/raft", connected=True, inbound_connections=1, queued_frames=0,
+        queued_bytes=0, frames_sent=7, bytes_sent=700, frames_received=5, bytes_received=500,
+    )  # fmt: skip
+    families = {
+        f.name: f
+        for f in _peer_families(
+            "n1", TransportStatistics(node_id="n1", peers={"n2": peer}, open_connections=1)
+        )
+    }
+    (sample,) = families["trio_raft_peer_bytes_sent"].samples
+    assert sample.labels == {"node": "n1", "peer": "n2"} and sample.value == 700
+    assert families["trio_raft_peer_connected"].samples[0].value == 1
+    assert families["trio_raft_peer_frames_received"].samples[0].value == 5
