@@ -207,7 +207,7 @@ class PeerLink:
                     elif await self._authenticate(ws):
                         authenticated = True
                         await self._write_frames(ws)
-                        self._lost("closed by the peer")
+                        self._lost("the connection was closed")
                         await close(ws, 1000, "")
                     nursery.cancel_scope.cancel()
         except (ConnectionRejected, ConnectionClosed, trio.TooSlowError) as exc:

@@ -43,7 +43,11 @@ class KVServerStatistics:
     redirect, ``"outcome_unknown"`` a write whose leader was lost, ``"unauthorized"``, ...).
     Requests abandoned because the client left are not counted."""
     rejected_connections: Mapping[str, int]
-    """Connections refused or dropped, by reason (see :data:`REJECTION_REASONS`)."""
+    """Connections refused or dropped, by reason: ``busy`` (``max_connections`` are open: HTTP
+    503), ``bad_handshake`` (no TLS, HTTP or WebSocket upgrade within the handshake timeout,
+    or a broken one), ``wrong_path`` (404), ``unauthenticated`` (no ``hello`` with the token),
+    ``invalid_frame`` (a message over the size limit, or not CBOR: the connection is closed).
+    Each is also logged, at most once a minute per client address and reason."""
     connections: int
     """Client connections open now (those in their handshake included)."""
 
