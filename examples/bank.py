@@ -107,6 +107,10 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run one node of the bank's cluster")
     serve.add_argument("--config", required=True)
     serve.add_argument("--id", required=True)
+    serve.add_argument("--join", action="append", default=[], help="a member's client URL")
+    serve.add_argument("--peer", help="with --join: where the other nodes reach this one")
+    serve.add_argument("--client", help="with --join: where clients reach this one")
+    serve.add_argument("--admin", help="host:port of the admin HTTP endpoint (/health ...)")
     for name, args in (
         ("open", ("name", "amount")),
         ("transfer", ("src", "dst", "amount")),
@@ -134,7 +138,11 @@ async def _client(args: argparse.Namespace) -> object:
 def main(argv: Iterator[str] | None = None) -> int:
     args = _parser().parse_args(None if argv is None else list(argv))
     if args.command == "serve":
-        trio.run(functools.partial(serve_state_machine, args.config, args.id, Bank()))
+        serve = functools.partial(
+            serve_state_machine, args.config, args.id, Bank(), join=args.join, peer=args.peer,
+            client=args.client, admin=args.admin,
+        )  # fmt: skip
+        trio.run(serve)
         return 0
     try:
         print(trio.run(_client, args))

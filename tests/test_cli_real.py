@@ -173,6 +173,7 @@ def test_serve_reports_an_unknown_node(tmp_path: Path, capsys: pytest.CaptureFix
             "--catch-up-timeout must be > 0",
         ),
         (["--id", "n9"], "start it with --join URL --peer URL --client URL"),
+        (["--id", "n1", "--admin", "nowhere"], "--admin must look like 127.0.0.1:7601"),
     ],
 )  # fmt: skip
 def test_serve_join_flags_are_checked(

@@ -35,9 +35,38 @@ MAX_HEAD_BYTES: Final = 8192
 """The largest request head accepted (request line and headers)."""
 READY_LAG: Final = 1000
 """``/ready`` fails while the state machine is more entries than this behind the commit index."""
+STALL_ELECTION_TIMEOUTS: Final = 5
+"""``/health`` fails once the node's dispatcher has been busy with one step (a disk write
+that does not return, say) for this many maximum election timeouts."""
 
 MetricsRenderer = Callable[[], tuple[bytes, str]]
 """Returns the ``/metrics`` body and its content type."""
+
+
+def liveness(node: Node) -> tuple[bool, dict[str, object]]:
+    """Whether ``node`` is alive, and the facts behind the answer: it has not shut down or
+    stopped on an internal error, and its dispatcher (the task that runs the Raft rules and
+    persists their decisions) has not been stuck in one step for
+    :data:`STALL_ELECTION_TIMEOUTS` maximum election timeouts. A node that fails it will
+    not recover by itself: restart it."""
+    facts: dict[str, object] = {"node": node.id}
+    busy_s = trio.current_time() - node._dispatching_since
+    stall_s = STALL_ELECTION_TIMEOUTS * node._state.config.election_timeout_s_max
+    if node._crash is not None:
+        task, exc = node._crash
+        facts.update(status="crashed", reason=f"internal error in its {task} task: {exc!r}")
+    elif node._closed:
+        facts["status"] = "closed"
+    elif busy_s > stall_s:
+        facts.update(
+            status="stalled",
+            reason=f"the dispatcher has been stuck in one step for {busy_s:.1f} s (over "
+            f"{stall_s:g} s): the disk may not answer; restart the node",
+            stalled_s=round(busy_s, 3),
+        )
+    else:
+        facts["status"] = "ok"
+    return facts["status"] == "ok", facts
 
 
 def readiness(node: Node) -> tuple[bool, dict[str, object]]:
@@ -79,9 +108,8 @@ class AdminServer:
 
     def _route(self, method: str, path: str) -> tuple[int, bytes, str]:
         if path == "/health":
-            closed = self._node._closed
-            body = {"status": "closed" if closed else "ok", "node": self._node.id}
-            return (503 if closed else 200), _json(body), "application/json"
+            ok, facts = liveness(self._node)
+            return (200 if ok else 503), _json(facts), "application/json"
         if path == "/ready":
             ok, facts = readiness(self._node)
             return (200 if ok else 503), _json({"ready": ok, **facts}), "application/json"

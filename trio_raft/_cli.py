@@ -56,7 +56,15 @@ from ._demo import MAX_NODES, MIN_NODES, run_demo
 from ._errors import RaftError
 from ._join import JoinOptions
 from ._local_cluster import PortError, check_ports, render, run_local_cluster
-from ._serve import ClusterFile, ConfigError, explain, load_cluster_file, serve
+from ._serve import (
+    ClusterFile,
+    ConfigError,
+    admin_address,
+    explain,
+    join_options,
+    load_cluster_file,
+    serve,
+)
 from ._version import __version__
 from .kv import KVError, open_client
 
@@ -155,6 +163,11 @@ def _add_real_commands(commands: argparse._SubParsersAction[OneLineParser]) -> N
         "--log-format", choices=("text", "json"), default="text",
         help="text lines, or one JSON object per line (time, level, logger, node, message and "
         "the event's fields) for log collectors",
+    )  # fmt: skip
+    serve.add_argument(
+        "--admin", metavar="HOST:PORT",
+        help="serve the admin HTTP endpoint (/health, /ready, /metrics) here, instead of at "
+        "the node table's admin (a node started with --join may have no table)",
     )  # fmt: skip
     join = serve.add_argument_group(
         "joining a running cluster",
@@ -324,18 +337,8 @@ def _join_options(args: argparse.Namespace, cluster: ClusterFile) -> JoinOptions
                 "joins a running cluster)"
             )
         return None
-    listed = cluster.nodes.get(args.id)
-    peer = args.peer or (listed.peer if listed else None)
-    client = args.client or (listed.client if listed else None)
-    if peer is None or client is None:
-        raise ConfigError(
-            f"{args.id}: --join needs --peer URL and --client URL (where this node listens), "
-            f"since {cluster.path} has no [nodes.{args.id}] table"
-        )
-    if args.catch_up_timeout is not None and not args.catch_up_timeout > 0:
-        raise ConfigError(f"{args.id}: --catch-up-timeout must be > 0 seconds")
-    return JoinOptions(
-        tuple(args.join), peer, client, learner=args.learner,
+    return join_options(
+        cluster, args.id, args.join, peer=args.peer, client=args.client, learner=args.learner,
         catch_up_timeout_s=args.catch_up_timeout,
     )  # fmt: skip
 
@@ -346,7 +349,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     try:
         cluster = load_cluster_file(args.config)
         join = _join_options(args, cluster)
-        trio.run(partial(serve, cluster, args.id, join=join))
+        admin = None if args.admin is None else admin_address(args.admin, args.id)
+        trio.run(partial(serve, cluster, args.id, join=join, admin=admin))
     except (RaftError, OSError) as exc:
         message = explain(exc, cluster, args.id)
         if message is None:

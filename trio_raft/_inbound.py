@@ -119,6 +119,18 @@ class Admission:
         self.pending -= 1
 
 
+def remote_address(stream: trio.abc.Stream) -> str:
+    """``host:port`` of the other end of ``stream``, for logs; never raises."""
+    inner = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    if not isinstance(inner, trio.SocketStream):
+        return repr(inner)
+    try:
+        host, port, *_ = inner.socket.getpeername()
+    except OSError:
+        return "an unknown address"
+    return f"{host}:{port}"
+
+
 def remote_host(stream: trio.abc.Stream) -> str:
     """The address ``stream`` comes from, for admission and logs; never raises.
 

@@ -101,3 +101,26 @@ def configure(level: str, fmt: str, node_id: str) -> None:
     root.setLevel(levels[level])
     if not root.handlers:  # like logging.basicConfig: a host that set up logging keeps it
         root.addHandler(handler)
+
+
+def log_limited(
+    logger: logging.Logger,
+    limiter: RateLimiter,
+    key: object,
+    now: float,
+    message: str,
+    facts: dict[str, object],
+    *,
+    level: int = logging.WARNING,
+) -> bool:
+    """Log ``message`` (no ``%`` arguments) with ``facts`` unless ``limiter`` suppresses
+    ``key`` at ``now``; a line that follows suppressed ones says how many there were (and has
+    them as the ``suppressed`` fact). Returns whether it logged."""
+    suppressed = limiter.check(key, now)
+    if suppressed is None:
+        return False
+    if suppressed:
+        message += f" ({suppressed} more like it since the last report)"
+        facts = {**facts, "suppressed": suppressed}
+    logger.log(level, "%s", message, extra={RAFT_FIELDS: facts}, stacklevel=2)
+    return True

@@ -38,7 +38,7 @@ from typing import Final, Protocol, final
 import attrs
 import trio
 
-from . import _changes, _events, _snapshot, _statistics, _write
+from . import _changes, _events, _oplog, _snapshot, _statistics, _write
 from ._abc import StateMachine, Storage, Transport
 from ._codec import EncodedCommand, FrameError, encode_command
 from ._config import Config
@@ -175,6 +175,9 @@ class Node:
         self._role_scope: trio.CancelScope | None = None
         self._election_deadline = math.inf
         self._timer_scope: trio.CancelScope | None = None
+        self._dispatching_since = math.inf
+        """When the dispatcher took the batch it is handling (``inf`` while it waits for
+        one): ``/health`` reports a node whose dispatcher is stuck in one step."""
         self._closed = False
         self._nursery: trio.Nursery | None = None
         self._snapshot_lock = trio.Lock()
@@ -193,6 +196,7 @@ class Node:
         silence from ``leader_contact_at``)."""
         self._events = _events.EventHub()
         self._counters = _statistics.Counters()
+        self._oplog = _oplog.NodeLog(node_id)
         self._published_membership: tuple[int, bool, Membership | None] = (
             state.membership_index, state.membership_committed, state.membership,
         )  # fmt: skip
@@ -677,7 +681,6 @@ class Node:
         self._changed.notify()
 
     def _notify(self, event: str, data: object = None) -> None:
-        self._counters.observe(event, data)
         if self._observer is not None:
             self._observer(self, event, data)
 
@@ -693,7 +696,9 @@ class Node:
 
     async def _dispatch(self) -> None:
         while True:
+            self._dispatching_since = math.inf
             batch = [await self._inbox.receive()]
+            self._dispatching_since = trio.current_time()
             while len(batch) < INBOX_SIZE:
                 try:
                     batch.append(self._inbox.receive_nowait())
@@ -717,6 +722,8 @@ class Node:
     def _handle(self, event: _Event, now: float) -> None:
         st = self._state
         if isinstance(event, MESSAGE_TYPES):
+            if isinstance(event, AppendResponse):
+                self._oplog.append_response(st, event, now)
             st.step(event, now)
             if isinstance(event, SnapshotRequest):
                 _snapshot.on_chunk(self, event)
@@ -791,7 +798,12 @@ class Node:
             self._logged_leader = st.leader_id
             self._events.publish(_events.LeaderChanged(st.term, st.leader_id))
             if st.leader_id is not None and st.leader_id != self._id:
-                facts = {"node": self._id, "term": st.term, "leader": st.leader_id}
+                facts = {
+                    "node": self._id,
+                    "event": "leader_changed",
+                    "term": st.term,
+                    "leader": st.leader_id,
+                }
                 logger.info(
                     "node %r: the leader of term %d is %r", self._id, st.term, st.leader_id,
                     extra={RAFT_FIELDS: facts},
@@ -827,7 +839,10 @@ class Node:
         now = trio.current_time()
         if now >= self._snapshot_warned_at + SNAPSHOT_WARN_INTERVAL_S:
             self._snapshot_warned_at = now
-            logger.warning("node %r: snapshot not saved: %s", self._id, exc)
+            logger.warning(
+                "node %r: snapshot not saved: %s", self._id, exc,
+                extra={RAFT_FIELDS: {"node": self._id, "event": "snapshot_refused"}},
+            )  # fmt: skip
 
     def _update_transport(self) -> None:
         """Tell a membership-aware transport whom to reach: every member but this node, and
@@ -900,7 +915,7 @@ class Node:
                 "node %r: %s in term %d -> %s in term %d (%s)",
                 self._id, old_role.value, old_term, role.value, term, detail,
                 extra={RAFT_FIELDS: {
-                    "node": self._id, "role": role.value, "term": term,
+                    "node": self._id, "event": "role_changed", "role": role.value, "term": term,
                     "previous_role": old_role.value, "previous_term": old_term,
                     "reason": reason.name.lower(),
                 }},
@@ -1022,6 +1037,7 @@ class Node:
             ):
                 await trio.sleep_forever()  # our scope (or the role's) is being cancelled
             if st.progress[peer].state is ProgressState.SNAPSHOT:
+                self._oplog.follower(st, peer, trio.current_time())
                 await _snapshot.send(self, peer, term)
                 continue
             now = trio.current_time()
@@ -1035,6 +1051,7 @@ class Node:
                 if sent % REPLICATOR_BURST == 0:
                     await trio.lowlevel.checkpoint()
                 continue
+            self._oplog.follower(st, peer, now)
             with trio.move_on_at(heartbeat_at):
                 await signal.wait()
 

@@ -42,7 +42,7 @@ import stat
 import sys
 import tomllib
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TextIO
@@ -73,7 +73,7 @@ from ._wal._errors import StorageError
 from ._wal._file_storage import DEFAULT_MAX_RECORD_BYTES, FileStorage, open_file_storage
 from ._wal._fs import OsFileSystem
 from ._wal._snapshot_file import SNAPSHOT_FILE, verify_snapshot
-from .kv import KVStateMachine, serve_kv
+from .kv import KVServer, KVStateMachine, serve_kv
 from .kv._server import DEFAULT_MAX_CONNECTIONS, MAX_REFUSING
 
 MIN_SECRET_BYTES = 16
@@ -416,6 +416,53 @@ def listen_address(url: str) -> tuple[str, int]:
     return address
 
 
+def admin_address(value: str, node_id: NodeId) -> tuple[str, int]:
+    """``--admin HOST:PORT`` (where the admin HTTP endpoint listens), checked.
+
+    Raises:
+        ConfigError: it is not ``host:port``.
+    """
+    address = _listen_address(f"ws://{value}/")
+    if address is None:
+        raise ConfigError(
+            f"{node_id}: --admin must look like 127.0.0.1:7601 (where the admin HTTP endpoint "
+            f"listens), got {value!r}"
+        )
+    return address
+
+
+def join_options(
+    cluster: ClusterFile,
+    node_id: NodeId,
+    urls: Sequence[str],
+    *,
+    peer: str | None = None,
+    client: str | None = None,
+    learner: bool = False,
+    catch_up_timeout_s: float | None = None,
+) -> JoinOptions:
+    """What ``serve --join`` needs, checked: a node listed in the cluster file may leave out
+    ``peer`` and ``client`` (its table gives them).
+
+    Raises:
+        ConfigError: ``peer`` or ``client`` is missing, or ``catch_up_timeout_s`` is not
+            positive (the URLs themselves are checked by :func:`serve`).
+    """
+    listed = cluster.nodes.get(node_id)
+    peer = peer or (listed.peer if listed else None)
+    client = client or (listed.client if listed else None)
+    if peer is None or client is None:
+        raise ConfigError(
+            f"{node_id}: --join needs --peer URL and --client URL (where this node listens), "
+            f"since {cluster.path} has no [nodes.{node_id}] table"
+        )
+    if catch_up_timeout_s is not None and not catch_up_timeout_s > 0:
+        raise ConfigError(f"{node_id}: --catch-up-timeout must be > 0 seconds")
+    return JoinOptions(
+        tuple(urls), peer, client, learner=learner, catch_up_timeout_s=catch_up_timeout_s
+    )
+
+
 async def serve(
     cluster: ClusterFile,
     node_id: NodeId,
@@ -424,6 +471,7 @@ async def serve(
     out: TextIO = sys.stdout,
     connect_admin: ConnectAdmin | None = None,
     state_machine: StateMachine | None = None,
+    admin: tuple[str, int] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run ``node_id`` of ``cluster`` until cancelled, SIGINT or SIGTERM (which end the node's
@@ -437,7 +485,9 @@ async def serve(
     With ``join`` (``serve --join``) the node joins a running cluster, unless its data
     directory shows it has been a member already (a restart: ``join`` is then ignored).
     ``connect_admin`` opens the client that runs the membership operations (a KV client with
-    the cluster's token by default).
+    the cluster's token by default). ``admin`` (``serve --admin``) is where the admin HTTP
+    endpoint listens, instead of the node table's ``admin`` (a joining node may have no
+    table).
 
     Raises:
         ConfigError: ``node_id`` is not in the cluster file and ``join`` is not given, or a
@@ -447,6 +497,8 @@ async def serve(
         OSError: an address could not be bound.
     """
     me = _own_address(cluster, node_id, join)
+    if admin is not None:
+        me = attrs.evolve(me, admin=admin)
     file_limit = raise_file_limit()
     max_clients = client_connection_budget(file_limit, len(cluster.nodes) - 1, _open_files())
     if max_clients < MIN_CLIENT_CONNECTIONS:
@@ -488,14 +540,15 @@ async def serve(
                 ) as node,
                 trio.open_nursery() as nursery,
             ):  # fmt: skip
-                await nursery.start(
+                kv_server = await nursery.start(
                     partial(_serve_clients, cluster_id=cluster.cluster_id), node, client_host,
                     client_port, LeaderUrls(node, cluster), cluster.token, server_tls,
                     max_clients, cluster.admin_token,
                 )  # fmt: skip
                 if me.admin is not None:
+                    metrics = _metrics_renderer(node, kv_server)
                     admin_port = await nursery.start(
-                        partial(serve_admin, metrics=_metrics_renderer(node)), node, *me.admin
+                        partial(serve_admin, metrics=metrics), node, *me.admin
                     )
                     print(
                         f"{node_id}: admin endpoint on http://{me.admin[0]}:{admin_port} "
@@ -523,19 +576,27 @@ async def serve(
                     break
 
 
-def _metrics_renderer(node: Node) -> MetricsRenderer | None:
-    """``/metrics`` for ``node`` if the prometheus extra is installed, else ``None``."""
+def _metrics_renderer(node: Node, kv_server: KVServer) -> MetricsRenderer | None:
+    """``/metrics`` for ``node`` and its client endpoint if the prometheus extra is
+    installed, else ``None``."""
     try:
         from .prometheus import render
     except ImportError:
         return None
-    return partial(render, node)
+    return partial(render, node, kv_server)
 
 
 async def serve_state_machine(
     config: str | os.PathLike[str],
     node_id: NodeId,
     state_machine: StateMachine,
+    *,
+    join: Sequence[str] = (),
+    peer: str | None = None,
+    client: str | None = None,
+    learner: bool = False,
+    catch_up_timeout_s: float | None = None,
+    admin: str | None = None,
 ) -> None:
     """Run one node of the cluster that the cluster file ``config`` describes, around
     ``state_machine``, until SIGINT or SIGTERM (a leader hands over first) or its removal:
@@ -546,15 +607,33 @@ async def serve_state_machine(
     :meth:`trio_raft.kv.KVClient.call` and read with :meth:`~trio_raft.kv.KVClient.query`
     (with leader redirects, the file's tokens, TLS and limits). Give it a
     :class:`SnapshottingStateMachine` or its log is never compacted. Membership changes work
-    as for ``trio-raft serve`` (``trio-raft member ...`` against its client port); a node that
-    joins a running cluster is not supported here yet (``serve --join`` is KV-only).
+    as for ``trio-raft serve`` (``trio-raft member ...`` against its client port).
+
+    The keyword arguments are ``trio-raft serve``'s options of the same names. With ``join``
+    (members' client URLs) a new node joins the running cluster: it adds itself as a learner,
+    catches up and promotes itself (unless ``learner``), as ``serve --join`` does; ``peer``
+    and ``client`` are its own URLs (a node listed in the cluster file may leave them out).
+    On a restart (its data directory has been a member) ``join`` is ignored. ``admin``
+    (``"host:port"``) serves the admin HTTP endpoint (``/health``, ``/ready``, ``/metrics``)
+    there instead of at the node table's ``admin``.
 
     Raises:
-        RaftError: the cluster file is wrong (the message says where and how).
+        RaftError: the cluster file or an option is wrong (the message says where and how),
+            or the join failed (:class:`~trio_raft.RaftError` with what to do).
         StorageError: the data directory is locked by another process or damaged.
         OSError: an address could not be bound.
     """
-    await serve(load_cluster_file(config), node_id, state_machine=state_machine)
+    cluster = load_cluster_file(config)
+    options = None
+    if join:
+        options = join_options(
+            cluster, node_id, join, peer=peer, client=client, learner=learner,
+            catch_up_timeout_s=catch_up_timeout_s,
+        )  # fmt: skip
+    elif peer is not None or client is not None or learner or catch_up_timeout_s is not None:
+        raise ConfigError(f"{node_id}: peer, client, learner and catch_up_timeout_s go with join")
+    address = admin_address(admin, node_id) if admin is not None else None
+    await serve(cluster, node_id, join=options, state_machine=state_machine, admin=address)
 
 
 def bootstrap_membership(cluster: ClusterFile) -> Membership:
@@ -649,7 +728,7 @@ async def _serve_clients(
     admin_token: str | None = None,
     *,
     cluster_id: str | None = None,
-    task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[KVServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     await serve_kv(
         node,

@@ -74,6 +74,8 @@ class SnapshotReceived:
 
     meta: SnapshotMeta
     data: list[bytes]
+    started_at: float = 0.0
+    """When its first chunk came."""
 
 
 @attrs.define
@@ -87,6 +89,8 @@ class Receiver:
     send: trio.MemorySendChannel[bytes]
     scope: trio.CancelScope
     received: int = 0
+    started_at: float = attrs.field(factory=trio.current_time)
+    """When its first chunk came."""
 
 
 async def aiter_chunks(chunks: Iterable[bytes]) -> AsyncGenerator[bytes, None]:
@@ -145,18 +149,29 @@ def maybe_take(node: Node) -> None:
 
 
 async def _save_taken(node: Node, meta: SnapshotMeta, chunks: Iterable[bytes]) -> None:
+    size = 0
+
+    def counted(chunks: Iterable[bytes]) -> Iterable[bytes]:
+        nonlocal size
+        for chunk in chunks:
+            size += len(chunk)
+            yield chunk
+
     try:
         async with node._snapshot_lock:
             if meta.index <= node._snapshot_index:
                 return
+            started = trio.current_time()
             try:
-                async with aclosing(aiter_chunks(chunks)) as stream:
+                async with aclosing(aiter_chunks(counted(chunks))) as stream:
                     await node._storage.save_snapshot(meta, stream)
             except StorageFullError as exc:
                 node._snapshot_not_before = trio.current_time() + SNAPSHOT_RETRY_S
                 node._on_snapshot_refused(exc)
                 return
             node._snapshot_index = meta.index
+        node._counters.snapshots_taken += 1
+        node._oplog.snapshot_taken(meta, size, trio.current_time() - started)
         node._notify("snapshot", meta)
         await node._inbox_send.send(SnapshotSaved(meta))
     finally:
@@ -214,6 +229,7 @@ async def send(node: Node, peer: NodeId, term: int) -> None:
     st.progress[peer].pending_snapshot = meta.index
     st.progress[peer].snapshot_offset = 0
     offset = 0
+    started = trio.current_time()
 
     async def deliver(data: bytes, done: bool) -> bool:
         """Send one chunk until acknowledged; False if the stream must stop or restart."""
@@ -245,6 +261,9 @@ async def send(node: Node, peer: NodeId, term: int) -> None:
                 await signal.wait()
         if current() and st.progress[peer].snapshot_offset < offset:
             return  # the follower lost the download (say, it restarted): start over
+    pr = st.progress.get(peer)
+    if st.role is Role.LEADER and st.term == term and pr is not None and pr.match >= meta.index:
+        node._oplog.snapshot_sent(peer, meta, offset, trio.current_time() - started)
 
 
 # -- receive ---------------------------------------------------------------------------------
@@ -329,7 +348,7 @@ async def _write_received(
                     node._on_snapshot_refused(exc)  # the leader sends it again later
                     return
                 node._snapshot_index = meta.index
-            await node._inbox_send.send(SnapshotReceived(meta, data))
+            await node._inbox_send.send(SnapshotReceived(meta, data, rx.started_at))
     finally:
         chunks.close()
         if node._receiver is rx:
@@ -357,11 +376,15 @@ async def install(node: Node, event: SnapshotReceived) -> None:
         node._sm.restore(event.data)  # type: ignore[attr-defined]
         node._last_applied = meta.index
         node._applied_bytes = 0
+        node._counters.snapshots_installed += 1
         node._notify("restore", meta)
         if not st.install_snapshot(meta):
             await node._storage.save(truncate_from=old_start + 1)
             await node._storage.sync()
         await node._storage.compact(meta.index, meta.term)
+        size = sum(len(chunk) for chunk in event.data)
+        seconds = trio.current_time() - event.started_at
+        node._oplog.snapshot_installed(st.leader_id, meta, size, seconds)
     if st.leader_id is not None and st.role is Role.FOLLOWER:
         node._transport.send(
             SnapshotResponse(node.id, st.leader_id, st.term, meta.index, 0, done=True)

@@ -114,13 +114,6 @@ class Counters:
         self._disk_counts[bisect.bisect_left(DISK_WRITE_BUCKETS, seconds)] += 1
         self._disk_total += seconds
 
-    def observe(self, event: str, data: object) -> None:
-        """Count what the node reports to its observer (see ``Node._notify``)."""
-        if event == "snapshot":
-            self.snapshots_taken += 1
-        elif event == "restore":
-            self.snapshots_installed += 1
-
     def snapshot(
         self, status: Status, transport: object | None, storage: object | None
     ) -> NodeStatistics:

@@ -31,6 +31,7 @@ import trio
 
 from . import _snapshot
 from ._core._state import Ready
+from ._logging import RAFT_FIELDS
 from ._sync import Signal, WriteLock
 from ._types import Entry, Role, RoleChangeReason
 from ._wal._errors import StorageFullError
@@ -179,7 +180,9 @@ class Writer:
                 return exc
             await storage.sync()
         finally:
-            node._counters.disk_write(trio.current_time() - self._disk_busy_since)
+            seconds = trio.current_time() - self._disk_busy_since
+            node._counters.disk_write(seconds)  # counted, and logged if slow
+            node._oplog.disk_write(seconds, trio.current_time())
             self._disk_busy_since = math.inf
             self._disk_idle.set()
             if self._stall_scope is not None:
@@ -205,14 +208,17 @@ class Writer:
         if alarm != st.no_space:
             st.no_space = alarm
             node._notify("no-space", alarm)
+            facts = {"node": node._id, "event": "no_space_raised" if alarm else "no_space_cleared"}
             if alarm:
                 logger.warning(
                     "node %r: disk-space alarm: %s. As leader it accepts only commands that "
                     "free space",
-                    node._id, cause,
+                    node._id, cause, extra={RAFT_FIELDS: {**facts, "cause": cause}},
                 )  # fmt: skip
             else:
-                logger.info("node %r: disk-space alarm cleared", node._id)
+                logger.info(
+                    "node %r: disk-space alarm cleared", node._id, extra={RAFT_FIELDS: facts}
+                )
             node._changed.notify()
 
     async def watch_space(self, space_low: Callable[[], Awaitable[bool]]) -> None:

@@ -7,6 +7,7 @@ extra is installed; an embedder registers it in its own registry::
 
     registry = prometheus_client.CollectorRegistry()
     registry.register(trio_raft.prometheus.NodeCollector(node))
+    registry.register(trio_raft.prometheus.KVServerCollector(kv_server))  # if it serves one
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from ._node import Node
+from ._transport._stats import TransportStatistics
 from ._types import Role
+from .kv._server import KVServer
 
-__all__ = ["NodeCollector", "render"]
+__all__ = ["KVServerCollector", "NodeCollector", "render"]
 
 
 class NodeCollector(Collector):
@@ -104,10 +107,78 @@ class NodeCollector(Collector):
         for peer, follower in sorted(status.followers.items()):
             lag.add_metric([status.node_id, peer], status.last_log_index - follower.match_index)
         yield lag
+        if isinstance(stats.transport, TransportStatistics):
+            yield from _peer_families(status.node_id, stats.transport)
 
 
-def render(node: Node) -> tuple[bytes, str]:
-    """The node's metrics in the Prometheus text format, and its content type."""
+_PEER_COUNTERS = (
+    ("frames_sent", "Frames (messages) sent to the peer"),
+    ("bytes_sent", "Bytes of frames sent to the peer"),
+    ("frames_received", "Frames received from the peer"),
+    ("bytes_received", "Bytes of frames received from the peer"),
+    ("connects", "Outbound connections to the peer that completed their handshake"),
+    ("connect_failures", "Outbound connection attempts that failed before the handshake"),
+    ("handshake_failures", "Handshakes with the peer that were refused"),
+    ("dropped_not_connected", "Frames dropped because the peer was not connected"),
+    ("dropped_queue_full", "Frames dropped because the peer's send queue was full"),
+)
+
+
+def _peer_families(node_id: str, transport: TransportStatistics) -> Iterator[Metric]:
+    """Per-peer families of the WebSocket transport (``trio_raft_peer_*{node, peer}``)."""
+    peers = sorted(transport.peers.items())
+    connected = GaugeMetricFamily(
+        "trio_raft_peer_connected", "1 while the outbound connection to the peer is up",
+        labels=["node", "peer"],
+    )  # fmt: skip
+    for peer, stats in peers:
+        connected.add_metric([node_id, peer], stats.connected)
+    yield connected
+    for name, doc in _PEER_COUNTERS:
+        family = CounterMetricFamily(f"trio_raft_peer_{name}", doc, labels=["node", "peer"])
+        for peer, stats in peers:
+            family.add_metric([node_id, peer], getattr(stats, name))
+        yield family
+
+
+class KVServerCollector(Collector):
+    """Metric families for a node's client endpoint (:class:`~trio_raft.kv.KVServer`), from
+    its :meth:`~trio_raft.kv.KVServer.statistics`, labelled with ``node``."""
+
+    def __init__(self, server: KVServer, node_id: str) -> None:
+        self._server = server
+        self._node_id = node_id
+
+    def collect(self) -> Iterator[Metric]:
+        """Build the metric families from the server's statistics now."""
+        stats = self._server.statistics()
+        node = self._node_id
+        requests = CounterMetricFamily(
+            "trio_raft_client_requests", "Client requests answered, by op and outcome (ok or "
+            "the error code)", labels=["node", "op", "outcome"],
+        )  # fmt: skip
+        for (op, outcome), n in sorted(stats.requests.items()):
+            requests.add_metric([node, op, outcome], n)
+        yield requests
+        rejected = CounterMetricFamily(
+            "trio_raft_client_connections_rejected", "Client connections refused or dropped, "
+            "by reason", labels=["node", "reason"],
+        )  # fmt: skip
+        for reason, n in sorted(stats.rejected_connections.items()):
+            rejected.add_metric([node, reason], n)
+        yield rejected
+        connections = GaugeMetricFamily(
+            "trio_raft_client_connections", "Client connections open now", labels=["node"]
+        )
+        connections.add_metric([node], stats.connections)
+        yield connections
+
+
+def render(node: Node, kv_server: KVServer | None = None) -> tuple[bytes, str]:
+    """The metrics of ``node`` (and of its client endpoint ``kv_server``, if given) in the
+    Prometheus text format, and its content type."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(NodeCollector(node))
+    if kv_server is not None:
+        registry.register(KVServerCollector(kv_server, node.id))
     return generate_latest(registry), "text/plain; version=0.0.4; charset=utf-8"

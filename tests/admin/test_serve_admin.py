@@ -59,6 +59,7 @@ async def test_serve_answers_health_ready_and_metrics(tmp_path: Path) -> None:
         status, metrics = await get(f"{base}/metrics")
         assert status == 200
         assert b'trio_raft_is_leader{node="n1"} 1.0' in metrics, metrics[:2000]
+        assert b'trio_raft_client_connections{node="n1"}' in metrics  # the KV server's too
     finally:
         process.terminate()
         with trio.move_on_after(30):

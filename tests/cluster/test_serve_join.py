@@ -312,3 +312,82 @@ def test_peer_urls_of_a_members_result() -> None:
     assert peer_urls(result, "n4") == {"n1": "ws://a:1/raft", "n5": "ws://e:1/raft"}
     with pytest.raises(JoinError, match="without 'voters'"):
         peer_urls({"learners": {}}, "n4")
+
+
+class Tally:
+    """A custom state machine (not the KV store): adds numbers, answers the total."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def apply(self, command: object) -> object:
+        assert isinstance(command, int)
+        self.total += command
+        return self.total
+
+    def query(self, query: object) -> object:
+        return self.total
+
+
+async def test_a_custom_state_machine_node_joins_with_its_own_admin_endpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``serve_state_machine(join=..., admin=...)``: a node with no table in the cluster file
+    joins a cluster serving a custom state machine through the real client's membership
+    operations, catches up, and serves ``/health`` where ``admin`` says."""
+    from trio_raft import serve_state_machine
+    from trio_raft.kv import open_client
+
+    path = write_cluster_file(tmp_path, allocate_ports(), secret=secrets.token_hex(32), raft=FAST)
+    cluster = load_cluster_file(path)
+    nodes = record_nodes(monkeypatch)
+    n4 = allocate_ports(["n4"])["n4"]
+    admin_port = allocate_ports(["admin"])["admin"].peer
+    urls = [cluster.nodes[n].client for n in ("n1", "n2", "n3")]
+    with trio.fail_after(DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            for node_id in ("n1", "n2", "n3"):
+                out = io.StringIO()
+                await nursery.start(
+                    partial(serve, cluster, node_id, out=out, state_machine=Tally())
+                )
+            async with open_client(urls) as client:
+                for i in range(1, 11):
+                    await client.call(i)
+                nursery.start_soon(
+                    partial(
+                        serve_state_machine, path, "n4", Tally(), join=urls[:1],
+                        peer=f"ws://{HOST}:{n4.peer}/raft", client=f"ws://{HOST}:{n4.client}/kv",
+                        admin=f"{HOST}:{admin_port}",
+                    )
+                )  # fmt: skip
+                while True:  # joined, caught up, promoted
+                    if "n4" in nodes and await _is_voter(client, "n4"):
+                        break
+                    await trio.sleep(0.05)
+            await nodes["n4"].wait_status(lambda s: s.last_applied >= s.commit_index > 0)
+            assert nodes["n4"].state_machine.query(None) == 55  # type: ignore[attr-defined]
+            stream = await trio.open_tcp_stream(HOST, admin_port)
+            async with stream:
+                await stream.send_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                reply = b""
+                while chunk := await stream.receive_some(4096):
+                    reply += chunk
+            assert reply.startswith(b"HTTP/1.1 200 ") and b'"node": "n4"' in reply
+            nursery.cancel_scope.cancel()
+
+
+async def _is_voter(client: object, node_id: str) -> bool:
+    members = await client.members()  # type: ignore[attr-defined]
+    return node_id in members["voters"]
+
+
+def test_serve_state_machine_refuses_join_options_without_join(tmp_path: Path) -> None:
+    from trio_raft import serve_state_machine
+    from trio_raft._serve import ConfigError
+
+    path = write_cluster_file(tmp_path, allocate_ports(), secret=secrets.token_hex(32))
+    with pytest.raises(ConfigError, match="go with join"):
+        trio.run(partial(serve_state_machine, path, "n1", Tally(), learner=True))
+    with pytest.raises(ConfigError, match=r"--admin must look like 127\.0\.0\.1:7601"):
+        trio.run(partial(serve_state_machine, path, "n1", Tally(), admin="nowhere"))

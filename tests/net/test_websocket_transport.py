@@ -6,6 +6,7 @@ channel) and merely bounded by :func:`trio.fail_after`; nothing asserts on timin
 
 from __future__ import annotations
 
+import logging
 import ssl
 from typing import Any
 
@@ -16,6 +17,7 @@ import trustme
 from trio_websocket import ConnectionRejected
 
 from trio_raft._codec import encode
+from trio_raft._logging import RAFT_FIELDS
 from trio_raft._messages import AppendRequest, Message, VoteResponse
 from trio_raft._transport import WebSocketTransport, open_websocket_transport
 from trio_raft._transport._auth import SUBPROTOCOL
@@ -208,6 +210,31 @@ async def test_a_wrong_cluster_id_is_refused() -> None:
                 await refused_both_ways(a, b)
                 failure = a.statistics().peers["b"].last_failure
     assert failure is not None and "(1008 wrong cluster id)" in failure
+
+
+async def test_refusals_are_logged_with_facts_and_rate_limited(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Both ends say who was refused and why; repeated dials of the same peer with the same
+    fault add no line (one per address and reason a minute, with the count)."""
+    caplog.set_level(logging.INFO, logger="trio_raft.transport")
+    with trio.fail_after(5):
+        async with transport("b", {"a": None}) as b:
+            async with transport("a", {"b": b.url}, cluster_id="another-cluster") as a:
+                await refused_both_ways(a, b)
+                await b.wait_statistics(lambda s: s.handshake_failures >= 3)  # a keeps dialling
+
+    def facts(event: str) -> list[dict[str, object]]:
+        found = [getattr(r, RAFT_FIELDS, {}) for r in caplog.records]
+        return [f for f in found if f.get("event") == event]
+
+    (inbound,) = facts("connection_rejected")
+    assert inbound["node"] == "b" and inbound["claimed"] == "a"
+    assert "wrong cluster id" in str(inbound["reason"])
+    assert str(inbound["remote"]).startswith("127.0.0.1:")
+    (outbound,) = facts("handshake_refused")
+    assert outbound["node"] == "a" and outbound["peer"] == "b" and outbound["url"] == b.url
+    assert not facts("peer_connected")
 
 
 async def test_an_unknown_node_id_is_refused() -> None:

@@ -43,7 +43,12 @@ async def test_survivors_of_a_leader_crash_log_the_election(
     campaigns = [f for f in facts if f.get("reason") == "election_timeout"]
     assert campaigns and {f["node"] for f in campaigns} <= set(rest), f"seed={seed}"
     follower = next(n for n in rest if n != new.id)
-    assert {"node": follower, "term": new.status.term, "leader": new.id} in facts, f"seed={seed}"
+    assert {
+        "node": follower,
+        "event": "leader_changed",
+        "term": new.status.term,
+        "leader": new.id,
+    } in facts, f"seed={seed}"
     lines = [r.getMessage() for r in caplog.records if r.name == "trio_raft.node"]
     assert any("(election timeout: no leader heard for" in line for line in lines), lines
     assert any(f"-> leader in term {new.status.term} (election won)" in line for line in lines)

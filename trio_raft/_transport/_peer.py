@@ -26,6 +26,7 @@ from trio_websocket import (
     WebSocketConnection,
 )
 
+from .._logging import RAFT_FIELDS, RateLimiter, log_limited
 from .._types import NodeId
 from .._util import unwrap_single_exception_group
 from .._ws import wrap_client_stream_fast
@@ -79,6 +80,8 @@ class PeerLink:
         self.id = peer_id
         self.url = url
         self.counters = PeerCounters()
+        self._refusals = RateLimiter(60.0)
+        """Rate limit of the warnings about this peer refusing our handshake."""
         self.connected = False
         """Whether the connection is authenticated and open: ``offer`` queues only then."""
         self.inbound: list[trio.CancelScope] = []
@@ -204,19 +207,19 @@ class PeerLink:
                     elif await self._authenticate(ws):
                         authenticated = True
                         await self._write_frames(ws)
-                        logger.info("%s: the connection to %s was closed", self._node_id, self.id)
+                        self._lost("the connection was closed")
                         await close(ws, 1000, "")
                     nursery.cancel_scope.cancel()
         except (ConnectionRejected, ConnectionClosed, trio.TooSlowError) as exc:
             if authenticated:
-                logger.info("%s: lost the connection to %s: %s", self._node_id, self.id, exc)
+                self._lost(str(exc))
             elif isinstance(exc, ConnectionRejected | trio.TooSlowError) or is_refusal(exc):
                 self._handshake_failed(describe_failure(exc))
             else:
                 self._connect_failed(exc)
         except _NETWORK_ERRORS as exc:
             if authenticated:
-                logger.info("%s: lost the connection to %s: %r", self._node_id, self.id, exc)
+                self._lost(repr(exc))
             else:
                 self._connect_failed(exc)
         except Exception:  # the barrier: a bug in one dial must not take the node down
@@ -244,13 +247,32 @@ class PeerLink:
             await close(ws, 1008, exc.reason)
             return False
         self.counters.connects += 1
-        logger.info("%s: connected to %s at %s", self._node_id, self.id, self.url)
+        logger.info(
+            "%s: connected to %s at %s", self._node_id, self.id, self.url,
+            extra={RAFT_FIELDS: {
+                "node": self._node_id, "event": "peer_connected", "peer": self.id, "url": self.url,
+            }},
+        )  # fmt: skip
         return True
+
+    def _lost(self, error: str) -> None:
+        logger.info(
+            "%s: lost the connection to %s: %s", self._node_id, self.id, error,
+            extra={RAFT_FIELDS: {
+                "node": self._node_id, "event": "peer_disconnected", "peer": self.id,
+                "error": error,
+            }},
+        )  # fmt: skip
 
     def _handshake_failed(self, reason: str) -> None:
         description = f"outbound handshake to {self.id}: {reason}"
         self._totals.handshake_failed(self.counters, description)
-        logger.warning("%s: %s", self._node_id, description)
+        log_limited(
+            logger, self._refusals, reason, trio.current_time(),
+            f"{self._node_id}: {description}",
+            {"node": self._node_id, "event": "handshake_refused", "peer": self.id,
+             "url": self.url, "reason": reason},
+        )  # fmt: skip
 
     def _connect_failed(self, exc: BaseException) -> None:
         self.counters.connect_failures += 1

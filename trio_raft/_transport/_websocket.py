@@ -35,6 +35,7 @@ from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection
 
 from .._codec import MAX_ID_CHARS, FrameError, decode, encode
 from .._inbound import Admission, Barrier, Ticket, remote_host
+from .._logging import RAFT_FIELDS, RateLimiter, log_limited
 from .._messages import Message
 from .._types import NodeId, short
 from .._ws import wrap_server_stream_fast
@@ -57,6 +58,10 @@ from ._stats import (
 )
 
 logger: Final = logging.getLogger("trio_raft.transport")
+
+REJECTION_REPORT_S: Final = 60.0
+"""Refused connections and invalid frames are logged at most once this often per (address or
+peer, reason), with the count of those not logged."""
 
 _HANDSHAKE_ERRORS: Final = (
     PeerRejectedError,
@@ -117,6 +122,7 @@ class WebSocketTransport:
             max_pending_per_address=MAX_HANDSHAKES_PER_ADDRESS,
         )
         self._barrier = Barrier(logger, f"{node_id}: an inbound peer connection")
+        self._rejections = RateLimiter(REJECTION_REPORT_S)
         self._nursery: trio.Nursery | None = None
         """The nursery of :meth:`run` while it runs: every link's task is started in it."""
         self._closed = False
@@ -396,7 +402,7 @@ class WebSocketTransport:
             description = f"inbound handshake from {remote} (claiming {claimed!r}): {reason}"
             link = self._links.get(claimed) if claimed is not None else None
             self._totals.handshake_failed(link.counters if link else None, description)
-            logger.warning("%s: %s", self._id, description)
+            self._rejected(stream, remote, claimed, reason, description)
             if ws is not None:
                 await close(ws, 1008, reason)
             return
@@ -404,7 +410,7 @@ class WebSocketTransport:
         if link is None:  # removed by update_members during the handshake
             description = f"inbound handshake from {remote} (claiming {peer_id!r}): unknown node id"
             self._totals.handshake_failed(None, description)
-            logger.warning("%s: %s", self._id, description)
+            self._rejected(stream, remote, peer_id, "unknown node id", description)
             await close(ws, 1008, "unknown node id")
             return
         self._admission.establish(ticket)
@@ -413,7 +419,12 @@ class WebSocketTransport:
             self._totals.changed.notify()
             if len(link.inbound) > MAX_INBOUND_PER_PEER:
                 link.inbound[0].cancel()  # the oldest is most likely dead
-            logger.info("%s: accepted a connection from %s", self._id, peer_id)
+            logger.info(
+                "%s: accepted a connection from %s", self._id, peer_id,
+                extra={RAFT_FIELDS: {
+                    "node": self._id, "event": "peer_accepted", "peer": peer_id, "remote": remote,
+                }},
+            )  # fmt: skip
             try:
                 code, reason = await self._read_frames(ws, link)
             finally:
@@ -465,13 +476,26 @@ class WebSocketTransport:
                 self._totals.changed.notify()
                 await self._inbound_send.send(message)
 
+    def _rejected(
+        self, stream: trio.abc.Stream, remote: str, claimed: str | None, reason: str, text: str
+    ) -> None:
+        """Log a refused inbound connection, rate-limited per (address, reason)."""
+        log_limited(
+            logger, self._rejections, (remote_host(stream), reason), trio.current_time(),
+            f"{self._id}: refused the {text}",
+            {"node": self._id, "event": "connection_rejected", "remote": remote,
+             "claimed": claimed, "reason": reason},
+        )  # fmt: skip
+
     def _frame_failed(self, peer: PeerLink, reason: str) -> None:
         self._totals.decode_failures += 1
         peer.counters.decode_failures += 1
         self._totals.changed.notify()
-        logger.warning(
-            "%s: dropped the connection of %s: invalid frame: %s", self._id, peer.id, reason
-        )
+        log_limited(
+            logger, self._rejections, (peer.id, "frame"), trio.current_time(),
+            f"{self._id}: dropped the connection of {peer.id}: invalid frame: {reason}",
+            {"node": self._id, "event": "frame_rejected", "peer": peer.id, "reason": reason},
+        )  # fmt: skip
 
     # -- running ---------------------------------------------------------------------------
 

@@ -54,6 +54,7 @@ from ._protocol import TransferFailedError as TransferFailedError
 from ._server import KVServer as KVServer
 from ._server import serve_kv as serve_kv
 from ._state_machine import KVStateMachine as KVStateMachine
+from ._stats import KVServerStatistics as KVServerStatistics
 
 _fixup_module_metadata(__name__, globals())
 del _fixup_module_metadata

@@ -49,7 +49,7 @@ from .._errors import (
     QuorumUnavailableError,
     RaftError,
 )
-from .._inbound import Admission, Barrier, Ticket, remote_host
+from .._inbound import Admission, Barrier, Ticket, remote_address, remote_host
 from .._node import Node, _check_command
 from .._status import Status
 from .._sync import Broadcast
@@ -57,6 +57,7 @@ from .._types import Membership, NodeId, Role
 from .._ws import wrap_server_stream_fast
 from ._backup import Downloads
 from ._protocol import (
+    _OP_NAMES,
     CLOSE_INTERNAL_ERROR,
     CLOSE_POLICY_VIOLATION,
     MAX_REQUEST_BYTES,
@@ -93,6 +94,7 @@ from ._protocol import (
     decode_request,
     encode_response,
 )
+from ._stats import KVServerStatistics, ServerCounters
 
 logger: Final = logging.getLogger("trio_raft.kv")
 
@@ -221,6 +223,12 @@ class KVServer:
         self._refusing = 0
         self._barrier = Barrier(logger, f"{node.id}: a KV client connection")
         self._port: int | None = None
+        self._counters = ServerCounters(node.id)
+
+    def statistics(self) -> KVServerStatistics:
+        """What this server has answered (requests by op and outcome) and refused
+        (connections by reason) since it started; cheap, computed on access."""
+        return self._counters.snapshot(self.connections)
 
     @property
     def port(self) -> int:
@@ -273,6 +281,10 @@ class KVServer:
 
     async def _refuse(self, stream: trio.abc.Stream) -> None:
         """Over ``max_connections`` with none to evict: answer 503, if few are being refused."""
+        self._counters.reject(
+            "busy", remote_host(stream), remote_address(stream),
+            f"{self.max_connections} connections are open (max_connections)",
+        )  # fmt: skip
         if self._refusing >= MAX_REFUSING:
             return
         self._refusing += 1
@@ -297,21 +309,28 @@ class KVServer:
         )
 
     async def _run_stream(self, stream: trio.abc.Stream, ticket: Ticket) -> None:
+        host, remote = remote_host(stream), remote_address(stream)
+        rejection: tuple[str, str] | None = None
         async with trio.open_nursery() as nursery:
             ws = None
             with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
                 try:
                     request = await self._upgrade_request(nursery, stream)
                     if request.path != PATH:
+                        rejection = "wrong_path", f"path {request.path[:100]!r}, not {PATH}"
                         await request.reject(404, body=f"the KV service is at {PATH}".encode())
                     else:
                         ws = await request.accept()
-                except _NETWORK_ERRORS:
-                    pass  # the client left or spoke no HTTP: nothing to answer
+                except _NETWORK_ERRORS as exc:
+                    # The client left or spoke no HTTP (or no TLS): nothing to answer.
+                    rejection = "bad_handshake", f"{type(exc).__name__}: {exc}"
             if ws is None:
+                if rejection is None:
+                    rejection = "bad_handshake", f"no upgrade within {HANDSHAKE_TIMEOUT_S} s"
+                self._counters.reject(rejection[0], host, remote, rejection[1])
                 nursery.cancel_scope.cancel()
                 return
-            connection = _Connection(self, ws)
+            connection = _Connection(self, ws, (host, remote))
             try:
                 if await connection.authenticate():
                     self._admission.establish(ticket)
@@ -485,9 +504,13 @@ class _Connection:
     does not read its replies can hold no more than that.
     """
 
-    def __init__(self, server: KVServer, ws: WebSocketConnection) -> None:
+    def __init__(
+        self, server: KVServer, ws: WebSocketConnection, remote: tuple[str, str] = ("?", "?")
+    ) -> None:
         self._server = server
         self._ws = ws
+        self._remote = remote
+        """The client's (host, host:port), for the rejection warnings."""
         self._slots = trio.Semaphore(server._max_concurrent)
         self._output_bytes = 0
         self._drained = Broadcast()
@@ -514,16 +537,19 @@ class _Connection:
         while True:
             try:
                 data = await self._ws.get_message()
-            except ConnectionClosed:
+            except ConnectionClosed as exc:
+                self._closed(exc)
                 return
             try:
                 rid, request = decode_request(data)
             except FrameError as exc:
+                self._reject("invalid_frame", str(exc))
                 self._ending = exc.code, str(exc)
                 return
             except BadRequest as exc:
                 await self._slots.acquire()
                 failure = Failure(exc.request_id, ErrorCode.BAD_REQUEST, str(exc))
+                self._count(None, failure)
                 nursery.start_soon(self._reply, failure)
                 continue
             await self._slots.acquire()
@@ -537,39 +563,65 @@ class _Connection:
         with trio.move_on_after(HELLO_TIMEOUT_S):
             try:
                 data = await self._ws.get_message()
-            except ConnectionClosed:
+            except ConnectionClosed as exc:
+                self._closed(exc)
                 return False
             try:
                 rid, request = decode_request(data)
             except FrameError as exc:
+                self._reject("invalid_frame", str(exc))
                 await self.close(exc.code, str(exc))
                 return False
             except BadRequest as exc:
                 rid = exc.request_id
+                op = None
             else:
+                op = request
                 if server._authentic(request):
                     assert isinstance(request, Hello)
                     self._admin = server._admin(request)
-                    await self._send(await server._answer(rid, request))
+                    response = await server._answer(rid, request)
+                    self._count(request, response)
+                    await self._send(response)
                     return True
             reason = "the first request must be a hello with the right token"
-            await self._send(Failure(rid, ErrorCode.UNAUTHORIZED, reason))
+            self._reject("unauthenticated", "no hello with the right token")
+            failure = Failure(rid, ErrorCode.UNAUTHORIZED, reason)
+            self._count(op, failure)
+            await self._send(failure)
             await self.close(CLOSE_POLICY_VIOLATION, "unauthorized")
             return False
+        self._reject("unauthenticated", f"no hello within {HELLO_TIMEOUT_S} s")
         await self.close(CLOSE_POLICY_VIOLATION, f"no hello within {HELLO_TIMEOUT_S} s")
         return False
 
+    def _closed(self, exc: ConnectionClosed) -> None:
+        """The connection ended: count it as refused if it sent a message over the limit."""
+        if exc.reason is not None and exc.reason.code == 1009:  # trio-websocket's cap
+            self._reject("invalid_frame", f"a message over {MAX_REQUEST_BYTES} bytes")
+
+    def _reject(self, reason: str, detail: str) -> None:
+        self._server._counters.reject(reason, *self._remote, detail)
+
+    def _count(self, request: Request | None, response: Response) -> None:
+        """Count an answer by op and outcome (``"invalid"`` for a request not decoded)."""
+        op = "invalid" if request is None else _OP_NAMES[type(request)]
+        outcome = response.code.value if isinstance(response, Failure) else "ok"
+        self._server._counters.requests[op, outcome] += 1
+
     async def _serve(self, rid: int, request: Request) -> None:
         try:
-            if isinstance(request, Hello):
-                self._admin = self._server._admin(request)
-            elif isinstance(request, MembershipChange) and not self._admin:
-                await self._send(Failure(rid, ErrorCode.UNAUTHORIZED, self._not_admin()))
-                return
+            response: Response
+            if isinstance(request, MembershipChange) and not self._admin:
+                response = Failure(rid, ErrorCode.UNAUTHORIZED, self._not_admin())
             elif isinstance(request, FetchSnapshot):
-                await self._send(await self._snapshot(rid, request))
-                return
-            await self._send(await self._server._answer(rid, request))
+                response = await self._snapshot(rid, request)
+            else:
+                if isinstance(request, Hello):
+                    self._admin = self._server._admin(request)
+                response = await self._server._answer(rid, request)
+            self._count(request, response)
+            await self._send(response)
         finally:
             self._slots.release()
 
