@@ -99,9 +99,9 @@ class LogView:
 
     @property
     def commit_index(self) -> int:
-        """The highest index this node knows to be committed (at most :attr:`last_index`,
-        except on a follower that has not yet received every committed entry)."""
-        return min(self._state.commit, self._state.log.last_index)
+        """The highest index this node knows to be committed (never past
+        :attr:`last_index`: a follower learns of a commit only with the entries it covers)."""
+        return self._state.commit
 
     def __len__(self) -> int:
         """How many entries the log holds (``last_index - compacted_index``)."""
