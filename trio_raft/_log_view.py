@@ -46,6 +46,21 @@ class LogView:
         log = node.log
         committed = log.entries(log.first_index, log.commit_index + 1)
 
+    To follow the committed entries as they come (an audit trail), wait for the commit index
+    to pass the last one read, then read from there::
+
+        next_index = node.log.first_index
+        while True:
+            await node.wait_status(lambda s: s.commit_index >= next_index)
+            log = node.log
+            for entry in log.entries(next_index, log.commit_index + 1):
+                audit(entry)
+            next_index = log.commit_index + 1
+
+    A :exc:`~trio_raft.LogCompactedError` there means the reader fell behind the
+    compaction (see :attr:`Config.snapshot_keep_entries
+    <trio_raft.Config.snapshot_keep_entries>`).
+
     Entries come back as new :class:`~trio_raft.Entry` values whose commands are decoded from
     their stored encoding: the copy is yours (mutating it changes nothing in the node), and it
     reads the same on every node (a leader's own entries hold the proposer's objects, a
@@ -99,9 +114,9 @@ class LogView:
 
     @property
     def commit_index(self) -> int:
-        """The highest index this node knows to be committed (at most :attr:`last_index`,
-        except on a follower that has not yet received every committed entry)."""
-        return min(self._state.commit, self._state.log.last_index)
+        """The highest index this node knows to be committed (never past
+        :attr:`last_index`: a follower learns of a commit only with the entries it covers)."""
+        return self._state.commit
 
     def __len__(self) -> int:
         """How many entries the log holds (``last_index - compacted_index``)."""

@@ -109,3 +109,28 @@ async def test_appended_returns_the_position_or_the_refusal(
                 await over.appended()
             with pytest.raises(TooManyUncommittedError):
                 await over.result()
+
+
+async def test_following_the_committed_entries(autojump_clock: trio.testing.MockClock) -> None:
+    """The audit loop of the ``LogView`` docstring, on a follower, while commands commit."""
+    with trio.fail_after(60):
+        async with open_simulated_cluster(3, seed=8) as cluster:
+            leader = await cluster.wait_leader()
+            node = cluster.node(next(n for n in cluster.node_ids if n != leader.id))
+            seen: list[object] = []
+
+            async def follow() -> None:
+                next_index = node.log.first_index
+                while len(seen) < 30:
+                    await node.wait_status(lambda s: s.commit_index >= next_index)  # noqa: B023
+                    log = node.log
+                    for entry in log.entries(next_index, log.commit_index + 1):
+                        if entry.kind is EntryKind.COMMAND:
+                            seen.append(entry.command)
+                    next_index = log.commit_index + 1
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(follow)
+                for i in range(30):
+                    await leader.propose(("put", "k", str(i)))
+            assert seen == [["put", "k", str(i)] for i in range(30)]
