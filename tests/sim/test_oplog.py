@@ -50,7 +50,7 @@ async def test_a_follower_back_after_compaction_gets_a_snapshot_and_everyone_say
             await cluster.crash(lagging)
             for i in range(160):
                 await leader.propose(("put", f"k{i % 5}", str(i)))
-            await leader.wait_status(lambda s: s.log_start_index > 0)
+            await leader.wait_status(lambda s: s.compacted_index > 0)
             await cluster.start(lagging)
             await cluster.wait_converged()
             await leader.wait_status(lambda s: s.followers[lagging].match_index == s.last_log_index)
