@@ -97,8 +97,8 @@ class NodeLog:
         if snapshot and not episode.snapshot:
             episode.snapshot = episode.announced = True
             self._info(
-                "node %r: follower %r needs a snapshot: it has up to %d and the leader's log "
-                "starts after %d",
+                "node %r: follower %r needs a snapshot: its match index is %d and the leader's "
+                "log starts after %d",
                 self._id, peer, pr.match, st.log.start_index,
                 event="follower_needs_snapshot", log_start=st.log.start_index, **facts,
             )  # fmt: skip
@@ -116,8 +116,8 @@ class NodeLog:
             if now - episode.since >= CATCH_UP_ANNOUNCE_S:
                 episode.announced, episode.match, episode.reported_at = True, pr.match, now
                 self._info(
-                    "node %r: follower %r is %d entries behind (it has up to %d, the leader %d); "
-                    "catching it up",
+                    "node %r: follower %r is %d entries behind (match index %d, the leader's "
+                    "last index %d); catching it up",
                     self._id, peer, lag, pr.match, last, event="follower_behind", **facts,
                 )  # fmt: skip
             return
@@ -128,10 +128,10 @@ class NodeLog:
             return
         rate = (pr.match - episode.match) / elapsed
         episode.match, episode.reported_at = pr.match, now
+        doing = "is catching up" if moved else "makes no progress (is it down or unreachable?)"
         self._info(
-            "node %r: follower %r is catching up: it has up to %d, %d entries behind, "
-            "%.0f entries/s",
-            self._id, peer, pr.match, lag, rate,
+            "node %r: follower %r %s: match index %d, %d entries behind, %.0f entries/s",
+            self._id, peer, doing, pr.match, lag, rate,
             event="follower_progress", rate=round(rate, 1), **facts,
         )  # fmt: skip
 

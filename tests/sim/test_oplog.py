@@ -132,6 +132,8 @@ def test_catch_up_progress_is_spaced_out_and_reports_the_rate(
     assert first["match"] == 1_000 and first["lag"] == 4_000
     assert first["rate"] == pytest.approx(500 / CATCH_UP_REPORT_S)
     assert _facts(caplog.records[2])["rate"] == 0
+    assert "is catching up" in caplog.records[1].getMessage()
+    assert "makes no progress" in caplog.records[2].getMessage()
     assert "caught up" in caplog.records[3].getMessage()
 
 
