@@ -203,6 +203,22 @@ class NodeLog:
             seconds=round(seconds, 4),
         )  # fmt: skip
 
+    def snapshot_abandoned(self, meta: SnapshotMeta, received: int, reason: str) -> None:
+        """A follower dropped a snapshot download after ``received`` bytes: the leader went
+        quiet (``leader_silent``), or the follower's log reached the snapshot's index from
+        the leader's entries (``log_caught_up``)."""
+        why = {
+            "leader_silent": "no chunk came for a while (the leader gave the stream up)",
+            "log_caught_up": "its log reached the snapshot's index from the leader's entries",
+        }[reason]
+        self._info(
+            "node %r: dropped the download of the snapshot at index %d (term %d) after %d "
+            "bytes: %s",
+            self._id, meta.index, meta.term, received, why,
+            event="snapshot_abandoned", index=meta.index, term=meta.term, bytes=received,
+            reason=reason,
+        )  # fmt: skip
+
     def snapshot_installed(
         self, leader: NodeId | None, meta: SnapshotMeta, size: int, seconds: float
     ) -> None:

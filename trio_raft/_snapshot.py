@@ -332,6 +332,7 @@ async def _write_received(
             if chunk is None:
                 # The leader went quiet: drop the download (and the snapshot lock with it).
                 node._notify("snapshot-abandoned", meta)
+                node._oplog.snapshot_abandoned(meta, rx.received, "leader_silent")
                 rx.scope.cancel()
                 await trio.lowlevel.checkpoint()  # raises Cancelled
             else:
@@ -364,7 +365,9 @@ def drop_stale_download(node: Node) -> None:
     would never snapshot or compact again."""
     rx = node._receiver
     if rx is not None and node._state.commit >= rx.key[0]:
-        node._notify("snapshot-abandoned", SnapshotMeta(rx.key[0], rx.key[1], rx.membership))
+        meta = SnapshotMeta(rx.key[0], rx.key[1], rx.membership)
+        node._notify("snapshot-abandoned", meta)
+        node._oplog.snapshot_abandoned(meta, rx.received, "log_caught_up")
         rx.scope.cancel()
         node._receiver = None
 
