@@ -13,7 +13,7 @@ import pytest
 
 from tests import _ports
 from trio_raft._cli import build_parser
-from trio_raft._logging import RAFT_FIELDS, JsonFormatter, RateLimiter, configure
+from trio_raft._logging import RAFT_FIELDS, JsonFormatter, RateLimiter, configure, log_limited
 
 
 def _record(message: str, *args: object, facts: object = None) -> logging.LogRecord:
@@ -61,6 +61,23 @@ def test_rate_limiter_lets_the_first_through_then_one_per_interval_with_a_count(
     assert limiter.check("b", 2.0) == 0  # keys are independent
     assert limiter.check("a", 10.0) == 2  # two were suppressed meanwhile
     assert limiter.check("a", 11.0) is None
+
+
+def test_log_limited_says_how_many_were_suppressed(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="trio_raft")
+    logger = logging.getLogger("trio_raft.transport")
+    limiter = RateLimiter(60.0)
+    logged = [
+        log_limited(logger, limiter, "key", now, "refused x", {"node": "n1", "reason": "r"})
+        for now in (0.0, 1.0, 2.0, 60.0)
+    ]
+    assert logged == [True, False, False, True]
+    first, second = caplog.records
+    assert first.getMessage() == "refused x" and first.levelno == logging.WARNING
+    assert getattr(first, RAFT_FIELDS) == {"node": "n1", "reason": "r"}
+    assert second.getMessage() == "refused x (2 more like it since the last report)"
+    assert getattr(second, RAFT_FIELDS) == {"node": "n1", "reason": "r", "suppressed": 2}
+    assert first.filename == Path(__file__).name  # the caller's line, not the helper's
 
 
 def test_rate_limiter_remembers_a_bounded_number_of_keys() -> None:

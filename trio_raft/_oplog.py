@@ -97,8 +97,8 @@ class NodeLog:
         if snapshot and not episode.snapshot:
             episode.snapshot = episode.announced = True
             self._info(
-                "node %r: follower %r needs a snapshot: it has up to %d and the leader's log "
-                "starts after %d",
+                "node %r: follower %r needs a snapshot: its match index is %d and the leader's "
+                "log starts after %d",
                 self._id, peer, pr.match, st.log.start_index,
                 event="follower_needs_snapshot", log_start=st.log.start_index, **facts,
             )  # fmt: skip
@@ -116,8 +116,8 @@ class NodeLog:
             if now - episode.since >= CATCH_UP_ANNOUNCE_S:
                 episode.announced, episode.match, episode.reported_at = True, pr.match, now
                 self._info(
-                    "node %r: follower %r is %d entries behind (it has up to %d, the leader %d); "
-                    "catching it up",
+                    "node %r: follower %r is %d entries behind (match index %d, the leader's "
+                    "last index %d); catching it up",
                     self._id, peer, lag, pr.match, last, event="follower_behind", **facts,
                 )  # fmt: skip
             return
@@ -128,10 +128,10 @@ class NodeLog:
             return
         rate = (pr.match - episode.match) / elapsed
         episode.match, episode.reported_at = pr.match, now
+        doing = "is catching up" if moved else "makes no progress (is it down or unreachable?)"
         self._info(
-            "node %r: follower %r is catching up: it has up to %d, %d entries behind, "
-            "%.0f entries/s",
-            self._id, peer, pr.match, lag, rate,
+            "node %r: follower %r %s: match index %d, %d entries behind, %.0f entries/s",
+            self._id, peer, doing, pr.match, lag, rate,
             event="follower_progress", rate=round(rate, 1), **facts,
         )  # fmt: skip
 
@@ -201,6 +201,22 @@ class NodeLog:
             self._id, meta.index, meta.term, peer, size, seconds,
             event="snapshot_sent", peer=peer, index=meta.index, term=meta.term, bytes=size,
             seconds=round(seconds, 4),
+        )  # fmt: skip
+
+    def snapshot_abandoned(self, meta: SnapshotMeta, received: int, reason: str) -> None:
+        """A follower dropped a snapshot download after ``received`` bytes: the leader went
+        quiet (``leader_silent``), or the follower's log reached the snapshot's index from
+        the leader's entries (``log_caught_up``)."""
+        why = {
+            "leader_silent": "no chunk came for a while (the leader gave the stream up)",
+            "log_caught_up": "its log reached the snapshot's index from the leader's entries",
+        }[reason]
+        self._info(
+            "node %r: dropped the download of the snapshot at index %d (term %d) after %d "
+            "bytes: %s",
+            self._id, meta.index, meta.term, received, why,
+            event="snapshot_abandoned", index=meta.index, term=meta.term, bytes=received,
+            reason=reason,
         )  # fmt: skip
 
     def snapshot_installed(

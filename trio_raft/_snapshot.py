@@ -171,6 +171,7 @@ async def _save_taken(node: Node, meta: SnapshotMeta, chunks: Iterable[bytes]) -
                 return
             node._snapshot_index = meta.index
         node._counters.snapshots_taken += 1
+        node._counters.snapshot_bytes = size
         node._oplog.snapshot_taken(meta, size, trio.current_time() - started)
         node._notify("snapshot", meta)
         await node._inbox_send.send(SnapshotSaved(meta))
@@ -263,6 +264,7 @@ async def send(node: Node, peer: NodeId, term: int) -> None:
             return  # the follower lost the download (say, it restarted): start over
     pr = st.progress.get(peer)
     if st.role is Role.LEADER and st.term == term and pr is not None and pr.match >= meta.index:
+        node._counters.snapshots_sent += 1
         node._oplog.snapshot_sent(peer, meta, offset, trio.current_time() - started)
 
 
@@ -330,6 +332,7 @@ async def _write_received(
             if chunk is None:
                 # The leader went quiet: drop the download (and the snapshot lock with it).
                 node._notify("snapshot-abandoned", meta)
+                node._oplog.snapshot_abandoned(meta, rx.received, "leader_silent")
                 rx.scope.cancel()
                 await trio.lowlevel.checkpoint()  # raises Cancelled
             else:
@@ -362,7 +365,9 @@ def drop_stale_download(node: Node) -> None:
     would never snapshot or compact again."""
     rx = node._receiver
     if rx is not None and node._state.commit >= rx.key[0]:
-        node._notify("snapshot-abandoned", SnapshotMeta(rx.key[0], rx.key[1], rx.membership))
+        meta = SnapshotMeta(rx.key[0], rx.key[1], rx.membership)
+        node._notify("snapshot-abandoned", meta)
+        node._oplog.snapshot_abandoned(meta, rx.received, "log_caught_up")
         rx.scope.cancel()
         node._receiver = None
 
@@ -383,6 +388,7 @@ async def install(node: Node, event: SnapshotReceived) -> None:
             await node._storage.sync()
         await node._storage.compact(meta.index, meta.term)
         size = sum(len(chunk) for chunk in event.data)
+        node._counters.snapshot_bytes = size
         seconds = trio.current_time() - event.started_at
         node._oplog.snapshot_installed(st.leader_id, meta, size, seconds)
     if st.leader_id is not None and st.role is Role.FOLLOWER:

@@ -81,6 +81,10 @@ class NodeStatistics:
     """The transport's ``statistics()`` (e.g. :class:`TransportStatistics`), if it has one."""
     storage: object | None
     """The storage's ``statistics()`` (e.g. :class:`FileStorageStatistics`), if it has one."""
+    snapshots_sent: int = 0
+    """Snapshots this node sent to a follower, as leader, that the follower installed."""
+    snapshot_bytes: int = 0
+    """The size of the latest snapshot this node took or installed (0: none yet)."""
 
 
 class Counters:
@@ -98,6 +102,8 @@ class Counters:
         self.reads_failed = 0
         self.snapshots_taken = 0
         self.snapshots_installed = 0
+        self.snapshots_sent = 0
+        self.snapshot_bytes = 0
         self._disk_counts = [0] * (len(DISK_WRITE_BUCKETS) + 1)
         self._disk_total = 0.0
 
@@ -137,4 +143,6 @@ class Counters:
             snapshots_installed=self.snapshots_installed,
             transport=transport,
             storage=storage,
+            snapshots_sent=self.snapshots_sent,
+            snapshot_bytes=self.snapshot_bytes,
         )

@@ -87,6 +87,8 @@ class NodeCollector(Collector):
         yield counter("reads_failed", "Linearizable reads failed", stats.reads_failed)
         yield counter("snapshots_taken", "Snapshots taken", stats.snapshots_taken)
         yield counter("snapshots_installed", "Snapshots installed", stats.snapshots_installed)
+        yield counter("snapshots_sent", "Snapshots sent to followers", stats.snapshots_sent)
+        yield gauge("snapshot_bytes", "Size of the latest snapshot", stats.snapshot_bytes)
         h = stats.disk_write_seconds
         buckets: list[tuple[str, float]] = []
         cumulative = 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+import cbor2
 import pytest
 import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected
@@ -14,9 +15,7 @@ from trio_raft._logging import RAFT_FIELDS
 from trio_raft.kv import KVServer
 from trio_raft.kv._protocol import MAX_REQUEST_BYTES
 
-from .test_server_client import TEST_S, kv_cluster, raw_ws, request
-
-prometheus_client = pytest.importorskip("prometheus_client")
+from .test_server_client import TEST_S, kv_cluster, raw_ws, request, wait_until
 
 TOKEN = "a-long-enough-token"
 
@@ -24,6 +23,7 @@ TOKEN = "a-long-enough-token"
 async def test_requests_by_outcome_and_refusals_are_counted_logged_and_scraped(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    pytest.importorskip("prometheus_client")
     from prometheus_client.parser import text_string_to_metric_families
 
     from trio_raft.prometheus import render
@@ -112,3 +112,23 @@ def test_the_transport_s_per_peer_counters_are_metrics() -> None:
     assert sample.labels == {"node": "n1", "peer": "n2"} and sample.value == 700
     assert families["trio_raft_peer_connected"].samples[0].value == 1
     assert families["trio_raft_peer_frames_received"].samples[0].value == 5
+
+
+async def test_a_request_whose_client_leaves_first_counts_as_abandoned(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with trio.fail_after(TEST_S):
+        async with kv_cluster(ids=["solo"]) as cluster:
+            server: KVServer = cluster.servers["solo"]
+            await cluster.leader()
+            started = trio.Event()
+
+            async def never(rid: int, request: object) -> object:
+                started.set()
+                await trio.sleep_forever()
+
+            monkeypatch.setattr(server, "_answer", never)
+            async with raw_ws(cluster.urls["solo"]) as ws:
+                await ws.send_message(cbor2.dumps({"id": 1, "op": "get", "key": "k"}))
+                await started.wait()
+            await wait_until(lambda: server.statistics().requests.get(("get", "abandoned")) == 1)

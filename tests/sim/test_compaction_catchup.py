@@ -3,6 +3,8 @@ compacts, snapshot streams that get abandoned, and logs that must stay bounded (
 
 from __future__ import annotations
 
+import logging
+
 import attrs
 import pytest
 import trio
@@ -63,12 +65,13 @@ async def test_follower_cut_off_while_its_window_crosses_the_snapshot_point(
 
 
 async def test_abandoned_snapshot_download_does_not_stop_compaction(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The leader abandons an InstallSnapshot stream half-way: a late AppendEntries success
     shows the follower can be served from the log after all. The follower's half-received
     download must not keep its snapshot slot forever: it has to snapshot and compact again
     (its log used to grow without bound)."""
+    caplog.set_level(logging.INFO, logger="trio_raft")
     # The window must hold the 15 unanswered appends (the leader sends each entry as soon as
     # it is proposed, one append per entry here).
     config = Config(
@@ -130,6 +133,10 @@ async def test_abandoned_snapshot_download_does_not_stop_compaction(
             await cluster.wait_converged()
             await cluster.wait_logs_bounded()
             assert cluster.node(f)._snapshot_index > base + 20
+    dropped = [getattr(r, "raft", {}) for r in caplog.records]
+    dropped = [d for d in dropped if d.get("event") == "snapshot_abandoned"]
+    assert [(d["node"], d["reason"]) for d in dropped] == [(f, "log_caught_up")]
+    assert int(dropped[0]["bytes"]) >= 2 * config.snapshot_chunk_bytes
 
 
 async def test_large_values_trigger_snapshots_by_bytes(

@@ -55,6 +55,8 @@ async def test_a_follower_back_after_compaction_gets_a_snapshot_and_everyone_say
             await cluster.wait_converged()
             await leader.wait_status(lambda s: s.followers[lagging].match_index == s.last_log_index)
             await trio.sleep(1)  # a few heartbeats: the replicator notices it caught up
+            leader_stats = leader.statistics()
+            lagging_stats = cluster.node(lagging).statistics()
     taken = [_facts(r) for r in _events(caplog, "snapshot_taken")]
     assert any(f["node"] == leader.id for f in taken), f"seed={seed}"
     assert all(int(f["bytes"]) > 0 and f["index"] and f["term"] for f in taken)  # type: ignore[call-overload]
@@ -65,6 +67,9 @@ async def test_a_follower_back_after_compaction_gets_a_snapshot_and_everyone_say
     assert [(f["node"], f["peer"]) for f in sent] == [(leader.id, lagging)], f"seed={seed}"
     assert [(f["node"], f["leader"]) for f in installed] == [(lagging, leader.id)]
     assert sent[0]["index"] == installed[0]["index"] and sent[0]["bytes"] == installed[0]["bytes"]
+    assert leader_stats.snapshots_sent == 1 and lagging_stats.snapshots_installed == 1
+    assert lagging_stats.snapshot_bytes == installed[0]["bytes"]
+    assert leader_stats.snapshot_bytes > 0 and leader_stats.snapshots_taken >= 1
     caught_up = [_facts(r) for r in _events(caplog, "follower_caught_up")]
     assert [(f["node"], f["peer"]) for f in caught_up] == [(leader.id, lagging)], f"seed={seed}"
     line = _events(caplog, "snapshot_sent")[0].getMessage()
@@ -132,6 +137,8 @@ def test_catch_up_progress_is_spaced_out_and_reports_the_rate(
     assert first["match"] == 1_000 and first["lag"] == 4_000
     assert first["rate"] == pytest.approx(500 / CATCH_UP_REPORT_S)
     assert _facts(caplog.records[2])["rate"] == 0
+    assert "is catching up" in caplog.records[1].getMessage()
+    assert "makes no progress" in caplog.records[2].getMessage()
     assert "caught up" in caplog.records[3].getMessage()
 
 

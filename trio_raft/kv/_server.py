@@ -619,7 +619,11 @@ class _Connection:
             else:
                 if isinstance(request, Hello):
                     self._admin = self._server._admin(request)
-                response = await self._server._answer(rid, request)
+                try:
+                    response = await self._server._answer(rid, request)
+                except trio.Cancelled:  # the client left (or the server stops) first
+                    self._server._counters.requests[_OP_NAMES[type(request)], "abandoned"] += 1
+                    raise
             self._count(request, response)
             await self._send(response)
         finally:

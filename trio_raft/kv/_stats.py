@@ -40,8 +40,10 @@ class KVServerStatistics:
     """Requests answered, by ``(op, outcome)``: ``op`` is the request's op (``"put"``,
     ``"get"``, ``"call"``, ...; ``"invalid"`` for one that could not be decoded), ``outcome``
     is ``"ok"`` or the :class:`~trio_raft.kv.ErrorCode` of the answer (``"not_leader"`` is a
-    redirect, ``"outcome_unknown"`` a write whose leader was lost, ``"unauthorized"``, ...).
-    Requests abandoned because the client left are not counted."""
+    redirect, ``"outcome_unknown"`` a write whose leader was lost, ``"unauthorized"``, ...),
+    or ``"abandoned"``: the connection closed (the client left, or gave up and reconnected)
+    or the server stopped before the answer was ready. The server sets no time limit of its
+    own: a client's timeout shows here as ``abandoned`` if it closes the connection."""
     rejected_connections: Mapping[str, int]
     """Connections refused or dropped, by reason: ``busy`` (``max_connections`` are open: HTTP
     503), ``bad_handshake`` (no TLS, HTTP or WebSocket upgrade within the handshake timeout,
