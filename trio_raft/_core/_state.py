@@ -938,6 +938,13 @@ class RaftState:
             )  # fmt: skip
         return None
 
+    def can_send_inline(self, peer: NodeId) -> bool:
+        """Whether :meth:`next_append` for ``peer`` only sends entries or a read's heartbeat
+        (a follower replicating normally, not retiring): no transition, no snapshot, nothing
+        but the messages and their progress; the actor may call it outside the replicator."""
+        pr = self.progress.get(peer)
+        return pr is not None and pr.state is ProgressState.REPLICATE and peer not in self._retiring
+
     def has_to_send(self, peer: NodeId) -> bool:
         """Whether :meth:`next_append` for ``peer`` may send before its next heartbeat is due
         (entries, a read's round, a probe, a snapshot, a retirement): wake its replicator."""
