@@ -16,6 +16,7 @@ every request at once: the harness's own ceiling.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import sys
@@ -272,7 +273,20 @@ async def _run_raft(spec: Mapping[str, object]) -> None:
             ) as node,
         ):
             await nursery.start(serve_front, raft_handler(node), front_port)
-            await trio.sleep_forever()
+            await _tune_gc(os.environ.get("TRIO_RAFT_BENCH_GC", ""))
+
+
+async def _tune_gc(mode: str) -> None:
+    """The garbage-collector experiment of issue 9 (``TRIO_RAFT_BENCH_GC`` in the environment
+    of ``bench_cluster``): ``threshold`` raises generation 0's threshold to 10,000; ``freeze``
+    calls :func:`gc.freeze` every second (the log and the state grow; a full collection then
+    skips what was frozen); anything else keeps CPython's defaults. Then sleeps forever."""
+    if mode == "threshold":
+        gc.set_threshold(10_000, 10, 10)
+    while mode == "freeze":
+        gc.freeze()
+        await trio.sleep(1)
+    await trio.sleep_forever()
 
 
 async def _run_null(spec: Mapping[str, object]) -> None:

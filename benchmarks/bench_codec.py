@@ -133,7 +133,7 @@ def measure(value_bytes: int, batch: int, total: int, rounds: int) -> dict[str, 
         n = 0
         for es in sets[r]:
             for f in range(FOLLOWERS):
-                n += len(encode(_request(es, f"n{f + 2}"), cluster_id=CLUSTER))
+                n += len(encode(_request(es, f"n{f + 2}"), cluster_id=CLUSTER, checked=True))
         return n
 
     # The steps share the entries of a round, in the node's order: size, wal, wire.
@@ -144,7 +144,7 @@ def measure(value_bytes: int, batch: int, total: int, rounds: int) -> dict[str, 
         sum(rows[k][0] for k in ("check", "size", "wal", f"wire x{FOLLOWERS}")),
         rows["wal"][1] + rows[f"wire x{FOLLOWERS}"][1],
     )
-    frames = [encode(_request(es, "n2"), cluster_id=CLUSTER) for es in fresh(0)]
+    frames = [encode(_request(es, "n2"), cluster_id=CLUSTER, checked=True) for es in fresh(0)]
 
     def decode_only(r: int) -> int:
         for f in frames:

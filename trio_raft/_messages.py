@@ -8,8 +8,9 @@ reordered messages are all handled by the receiving rules in :mod:`trio_raft._co
 The schema: every field has a validator below, and every message is checked as a whole after its
 fields (:func:`validate`). The messages check themselves on construction (so the core cannot
 build one the wire would refuse), :func:`trio_raft._codec.encode` runs :func:`validate` again
-before framing, and :func:`trio_raft._codec.decode` builds messages only through their
-constructors. There is no second list of rules to drift from this one.
+before framing (unless told the message is one a node constructed: the transport's send), and
+:func:`trio_raft._codec.decode` builds messages only through their constructors. There is no
+second list of rules to drift from this one.
 
 ========================  ======================================================================
 kind of field             rule

@@ -165,6 +165,10 @@ class Node:
         self._apply_signal = Signal()
         self._replicator_signals: dict[NodeId, Signal] = {}
         self._replicator_scopes: dict[NodeId, trio.CancelScope] = {}
+        self._idle_replicators: set[NodeId] = set()
+        """Peers whose replicator waits for a signal (the dispatcher may send for it)."""
+        self._heartbeat_at: dict[NodeId, float] = {}
+        """When each replicator's next heartbeat is due (moved by every send to its peer)."""
         self._role_nursery: tuple[trio.Nursery, int] | None = None
         self._addresses: dict[NodeId, object] = {}
         self._transport_leader: NodeId | None = None
@@ -818,9 +822,19 @@ class Node:
         st = self._state
         # Answers change progress and the commit index without producing a Ready.
         if st.role is Role.LEADER:
+            now = -math.inf
             for peer, signal in self._replicator_signals.items():
-                if st.has_to_send(peer):
-                    signal.set()
+                if not st.has_to_send(peer):
+                    continue
+                if peer in self._idle_replicators and st.can_send_inline(peer):
+                    # Its replicator waits for a signal with nothing else to do: send what is
+                    # due here (a step of that task less per write), as it would.
+                    if now == -math.inf:
+                        now = trio.current_time()
+                    self._send_inline(peer, now)
+                    if not st.has_to_send(peer):
+                        continue
+                signal.set()
         membership = (st.membership_index, st.membership_committed, st.membership)
         if membership != self._published_membership:
             self._published_membership = membership
@@ -843,6 +857,18 @@ class Node:
                 "node %r: snapshot not saved: %s", self._id, exc,
                 extra={RAFT_FIELDS: {"node": self._id, "event": "snapshot_refused"}},
             )  # fmt: skip
+
+    def _send_inline(self, peer: NodeId, now: float) -> None:
+        """The dispatcher sends to ``peer`` what its idle replicator would (a burst at most)."""
+        st = self._state
+        for _ in range(REPLICATOR_BURST):
+            message = st.next_append(peer, now, heartbeat_due=False)
+            if message is None:
+                return
+            self._transport.send(message)
+            self._heartbeat_at[peer] = now + st.config.heartbeat_s
+            if not st.has_to_send(peer):
+                return
 
     def _update_transport(self) -> None:
         """Tell a membership-aware transport whom to reach: every member but this node, and
@@ -984,6 +1010,8 @@ class Node:
         with the membership, each in a cancel scope of its own; see _sync_replicators)."""
         self._replicator_signals = {}
         self._replicator_scopes = {}
+        self._idle_replicators = set()
+        self._heartbeat_at = {}
         try:
             async with trio.open_nursery() as nursery:
                 self._role_nursery = (nursery, term)
@@ -1026,7 +1054,9 @@ class Node:
         st = self._state
         signal = self._replicator_signals[peer]
         heartbeat_s = st.config.heartbeat_s
-        heartbeat_at = -math.inf
+        heartbeat_at = self._heartbeat_at
+        heartbeat_at[peer] = -math.inf
+        idle = self._idle_replicators
         sent = 0
         while True:
             if (
@@ -1041,10 +1071,10 @@ class Node:
                 await _snapshot.send(self, peer, term)
                 continue
             now = trio.current_time()
-            message = st.next_append(peer, now, heartbeat_due=now >= heartbeat_at)
+            message = st.next_append(peer, now, heartbeat_due=now >= heartbeat_at[peer])
             if message is not None:
                 self._transport.send(message)
-                heartbeat_at = now + heartbeat_s
+                heartbeat_at[peer] = now + heartbeat_s
                 # The flow-control window bounds the sends in a row; the wait below is the
                 # checkpoint (and one every REPLICATOR_BURST sends, to be fair anyway).
                 sent += 1
@@ -1052,8 +1082,14 @@ class Node:
                     await trio.lowlevel.checkpoint()
                 continue
             self._oplog.follower(st, peer, now)
-            with trio.move_on_at(heartbeat_at):
-                await signal.wait()
+            # Idle: until the next heartbeat is due (the dispatcher's sends move it) or a
+            # signal; meanwhile the dispatcher may send what is due for this replicator.
+            idle.add(peer)
+            try:
+                with trio.move_on_at(heartbeat_at[peer]):
+                    await signal.wait()
+            finally:
+                idle.discard(peer)
 
     # -- applier -------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ space) and the disk watchdog (a leader whose write stalls steps down).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -79,6 +80,9 @@ class Writer:
         """An append was refused for disk space and waits in the Ready to be retried."""
         self.space_aware = False
         """The storage has ``space_low`` (and so takes ``use_reserve``)."""
+        self._save_syncs = "sync" in inspect.signature(node._storage.save).parameters
+        """The storage's ``save`` takes ``sync`` (:class:`~trio_raft.FileStorage`): the save
+        and its fsync in one hand-off to its worker thread."""
 
     def hand_over(self, entries: list[Entry], term: int) -> None:
         """Dispatcher: a leader of ``term`` appended ``entries``; the writer saves them."""
@@ -161,15 +165,17 @@ class Writer:
             # Followers take what the leader accepted (it is the one that gates proposals); a
             # leader in the alarm accepted only space-freeing commands. Only a storage with
             # ``space_low`` knows the keyword.
-            reserve: dict[str, bool] = {}
+            options: dict[str, bool] = {}
             if self.space_aware:
-                reserve["use_reserve"] = st.role is not Role.LEADER or st.no_space
+                options["use_reserve"] = st.role is not Role.LEADER or st.no_space
+            if self._save_syncs:
+                options["sync"] = True
             try:
                 await storage.save(
                     hard_state=ready.hard_state,
                     truncate_from=ready.truncate_from,
                     entries=ready.entries,
-                    **reserve,
+                    **options,
                 )
             except StorageFullError as exc:
                 if ready.hard_state is not None or ready.truncate_from is not None:
@@ -178,7 +184,8 @@ class Writer:
                     )
                     await storage.sync()
                 return exc
-            await storage.sync()
+            if not self._save_syncs:
+                await storage.sync()
         finally:
             seconds = trio.current_time() - self._disk_busy_since
             node._counters.disk_write(seconds)  # counted, and logged if slow

@@ -1182,11 +1182,51 @@ def test_read_index_counts_only_acks_of_a_later_heartbeat() -> None:
     st.step(AppendResponse("n2", "n1", 2, True, match_index=2), 0.0)
     assert st.commit == 2
     first = st.read_index()
-    second = st.read_index()
+    request = st.next_append("n2", 0.0, heartbeat_due=False)  # round 1 leaves
+    assert request is not None and request.seq == 1
+    second = st.read_index()  # arrives while round 1 is in flight
     st.step(AppendResponse("n2", "n1", 2, True, match_index=2, seq=1), 0.0)
     assert st.take_ready().confirmed_reads == [(first, 2)]
+    assert st.seq == 2  # round 1 confirmed: round 2 starts, for the second read
+    request = st.next_append("n3", 0.0, heartbeat_due=False)
+    assert request is not None and request.seq == 2
     st.step(AppendResponse("n3", "n1", 2, True, match_index=2, seq=2), 0.0)
     assert st.take_ready().confirmed_reads == [(second, 2)]
+
+
+def test_reads_before_their_round_left_share_it() -> None:
+    """Two reads before any heartbeat of the round the first started has left: both are
+    confirmed by that round (every message of it leaves after both)."""
+    st = node(terms=[1], term=1)
+    make_leader(st)
+    st.on_persisted(2)
+    st.step(AppendResponse("n2", "n1", 2, True, match_index=2), 0.0)
+    first, second = st.read_index(), st.read_index()
+    assert st.seq == 1
+    st.step(AppendResponse("n2", "n1", 2, True, match_index=2, seq=1), 0.0)
+    assert st.take_ready().confirmed_reads == [(first, 2), (second, 2)]
+
+
+def test_reads_arriving_during_a_round_share_the_next_one() -> None:
+    """ReadIndex batching: any number of reads arriving while a round is in flight cost one
+    more round, started when the one in flight is confirmed; none is confirmed by the round
+    that was in flight when it arrived."""
+    st = node(terms=[1], term=1)
+    make_leader(st)
+    st.on_persisted(2)
+    st.step(AppendResponse("n2", "n1", 2, True, match_index=2), 0.0)
+    first = st.read_index()
+    assert st.next_append("n2", 0.0, heartbeat_due=False) is not None  # round 1 leaves
+    later = [st.read_index() for _ in range(10)]
+    assert st.seq == 1 and not st.has_to_send("n2")  # no round per read
+    st.step(AppendResponse("n2", "n1", 2, True, match_index=2, seq=1), 0.0)
+    assert st.take_ready().confirmed_reads == [(first, 2)]
+    assert st.seq == 2 and st.has_to_send("n2")
+    request = st.next_append("n2", 0.0, heartbeat_due=False)
+    assert request is not None and request.seq == 2
+    st.step(AppendResponse("n2", "n1", 2, True, match_index=2, seq=2), 0.0)
+    assert st.take_ready().confirmed_reads == [(r, 2) for r in later]
+    assert st.seq == 2
 
 
 def test_read_index_waits_for_an_entry_of_the_leaders_term() -> None:

@@ -217,6 +217,14 @@ def test_every_message_round_trips(message: Message) -> None:
     assert round_trip(message) == canonical_message(message)
 
 
+@given(messages)
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
+def test_a_constructed_message_encodes_alike_without_revalidation(message: Message) -> None:
+    """``checked=True`` (the transport's send of what the node built) skips only the re-check:
+    the same bytes."""
+    assert encode(message, cluster_id="c", checked=True) == encode(message, cluster_id="c")
+
+
 @given(commands)
 def test_commands_round_trip_in_canonical_form(command: object) -> None:
     check_command(command)

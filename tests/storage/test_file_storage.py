@@ -274,6 +274,25 @@ async def test_group_commit_one_fsync_per_sync() -> None:
         assert after.syncs - before.syncs == 1
 
 
+async def test_save_with_sync_is_durable_when_it_returns() -> None:
+    """``save(sync=True)`` (the node's one thread hand-off per write): the entries saved before
+    and with it survive a crash that loses everything unsynced; one fsync for both."""
+    fs = SimulatedFileSystem()
+    async with open_file_storage("/d", fs=fs) as st:
+        await st.save(entries=entries(1, 10))
+        before = st.statistics()
+        await st.save(entries=entries(11, 10), sync=True)
+        await st.save(sync=True)  # nothing new: no fsync
+        after = st.statistics()
+        assert (after.fsyncs - before.fsyncs, after.syncs - before.syncs) == (1, 1)
+        await st.save(entries=entries(21, 1))
+        await st.save(sync=True)  # nothing new to write, but something to sync
+        assert st.statistics().syncs - after.syncs == 1
+    survivor = fs.crash(Survival.LOSE, random.Random(0))
+    async with open_file_storage("/d", fs=survivor) as st:
+        assert st.last_index() == 21
+
+
 async def test_hard_state_is_durable_when_save_returns() -> None:
     fs = SimulatedFileSystem()
     async with open_file_storage("/d", fs=fs) as st:

@@ -1,5 +1,10 @@
 """Linearizable reads on the leader (ReadIndex, Raft thesis §6.4): reads wait in order until a
-round of heartbeats sent after them is acknowledged by a quorum."""
+round of heartbeats sent after them is acknowledged by a quorum.
+
+Rounds are batched: a read that arrives while a round is in flight waits for the next one,
+which the leader starts once the one in flight is confirmed, for every read that arrived
+meanwhile. So at most two rounds serve any number of concurrent reads, and each read is served
+by a round that started after it arrived (its seq is above every seq sent before it)."""
 
 from __future__ import annotations
 
@@ -28,6 +33,11 @@ class ReadQueue:
 
     def __bool__(self) -> bool:
         return bool(self._pending)
+
+    @property
+    def newest_seq(self) -> int:
+        """The round the newest waiting read needs (0 if none waits)."""
+        return self._pending[-1].seq if self._pending else 0
 
     def add(self, seq: int, index: int) -> int:
         """Queue a read that needs round ``seq`` acknowledged; returns its read id."""

@@ -852,20 +852,41 @@ class RaftState:
             NotLeaderError: not the leader.
         """
         self._require_leader()
-        self.seq += 1
-        read_id = self._reads.add(self.seq, max(self.commit, self._term_start_index))
+        quorum_seq = self._quorum_seq()
+        if quorum_seq is None or quorum_seq >= self.seq:
+            self.seq += 1  # a new round, started now: its heartbeats leave after this read
+            seq = self.seq
+        elif not any(pr.sent_seq >= self.seq for pr in self.progress.values()):
+            seq = self.seq  # the newest round has not left yet: it starts after this read too
+        else:
+            # A round is in flight, sent before this read arrived: it cannot confirm it. The
+            # read waits for the next round, which starts (one for every read that arrived
+            # meanwhile) once this one is confirmed (etcd's batching of ReadIndex rounds).
+            seq = self.seq + 1
+        read_id = self._reads.add(seq, max(self.commit, self._term_start_index))
         self._confirm_reads()
         return read_id
+
+    def _quorum_seq(self) -> int | None:
+        """The newest heartbeat round a quorum has acknowledged (``None`` without a
+        configuration)."""
+        m = self._members.current
+        if m is None:
+            return None
+        acked = {p: pr.acked_seq for p, pr in self.progress.items()}
+        acked[self.id] = self.seq
+        return joint_committed_index(m, acked)
 
     def _confirm_reads(self) -> None:
         if not self._reads or self.log.term(self.commit) != self.term:
             return  # until our no-op commits we do not know the latest commit index
-        m = self._members.current
-        if m is None:
+        quorum_seq = self._quorum_seq()
+        if quorum_seq is None:
             return
-        acked = {p: pr.acked_seq for p, pr in self.progress.items()}
-        acked[self.id] = self.seq
-        self._ready.confirmed_reads += self._reads.confirm(joint_committed_index(m, acked))
+        self._ready.confirmed_reads += self._reads.confirm(quorum_seq)
+        if quorum_seq >= self.seq and self._reads.newest_seq > self.seq:
+            # Reads that arrived while the last round was in flight: one new round for all.
+            self.seq += 1
 
     def _fail_reads(self) -> None:
         self._ready.failed_reads += self._reads.fail_all()
@@ -916,6 +937,13 @@ class RaftState:
                 min(self.commit, prev), self.seq,
             )  # fmt: skip
         return None
+
+    def can_send_inline(self, peer: NodeId) -> bool:
+        """Whether :meth:`next_append` for ``peer`` only sends entries or a read's heartbeat
+        (a follower replicating normally, not retiring): no transition, no snapshot, nothing
+        but the messages and their progress; the actor may call it outside the replicator."""
+        pr = self.progress.get(peer)
+        return pr is not None and pr.state is ProgressState.REPLICATE and peer not in self._retiring
 
     def has_to_send(self, peer: NodeId) -> bool:
         """Whether :meth:`next_append` for ``peer`` may send before its next heartbeat is due

@@ -182,7 +182,7 @@ class WebSocketTransport:
             link.counters.dropped_not_connected += 1
             return
         try:
-            frame = encode(message, cluster_id=self._cluster_id)
+            frame = encode(message, cluster_id=self._cluster_id, checked=True)  # constructed
         except FrameError as exc:
             link.counters.dropped_unencodable += 1
             logger.error("%s: cannot send to %s: %s", self._id, link.id, exc)
