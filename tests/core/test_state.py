@@ -1415,9 +1415,13 @@ def test_next_append_respects_max_entries_per_append() -> None:
     _, leader = _replicating_leader(cfg)
     leader.propose([f"c{i}" for i in range(7)])
     sent = _drain(leader, "n2")
-    assert [[e.index for e in m.entries] for m in sent] == [[2, 3, 4], [5, 6, 7], [8]]
-    assert [m.prev_index for m in sent] == [1, 4, 7]
+    assert [[e.index for e in m.entries] for m in sent] == [[2, 3, 4], [5, 6, 7]]
+    assert [m.prev_index for m in sent] == [1, 4]
     assert all(m.prev_term == 1 for m in sent)
+    # The partial last batch waits behind the appends in flight; an answer sends it.
+    leader.step(AppendResponse("n2", "n1", 1, True, match_index=7), 0.0)
+    (last,) = _drain(leader, "n2")
+    assert ([e.index for e in last.entries], last.prev_index) == ([8], 7)
 
 
 def test_next_append_respects_max_bytes_per_append() -> None:
@@ -1426,7 +1430,34 @@ def test_next_append_respects_max_bytes_per_append() -> None:
     _, leader = _replicating_leader(cfg)
     leader.propose(["x" * 10] * 3 + ["y" * 100] + ["z" * 10])
     sent = _drain(leader, "n2")
-    assert [[e.index for e in m.entries] for m in sent] == [[2, 3], [4], [5], [6]]
+    assert [[e.index for e in m.entries] for m in sent] == [[2, 3], [4], [5]]
+    leader.step(AppendResponse("n2", "n1", 1, True, match_index=5), 0.0)
+    assert [[e.index for e in m.entries] for m in _drain(leader, "n2")] == [[6]]
+
+
+def test_partial_batches_coalesce_behind_an_append_in_flight() -> None:
+    """A busy leader sends few large appends, not one per proposal: while an append is in
+    flight, entries short of a full batch wait for its answer and then go out as one; a
+    heartbeat due meanwhile carries none of them; a full batch pipelines at once."""
+    cfg = Config(pre_vote=False, check_quorum=False, max_entries_per_append=4)
+    _, leader = _replicating_leader(cfg)
+    leader.propose(["a"])
+    (first,) = _drain(leader, "n2")
+    assert [e.index for e in first.entries] == [2]
+    for command in ("b", "c", "d"):
+        leader.propose([command])
+        assert not leader.has_to_send("n2")
+        assert leader.next_append("n2", 0.0, heartbeat_due=False) is None
+    heartbeat = leader.next_append("n2", 0.0, heartbeat_due=True)
+    assert heartbeat is not None and heartbeat.entries == ()
+    leader.step(AppendResponse("n2", "n1", 1, True, match_index=2), 0.0)
+    assert leader.has_to_send("n2")
+    (batch,) = _drain(leader, "n2")
+    assert [e.index for e in batch.entries] == [3, 4, 5]
+    leader.propose(["e", "f", "g", "h"])  # a full batch while [3, 4, 5] is in flight
+    assert leader.has_to_send("n2")
+    (full,) = _drain(leader, "n2")
+    assert [e.index for e in full.entries] == [6, 7, 8, 9]
 
 
 def test_nothing_to_send_when_caught_up_and_no_heartbeat_due() -> None:

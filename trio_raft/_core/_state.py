@@ -918,25 +918,44 @@ class RaftState:
             cfg.max_inflight_appends, cfg.max_inflight_bytes
         ):
             entries, size = self._batch(pr.next)
-            prev = pr.next - 1
-            pr.sent_entries(entries[-1].index, size, now)
-            pr.sent_seq = self.seq
-            pr.sent_commit = max(pr.sent_commit, min(self.commit, entries[-1].index))
-            return AppendRequest(
-                self.id, peer, self.term, prev, self._known_term(prev), tuple(entries),
-                self.commit, self.seq,
-            )  # fmt: skip
+            # Coalesce: while an append is in flight, a partial batch waits for its answer (or
+            # a heartbeat) and goes out then as one with whatever came meanwhile, so a busy
+            # leader sends few large appends, not one per proposal. Full batches (a follower
+            # catching up) pipeline up to the window.
+            if not pr.inflight or self._full(entries, size):
+                prev = pr.next - 1
+                pr.sent_entries(entries[-1].index, size, now)
+                pr.sent_seq = self.seq
+                pr.sent_commit = max(pr.sent_commit, min(self.commit, entries[-1].index))
+                return AppendRequest(
+                    self.id, peer, self.term, prev, self._known_term(prev), tuple(entries),
+                    self.commit, self.seq,
+                )  # fmt: skip
         if heartbeat_due or pr.sent_seq < self.seq:
-            pr.sent_seq = self.seq
-            # Where the logs are known to match; if that is compacted, the compaction point
-            # (a follower without it rejects, and the rejection sends it a snapshot).
-            prev = max(pr.match, self.log.start_index)
-            pr.sent_commit = max(pr.sent_commit, min(self.commit, prev))
-            return AppendRequest(
-                self.id, peer, self.term, prev, self._known_term(prev), (),
-                min(self.commit, prev), self.seq,
-            )  # fmt: skip
+            return self._heartbeat(peer, pr)
         return None
+
+    def _heartbeat(self, peer: NodeId, pr: Progress) -> AppendRequest:
+        """An AppendRequest without entries for ``pr``'s follower (records it as sent)."""
+        pr.sent_seq = self.seq
+        # Where the logs are known to match; if that is compacted, the compaction point
+        # (a follower without it rejects, and the rejection sends it a snapshot).
+        prev = max(pr.match, self.log.start_index)
+        pr.sent_commit = max(pr.sent_commit, min(self.commit, prev))
+        return AppendRequest(
+            self.id, peer, self.term, prev, self._known_term(prev), (),
+            min(self.commit, prev), self.seq,
+        )  # fmt: skip
+
+    def _full(self, entries: list[Entry], size: int) -> bool:
+        """Whether a batch is as large as one AppendRequest may be: it reaches a limit, or a
+        limit cut it short of the log's end."""
+        cfg = self.config
+        return (
+            entries[-1].index < self.log.last_index
+            or len(entries) >= cfg.max_entries_per_append
+            or size >= cfg.max_bytes_per_append
+        )
 
     def can_send_inline(self, peer: NodeId) -> bool:
         """Whether :meth:`next_append` for ``peer`` only sends entries or a read's heartbeat
@@ -949,10 +968,14 @@ class RaftState:
         """Whether :meth:`next_append` for ``peer`` may send before its next heartbeat is due
         (entries, a read's round, a probe, a snapshot, a retirement): wake its replicator."""
         pr = self.progress.get(peer)
-        return (
-            pr is None or pr.state is not ProgressState.REPLICATE or peer in self._retiring
-            or pr.next <= self.log.last_index or pr.sent_seq < self.seq
-        )  # fmt: skip
+        if pr is None or pr.state is not ProgressState.REPLICATE or peer in self._retiring:
+            return True
+        pending = self.log.last_index - pr.next + 1
+        # Entries wait behind an append in flight until a full batch is pending (see
+        # next_append; counted in entries only: a batch full by bytes goes with the answer).
+        return pr.sent_seq < self.seq or (
+            pending > 0 and (not pr.inflight or pending >= self.config.max_entries_per_append)
+        )
 
     def _retired(self, peer: NodeId, pr: Progress, now: float) -> bool:
         """Drop a removed peer once it knows of its removal: its log holds the entry that
