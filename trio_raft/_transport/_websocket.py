@@ -34,7 +34,7 @@ import trio
 from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection
 
 from .._codec import MAX_ID_CHARS, FrameError, decode, encode
-from .._inbound import Admission, Barrier, Ticket, remote_host
+from .._inbound import Admission, Barrier, Ticket, remote_address, remote_host
 from .._logging import RAFT_FIELDS, RateLimiter, log_limited
 from .._messages import Message
 from .._types import NodeId, short
@@ -376,7 +376,7 @@ class WebSocketTransport:
         self, nursery: trio.Nursery, stream: trio.abc.Stream, ticket: Ticket
     ) -> None:
         limits = self._limits
-        remote = _remote(stream)
+        remote = remote_address(stream)
         ws: WebSocketConnection | None = None
         try:
             with trio.fail_after(limits.handshake_timeout_s):  # TLS, HTTP upgrade, proof
@@ -602,15 +602,3 @@ def _listener_port(listener: trio.SocketListener | trio.SSLListener[trio.SocketS
     assert isinstance(inner, trio.SocketListener)
     port: int = inner.socket.getsockname()[1]
     return port
-
-
-def _remote(stream: trio.abc.Stream) -> str:
-    """``host:port`` of the other end of ``stream``, for logs; never raises."""
-    inner = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
-    if not isinstance(inner, trio.SocketStream):
-        return repr(inner)
-    try:
-        host, port, *_ = inner.socket.getpeername()
-    except OSError:
-        return "an unknown address"
-    return f"{host}:{port}"
