@@ -8,7 +8,11 @@ the markers when editing them.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import re
+import sys
+from pathlib import Path
+from types import ModuleType
 
 import hypothesis
 import hypothesis.strategies as st
@@ -16,7 +20,6 @@ import pytest
 import trio
 import trio.testing
 
-from tests._examples import load_example
 from trio_raft import (
     AppendRequest,
     Entry,
@@ -43,7 +46,19 @@ from trio_raft.testing import (
     run_chaos,
 )
 
-counter = load_example("counter")
+EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "source" / "examples"
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+counter = _load("counter")
 Counter = counter.Counter
 
 

@@ -3,17 +3,32 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import sys
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 import trio
 import trio.testing
 
-from tests._examples import load_example
 from trio_raft import Config
 from trio_raft.testing import open_simulated_cluster
 
-versioned = load_example("versioned")
+EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "source" / "examples"
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+versioned = _load("versioned")
 VersionedStore = versioned.VersionedStore
 
 
