@@ -87,13 +87,13 @@ class NodeLog:
         if episode is not None and episode.term != st.term:
             del self._lagging[peer]  # another term: start over
             episode = None
-        facts = {"peer": peer, "term": st.term, "match": pr.match, "lag": lag, "last_index": last}
         if episode is None:
             if lag <= threshold and not snapshot:
-                return
+                return  # the common case, once per idle replicator: nothing built
             episode = self._lagging[peer] = _Lagging(
                 st.term, now, announced=False, match=pr.match, reported_at=now, snapshot=False
             )
+        facts = {"peer": peer, "term": st.term, "match": pr.match, "lag": lag, "last_index": last}
         if snapshot and not episode.snapshot:
             episode.snapshot = episode.announced = True
             self._info(
