@@ -198,8 +198,22 @@ def null_handler(node_id: str) -> Handler:
     return handle
 
 
-def raft_handler(node: trio_raft.Node) -> Handler:
-    """Writes are proposals, reads ReadIndex reads; not the leader: a redirect."""
+def raft_handler(node: trio_raft.Node, *, task_per_write: bool = False) -> Handler:
+    """Writes are proposals, reads ReadIndex reads; not the leader: a redirect.
+
+    Writes are handed over with :meth:`Node.propose_nowait` and answered from its ``on_done``
+    (no task per write); ``task_per_write`` awaits :meth:`Node.propose` in a task per write
+    instead (and so does a write that finds the node's inbox full)."""
+
+    def answer(rid: int, reply: Callable[[Reply], None], proposal: trio_raft.Proposal) -> None:
+        try:
+            proposal.result_nowait()
+        except trio_raft.NotLeaderError as exc:
+            reply((rid, Status.REDIRECT, (exc.leader_id or "").encode()))
+        except (trio_raft.RaftError, ValueError) as exc:
+            reply((rid, Status.ERROR, f"{type(exc).__name__}: {exc}".encode()))
+        else:
+            reply((rid, Status.OK, b""))
 
     async def write(request: Request, reply: Callable[[Reply], None]) -> None:
         try:
@@ -210,6 +224,19 @@ def raft_handler(node: trio_raft.Node) -> Handler:
             reply((request.id, Status.ERROR, f"{type(exc).__name__}: {exc}".encode()))
         else:
             reply((request.id, Status.OK, b""))
+
+    def write_nowait(request: Request, reply: Callable[[Reply], None]) -> Awaitable[None] | None:
+        rid = request.id
+        try:
+            node.propose_nowait(
+                ("put", request.key, request.value),
+                on_done=lambda proposal: answer(rid, reply, proposal),
+            )
+        except trio.WouldBlock:
+            return write(request, reply)  # the inbox is full: wait for room in a task
+        except (trio_raft.RaftError, ValueError) as exc:
+            reply((rid, Status.ERROR, f"{type(exc).__name__}: {exc}".encode()))
+        return None
 
     async def read(request: Request, reply: Callable[[Reply], None]) -> None:
         try:
@@ -224,7 +251,7 @@ def raft_handler(node: trio_raft.Node) -> Handler:
 
     def handle(request: Request, reply: Callable[[Reply], None]) -> Awaitable[None] | None:
         if request.op is Op.WRITE:
-            return write(request, reply)
+            return write(request, reply) if task_per_write else write_nowait(request, reply)
         if request.op is Op.READ:
             return read(request, reply)
         st = node.status
@@ -272,7 +299,11 @@ async def _run_raft(spec: Mapping[str, object]) -> None:
                 storage=storage,
             ) as node,
         ):
-            await nursery.start(serve_front, raft_handler(node), front_port)
+            # TRIO_RAFT_BENCH_WRITES=task: the A/B of issue 9 (a task per write, awaiting
+            # propose, against propose_nowait with on_done).
+            task_per_write = os.environ.get("TRIO_RAFT_BENCH_WRITES", "") == "task"
+            handler = raft_handler(node, task_per_write=task_per_write)
+            await nursery.start(serve_front, handler, front_port)
             await _tune_gc(os.environ.get("TRIO_RAFT_BENCH_GC", ""))
 
 

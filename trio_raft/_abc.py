@@ -171,6 +171,15 @@ class Transport(Protocol):
     :class:`MembershipAwareTransport`); the node detects it with ``getattr`` and calls it with
     the members of every new configuration. A transport without it keeps the peers it was
     opened with.
+
+    **Direct delivery (optional).** A transport may also define ``deliver_into(self, channel:
+    trio.MemorySendChannel[Message] | None) -> None``. The node then calls it once at start
+    with its own inbox: from then on the transport delivers there (with ``send`` or
+    ``send_nowait``, in arrival order; a closed or full inbox may drop messages) instead of into
+    :attr:`receive_channel`, and moves what already waits there, so no task of the node moves
+    each message from one channel to the other. The node calls it with ``None`` when it shuts
+    down, to hand delivery back to :attr:`receive_channel` (the transport may serve a later
+    node). Both transports of this package define it.
     """
 
     def send(self, message: Message) -> None:

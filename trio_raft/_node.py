@@ -3,7 +3,8 @@
 ::
 
     open_node ─ nursery
-      ├── pump          transport.receive_channel ──▶ inbox
+      ├── pump          transport.receive_channel ──▶ inbox (only for a transport without
+      │                 ``deliver_into``, which delivers into the inbox itself)
       ├── dispatcher    inbox ──▶ RaftState.step ──▶ persist ──▶ send   (the actor: sole writer)
       ├── writer        a leader's new entries ──▶ save, sync ──▶ on_persisted (while they are sent;
       │                 :mod:`trio_raft._write` holds every disk write and the disk watchdogs)
@@ -157,6 +158,8 @@ class Node:
         self._rng = rng
         self._observer = observer
         self._inbox_send, self._inbox = trio.open_memory_channel[_Event](INBOX_SIZE)
+        self._deliver_into: Callable[[trio.MemorySendChannel[Message] | None], None] | None = None
+        """The transport's ``deliver_into`` while it delivers into the inbox."""
         self._last_applied = 0
         self._observed_commit = 0
         self._proposals: dict[int, tuple[int, Waiter[object]]] = {}
@@ -317,12 +320,25 @@ class Node:
         await self._submit(_Propose(command, waiter, frees_space))
         return await waiter.wait()
 
-    def propose_nowait(self, command: object, *, frees_space: bool = False) -> Proposal:
+    def propose_nowait(
+        self,
+        command: object,
+        *,
+        frees_space: bool = False,
+        on_done: Callable[[Proposal], object] | None = None,
+    ) -> Proposal:
         """Hand ``command`` to the node without waiting and return a :class:`Proposal`, whose
         :meth:`~Proposal.result` is what :meth:`propose` would return (or raise).
 
         For a server answering many clients' requests from one task: no task, and no wait,
         per request. Requests handed over from one task are appended in the order given.
+
+        ``on_done``, if given, is called once with the proposal as soon as its outcome is
+        known (then :meth:`Proposal.result_nowait` returns or raises it), from one of the
+        node's tasks: it must be quick, must not block and must not raise (an exception it
+        raises is logged and ignored). A server can then answer each request from one writer
+        task per connection, with no task per request (see :doc:`performance`). It is not
+        called if this method raises.
 
         Raises:
             trio.WouldBlock: the node's inbox is full (``INBOX_SIZE`` events are waiting):
@@ -331,7 +347,7 @@ class Node:
             ValueError: as for :meth:`propose`; nothing was handed over.
         """
         encoded = _check_command(command, self._state.config.max_command_bytes)
-        proposal = Proposal()
+        proposal = Proposal(on_done)
         self._submit_nowait(_Propose(encoded, proposal._waiter, frees_space, proposal))
         return proposal
 
@@ -603,7 +619,13 @@ class Node:
         self._reset_election_timer()
         if self._state.membership is not None:
             self._update_transport()
-        self._spawn(nursery, "pump", self._pump)
+        deliver_into = getattr(self._transport, "deliver_into", None)
+        if deliver_into is not None:
+            # Straight into the inbox: a task step less per message than the pump.
+            deliver_into(self._inbox_send)
+            self._deliver_into = deliver_into
+        else:
+            self._spawn(nursery, "pump", self._pump)
         self._spawn(nursery, "dispatcher", self._dispatch)
         self._spawn(nursery, "timer", self._run_election_timer)
         self._spawn(nursery, "applier", self._apply)
@@ -669,6 +691,9 @@ class Node:
 
     def _close(self) -> None:
         self._closed = True
+        if self._deliver_into is not None:
+            self._deliver_into(None)  # the transport may serve a later node
+            self._deliver_into = None
         self._inbox_send.close()
         # Requests that never reached the dispatcher were never appended.
         for event in self._drain_inbox():

@@ -2,31 +2,37 @@
 
 from __future__ import annotations
 
-from typing import final
+import logging
+from collections.abc import Callable
+from typing import Final, final
 
 import trio
 
 from ._log_view import LogPosition
 from ._sync import Waiter
 
+logger: Final = logging.getLogger("trio_raft.node")
+
 
 class _ResultWaiter(Waiter[object]):
     """The proposal's outcome; settling it also wakes :meth:`Proposal.appended` (a refusal
-    settles the outcome without an append)."""
+    settles the outcome without an append) and calls the proposal's ``on_done``, once."""
 
-    __slots__ = ("_settled",)
+    __slots__ = ("_proposal",)
 
-    def __init__(self, settled: trio.Event) -> None:
+    def __init__(self, proposal: Proposal) -> None:
         super().__init__()
-        self._settled = settled
+        self._proposal = proposal
 
     def set(self, result: object) -> None:
-        super().set(result)
-        self._settled.set()
+        if not self.done:
+            super().set(result)
+            self._proposal._settled()
 
     def fail(self, error: BaseException) -> None:
-        super().fail(error)
-        self._settled.set()
+        if not self.done:
+            super().fail(error)
+            self._proposal._settled()
 
 
 @final
@@ -35,14 +41,15 @@ class Proposal:
     :meth:`appended` for where the leader put it in its log, :meth:`result` for its outcome.
     Do not instantiate directly."""
 
-    __slots__ = ("_index", "_placed", "_term", "_waiter")
+    __slots__ = ("_index", "_on_done", "_placed", "_term", "_waiter")
 
-    def __init__(self) -> None:
+    def __init__(self, on_done: Callable[[Proposal], object] | None = None) -> None:
         self._placed = trio.Event()
         """Set once the command was appended, or its outcome is known without an append."""
-        self._waiter: Waiter[object] = _ResultWaiter(self._placed)
+        self._waiter: Waiter[object] = _ResultWaiter(self)
         self._index: int | None = None
         self._term: int | None = None
+        self._on_done = on_done
 
     @property
     def index(self) -> int | None:
@@ -100,6 +107,30 @@ class Proposal:
                 except ``ValueError``, which :meth:`~trio_raft.Node.propose_nowait` raises.
         """
         return await self._waiter.wait()
+
+    def result_nowait(self) -> object:
+        """The outcome if it is known (:attr:`done`), without waiting: what :meth:`result`
+        would return, or its exception raised.
+
+        Raises:
+            trio.WouldBlock: the outcome is not known yet.
+            Exception: as :meth:`result`.
+        """
+        return self._waiter.result_nowait()
+
+    def _settled(self) -> None:
+        self._placed.set()
+        on_done, self._on_done = self._on_done, None
+        if on_done is None:
+            return
+        try:
+            on_done(self)
+        except Exception as exc:
+            # A node task called it: its exception must not stop the node.
+            logger.error(
+                "the on_done callback of a proposal raised %s: %s; ignored (it must not raise)",
+                type(exc).__name__, exc, exc_info=exc,
+            )  # fmt: skip
 
     def _appended(self, index: int, term: int) -> None:
         self._index = index

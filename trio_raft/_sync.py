@@ -68,6 +68,12 @@ class Waiter(Generic[T]):
 
     async def wait(self) -> T:
         await self._event.wait()
+        return self.result_nowait()
+
+    def result_nowait(self) -> T:
+        """The result (or the error raised) once set; :exc:`trio.WouldBlock` before."""
+        if not self._event.is_set():
+            raise trio.WouldBlock
         if self._error is not None:
             raise self._error
         return self._result  # type: ignore[return-value]

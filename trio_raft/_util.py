@@ -5,7 +5,11 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
+
+import trio
+
+T = TypeVar("T")
 
 
 def fixup_module_metadata(module_name: str, namespace: dict[str, Any]) -> None:
@@ -62,3 +66,19 @@ def bind_error(host: str, port: int) -> OSError | None:
         except OSError as exc:
             return exc
     return None
+
+
+def move_queued(source: trio.MemoryReceiveChannel[T], target: trio.MemorySendChannel[T]) -> int:
+    """Move what waits in ``source`` into ``target`` without blocking, in order; what does not
+    fit (or finds ``target`` closed) is dropped: a transport handing its queue to a node
+    (Raft resends lost messages). ``source`` is left empty. Returns how many were dropped."""
+    dropped = 0
+    while True:
+        try:
+            item = source.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            return dropped
+        try:
+            target.send_nowait(item)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            dropped += 1

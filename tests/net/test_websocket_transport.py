@@ -76,6 +76,30 @@ async def test_three_transports_keep_per_connection_order() -> None:
                     next_term[message.src] += 1
 
 
+async def test_deliver_into_redirects_delivery_and_hands_it_back() -> None:
+    """A node's inbox takes delivery (with what already waited) and gives it back at close:
+    one transport may serve a node, then a restarted one; a closed inbox loses its messages,
+    never the connection."""
+    with trio.fail_after(5):
+        async with open_mesh(["a", "b"]) as mesh:
+            a, b = mesh["a"], mesh["b"]
+            await wait_all_connected(mesh)
+            a.send(vote("a", "b", 1))
+            await b.wait_statistics(lambda s: s.peers["a"].frames_received == 1)
+            inbox_send, inbox = trio.open_memory_channel[Message](4)
+            b.deliver_into(inbox_send)
+            assert inbox.receive_nowait().term == 1  # it waited in receive_channel: moved
+            a.send(vote("a", "b", 2))
+            assert (await inbox.receive()).term == 2
+            inbox_send.close()  # the node shut down without handing delivery back
+            a.send(vote("a", "b", 3))
+            await b.wait_statistics(lambda s: s.peers["a"].frames_received == 3)
+            b.deliver_into(None)
+            a.send(vote("a", "b", 4))
+            assert (await b.receive_channel.receive()).term == 4  # 3 was lost, not queued
+            assert b.statistics().peers["a"].inbound_connections == 1
+
+
 @pytest.mark.process  # binds its old port again, a fixed port: `nox -s processes`
 async def test_reconnects_after_the_peer_restarts_on_the_same_port() -> None:
     with trio.fail_after(5):

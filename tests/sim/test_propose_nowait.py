@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+
 import pytest
 import trio
 import trio.testing
 
-from trio_raft import NodeClosedError, NotLeaderError, Proposal
+from trio_raft import LeadershipLostError, NodeClosedError, NotLeaderError, Proposal
 from trio_raft._node import INBOX_SIZE
 from trio_raft.testing import open_simulated_cluster
 
@@ -60,3 +63,67 @@ async def test_a_follower_fails_the_proposal_and_a_full_inbox_refuses_it(
             await cluster.stop(leader.id)
             with pytest.raises(NodeClosedError):
                 leader.propose_nowait(("put", "k", "v"))
+
+
+async def test_on_done_answers_every_outcome_once_without_a_task_per_request(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server pattern: requests handed over from one task, each answered from its
+    ``on_done`` (called once, from a node task, when the outcome is known): results, the
+    state machine's own error, a refusal, an ``on_done`` that raises (logged, the node goes
+    on) and proposals cut short by the leader's shutdown."""
+    answers: list[tuple[int, object]] = []
+
+    def answer(i: int) -> Callable[[Proposal], None]:
+        def on_done(proposal: Proposal) -> None:
+            assert proposal.done
+            try:
+                answers.append((i, proposal.result_nowait()))
+            except Exception as exc:  # the outcome, whatever it is
+                answers.append((i, exc))
+
+        return on_done
+
+    def broken(proposal: Proposal) -> None:
+        raise RuntimeError("a broken callback")
+
+    with trio.fail_after(30):
+        async with open_simulated_cluster(3, seed=3) as cluster:
+            leader = await cluster.wait_leader()
+            await cluster.wait_converged()
+            before = trio.lowlevel.current_statistics().tasks_living
+            proposals = [
+                leader.propose_nowait(("append", "k", str(i)), on_done=answer(i)) for i in range(50)
+            ]
+            assert trio.lowlevel.current_statistics().tasks_living == before  # no task each
+            with pytest.raises(trio.WouldBlock):
+                proposals[0].result_nowait()  # not known yet
+            leader.propose_nowait(("put", "x", "y"), on_done=broken)
+            bad = leader.propose_nowait(("no-such-op",), on_done=answer(50))
+            await _settled(bad)
+            assert [i for i, _ in answers] == list(range(51))  # applied in log order, once each
+            assert [v for _, v in answers[:50]] == [
+                "".join(str(j) for j in range(i + 1)) for i in range(50)
+            ]
+            assert isinstance(answers[50][1], ValueError)  # the state machine's own error
+            assert "a broken callback" in caplog.text
+            assert proposals[-1].result_nowait() == answers[49][1]
+            # The node went on after the broken callback.
+            assert await leader.propose(("put", "after", "ok")) is None
+            follower = cluster.node(next(n for n in cluster.node_ids if n != leader.id))
+            follower.propose_nowait(("put", "k", "v"), on_done=answer(51))
+            await trio.sleep(0.01)
+            assert isinstance(answers[-1][1], NotLeaderError)  # refused by the dispatcher
+            # Cut short: the leader cannot commit alone, then shuts down.
+            cluster.isolate(leader.id)
+            cut = leader.propose_nowait(("put", "k", "lost"), on_done=answer(52))
+            await trio.sleep(0.01)
+            assert not cut.done
+            await cluster.stop(leader.id)
+            assert answers[-1][0] == 52 and isinstance(answers[-1][1], LeadershipLostError)
+    assert [i for i, _ in answers].count(52) == 1
+
+
+async def _settled(proposal: Proposal) -> None:
+    with contextlib.suppress(Exception):
+        await proposal.result()

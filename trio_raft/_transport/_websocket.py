@@ -23,6 +23,7 @@ the listener negotiated batches (subprotocol ``trio-raft.2+batch``; see :doc:`wi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import ssl
@@ -38,6 +39,7 @@ from .._inbound import Admission, Barrier, Ticket, remote_address, remote_host
 from .._logging import RAFT_FIELDS, RateLimiter, log_limited
 from .._messages import Message
 from .._types import NodeId, short
+from .._util import move_queued
 from .._ws import wrap_server_stream_fast
 from ._auth import (
     BATCH_SUBPROTOCOL,
@@ -117,6 +119,8 @@ class WebSocketTransport:
         self._inbound_send, self._inbound_receive = trio.open_memory_channel[Message](
             limits.receive_queue_size
         )
+        self._deliver_to: trio.MemorySendChannel[Message] = self._inbound_send
+        """Where decoded messages go: :attr:`receive_channel`, or the node's inbox."""
         self._admission = Admission(
             max_pending=limits.max_connections,
             max_pending_per_address=MAX_HANDSHAKES_PER_ADDRESS,
@@ -158,6 +162,15 @@ class WebSocketTransport:
         """Validated messages from authenticated peers to this node, in arrival order per
         connection; bounded by ``receive_queue_size`` (a full channel pauses reading)."""
         return self._inbound_receive
+
+    def deliver_into(self, channel: trio.MemorySendChannel[Message] | None) -> None:
+        """Deliver into ``channel`` (the node's inbox) from now on, or into
+        :attr:`receive_channel` again with ``None``; see :class:`trio_raft.Transport`. A full
+        ``channel`` pauses reading, as a full receive channel does; a message for a closed one
+        is dropped."""
+        self._deliver_to = self._inbound_send if channel is None else channel
+        if channel is not None:
+            move_queued(self._inbound_receive, channel)
 
     def send(self, message: Message) -> None:
         """Queue ``message`` for ``message.dst``; never blocks, never raises for network trouble.
@@ -474,7 +487,10 @@ class WebSocketTransport:
                 counters.frames_received += 1
                 counters.bytes_received += len(frame)
                 self._totals.changed.notify()
-                await self._inbound_send.send(message)
+                # A closed channel: the node it was for shut down (or the transport is
+                # closing); the message is lost.
+                with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+                    await self._deliver_to.send(message)
 
     def _rejected(
         self, stream: trio.abc.Stream, remote: str, claimed: str | None, reason: str, text: str

@@ -52,6 +52,7 @@ import trio
 from .._codec import FrameError, decode, encode
 from .._messages import AppendRequest, Message, SnapshotRequest
 from .._types import Membership, NodeId
+from .._util import move_queued
 
 __all__ = [
     "EventKind",
@@ -257,6 +258,8 @@ class MemoryTransport:
         self._network = network
         self._node_id = node_id
         self._send_channel, self._receive_channel = trio.open_memory_channel[Message](queue_size)
+        self._deliver_to: trio.MemorySendChannel[Message] = self._send_channel
+        """Where the network delivers: :attr:`receive_channel`, or the node's inbox."""
 
     @property
     def node_id(self) -> NodeId:
@@ -279,8 +282,17 @@ class MemoryTransport:
 
     @property
     def receive_channel(self) -> trio.MemoryReceiveChannel[Message]:
-        """Messages delivered to this node, bounded by the network's ``queue_size``."""
+        """Messages delivered to this node, bounded by the network's ``queue_size`` (unless
+        :meth:`deliver_into` redirected them)."""
         return self._receive_channel
+
+    def deliver_into(self, channel: trio.MemorySendChannel[Message] | None) -> None:
+        """Deliver into ``channel`` (the node's inbox) from now on, or into
+        :attr:`receive_channel` again with ``None``; see :class:`trio_raft.Transport`. A
+        delivery to a full or closed channel is a drop, as to a full receive channel."""
+        self._deliver_to = self._send_channel if channel is None else channel
+        if channel is not None:
+            move_queued(self._receive_channel, channel)
 
 
 @final
@@ -603,8 +615,8 @@ class MemoryNetwork:
             self._drop(message)
             return
         try:
-            endpoint._send_channel.send_nowait(message)
-        except (trio.WouldBlock, trio.BrokenResourceError):
+            endpoint._deliver_to.send_nowait(message)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             self._drop(message)
             return
         self._count(message).delivered += 1
