@@ -44,10 +44,13 @@ async def test_status_reads_the_cluster_file_and_prints_json(
             assert view["leader"] == leader
             assert [n["id"] for n in view["nodes"]] == ["n1", "n2", "n3", "n4"]
             keys = {"url", "id", "ok", "error", "role", "term", "leader_id", "commit", "applied",
-                    "last_index", "lag", "no_space"}  # fmt: skip
+                    "last_index", "compacted", "voted_for", "lag", "no_space"}  # fmt: skip
             assert all(set(n) == keys for n in view["nodes"])
             by_id = {n["id"]: n for n in view["nodes"]}
             assert by_id[leader]["role"] == "leader" and by_id[leader]["lag"] is None
+            assert by_id[leader]["voted_for"] == leader  # a leader voted for itself
+            assert by_id[leader]["compacted"] == 0  # no snapshot yet
+            assert by_id["n4"]["voted_for"] is None and by_id["n4"]["compacted"] is None
             assert by_id["n4"]["ok"] is False and "cannot connect" in by_id["n4"]["error"]
             assert by_id["n4"]["role"] is None
             for node_id in ("n1", "n2", "n3"):

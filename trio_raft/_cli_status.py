@@ -18,6 +18,8 @@ changed in meaning)::
                 "commit": 812,
                 "applied": 812,
                 "last_index": 812,
+                "compacted": 800,  # the last index compacted into its snapshot (0: none)
+                "voted_for": "n1",  # its vote in this term, or null
                 "lag": null,  # entries behind the leader's log (null: unknown, or leader)
                 "no_space": false,  # its disk-space alarm is raised
             }
@@ -46,7 +48,7 @@ from ._cli_client import Target, explain_client_error, probe
 from .kv import KVError, open_client
 from .kv._protocol import client_url
 
-STATUS_KEYS: Final = ("role", "term", "commit", "applied", "last_index")
+STATUS_KEYS: Final = ("role", "term", "commit", "applied", "last_index", "compacted", "voted_for")
 
 
 @attrs.frozen
