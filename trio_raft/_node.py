@@ -39,7 +39,7 @@ from typing import Final, Protocol, final
 import attrs
 import trio
 
-from . import _changes, _events, _oplog, _snapshot, _statistics, _write
+from . import _changes, _events, _oplog, _replicate, _snapshot, _statistics, _write
 from ._abc import StateMachine, Storage, Transport
 from ._codec import EncodedCommand, FrameError, encode_command
 from ._config import Config
@@ -83,9 +83,6 @@ with a single storage sync (group commit), so the bound also caps a batch."""
 
 APPLY_BATCH = 64
 """The applier yields to other tasks after this many entries."""
-
-REPLICATOR_BURST = 16
-"""A replicator yields to other tasks after this many sends in a row."""
 
 SNAPSHOT_WARN_INTERVAL_S = 10.0
 """At most one warning this often about snapshots that do not fit on the disk."""
@@ -166,18 +163,12 @@ class Node:
         self._reads: dict[int, Waiter[int]] = {}
         self._reads_to_apply: list[tuple[int, Waiter[int]]] = []
         self._apply_signal = Signal()
-        self._replicator_signals: dict[NodeId, Signal] = {}
-        self._replicator_scopes: dict[NodeId, trio.CancelScope] = {}
-        self._idle_replicators: set[NodeId] = set()
-        """Peers whose replicator waits for a signal (the dispatcher may send for it)."""
-        self._heartbeat_at: dict[NodeId, float] = {}
-        """When each replicator's next heartbeat is due (moved by every send to its peer)."""
-        self._role_nursery: tuple[trio.Nursery, int] | None = None
+        self._replication = _replicate.Replication(self)
         self._addresses: dict[NodeId, object] = {}
+        """The last known address of every node that was a member (for retiring peers)."""
         self._transport_leader: NodeId | None = None
         """The leader the transport was last told about (kept reachable even when it is not
         a member of this node's configuration, as a leader removing itself is)."""
-        """The last known address of every node that was a member (for retiring peers)."""
         self._changed = Broadcast()
         self._role_scope: trio.CancelScope | None = None
         self._election_deadline = math.inf
@@ -793,7 +784,7 @@ class Node:
             if ready.membership_changed:
                 self._on_membership_changed()
             elif ready.replicas_changed:
-                self._sync_replicators()
+                self._replication.sync()
                 self._update_transport()
             if ready.reset_election_timer:
                 self._reset_election_timer()
@@ -847,19 +838,7 @@ class Node:
         st = self._state
         # Answers change progress and the commit index without producing a Ready.
         if st.role is Role.LEADER:
-            now = -math.inf
-            for peer, signal in self._replicator_signals.items():
-                if not st.has_to_send(peer):
-                    continue
-                if peer in self._idle_replicators and st.can_send_inline(peer):
-                    # Its replicator waits for a signal with nothing else to do: send what is
-                    # due here (a step of that task less per write), as it would.
-                    if now == -math.inf:
-                        now = trio.current_time()
-                    self._send_inline(peer, now)
-                    if not st.has_to_send(peer):
-                        continue
-                signal.set()
+            self._replication.wake()
         membership = (st.membership_index, st.membership_committed, st.membership)
         if membership != self._published_membership:
             self._published_membership = membership
@@ -883,18 +862,6 @@ class Node:
                 extra={RAFT_FIELDS: {"node": self._id, "event": "snapshot_refused"}},
             )  # fmt: skip
 
-    def _send_inline(self, peer: NodeId, now: float) -> None:
-        """The dispatcher sends to ``peer`` what its idle replicator would (a burst at most)."""
-        st = self._state
-        for _ in range(REPLICATOR_BURST):
-            message = st.next_append(peer, now, heartbeat_due=False)
-            if message is None:
-                return
-            self._transport.send(message)
-            self._heartbeat_at[peer] = now + st.config.heartbeat_s
-            if not st.has_to_send(peer):
-                return
-
     def _update_transport(self) -> None:
         """Tell a membership-aware transport whom to reach: every member but this node, and
         the leader this node knows (which may be one that is removing itself)."""
@@ -913,7 +880,7 @@ class Node:
 
     def _on_membership_changed(self) -> None:
         st = self._state
-        self._sync_replicators()
+        self._replication.sync()
         self._update_transport()
         self._notify("membership", (st.membership_index, st.membership))
 
@@ -1027,94 +994,8 @@ class Node:
         while True:
             with trio.CancelScope() as self._role_scope:
                 if self._state.role is Role.LEADER:
-                    await self._lead(self._state.term)
+                    await self._replication.lead(self._state.term)
                 await trio.sleep_forever()
-
-    async def _lead(self, term: int) -> None:
-        """The leader's role nursery: open for the whole term (the replicators come and go
-        with the membership, each in a cancel scope of its own; see _sync_replicators)."""
-        self._replicator_signals = {}
-        self._replicator_scopes = {}
-        self._idle_replicators = set()
-        self._heartbeat_at = {}
-        try:
-            async with trio.open_nursery() as nursery:
-                self._role_nursery = (nursery, term)
-                self._sync_replicators()
-                await trio.sleep_forever()
-        finally:
-            self._role_nursery = None
-
-    def _sync_replicators(self) -> None:
-        """Run exactly one replicator per replica of the configuration in force (members and
-        retiring peers): start the new ones in the role nursery, cancel those gone."""
-        if self._role_nursery is None:
-            return
-        nursery, term = self._role_nursery
-        st = self._state
-        if st.role is not Role.LEADER or st.term != term:
-            return  # the role scope is being cancelled
-        wanted = st.replica_ids
-        for peer in sorted(self._replicator_scopes.keys() - wanted):
-            self._replicator_scopes.pop(peer).cancel()
-            del self._replicator_signals[peer]
-        for peer in sorted(wanted - self._replicator_scopes.keys()):
-            scope = self._replicator_scopes[peer] = trio.CancelScope()
-            self._replicator_signals[peer] = Signal()
-            nursery.start_soon(
-                self._guard,
-                f"replicator {self._id}->{peer}",
-                self._replicate,
-                peer,
-                term,
-                scope,
-                name=f"trio_raft replicator {self._id}->{peer}@{term}",
-            )
-
-    async def _replicate(self, peer: NodeId, term: int, scope: trio.CancelScope) -> None:
-        with scope:
-            await self._replicate_in_scope(peer, term, scope)
-
-    async def _replicate_in_scope(self, peer: NodeId, term: int, scope: trio.CancelScope) -> None:
-        st = self._state
-        signal = self._replicator_signals[peer]
-        heartbeat_s = st.config.heartbeat_s
-        heartbeat_at = self._heartbeat_at
-        heartbeat_at[peer] = -math.inf
-        idle = self._idle_replicators
-        sent = 0
-        while True:
-            if (
-                st.role is not Role.LEADER
-                or st.term != term
-                or scope.cancel_called
-                or peer not in st.progress
-            ):
-                await trio.sleep_forever()  # our scope (or the role's) is being cancelled
-            if st.progress[peer].state is ProgressState.SNAPSHOT:
-                self._oplog.follower(st, peer, trio.current_time())
-                await _snapshot.send(self, peer, term)
-                continue
-            now = trio.current_time()
-            message = st.next_append(peer, now, heartbeat_due=now >= heartbeat_at[peer])
-            if message is not None:
-                self._transport.send(message)
-                heartbeat_at[peer] = now + heartbeat_s
-                # The flow-control window bounds the sends in a row; the wait below is the
-                # checkpoint (and one every REPLICATOR_BURST sends, to be fair anyway).
-                sent += 1
-                if sent % REPLICATOR_BURST == 0:
-                    await trio.lowlevel.checkpoint()
-                continue
-            self._oplog.follower(st, peer, now)
-            # Idle: until the next heartbeat is due (the dispatcher's sends move it) or a
-            # signal; meanwhile the dispatcher may send what is due for this replicator.
-            idle.add(peer)
-            try:
-                with trio.move_on_at(heartbeat_at[peer]):
-                    await signal.wait()
-            finally:
-                idle.discard(peer)
 
     # -- applier -------------------------------------------------------------------------------
 

@@ -200,7 +200,7 @@ async def send(node: Node, peer: NodeId, term: int) -> None:
     """Replicator: stream the stored snapshot to ``peer`` until installed or superseded."""
     st = node._state
     cfg = st.config
-    signal = node._replicator_signals[peer]
+    signal = node._replication.signals[peer]
     loaded = await node._storage.load_snapshot()
     if loaded is None:
         raise AssertionError(f"{node.id}: log compacted but storage holds no snapshot")
