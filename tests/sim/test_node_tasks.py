@@ -18,7 +18,9 @@ def _task_names() -> list[str]:
             for child in nursery.child_tasks:
                 walk(child)
 
-    walk(trio.lowlevel.current_root_task())
+    root = trio.lowlevel.current_root_task()
+    assert root is not None  # inside trio.run
+    walk(root)
     return names
 
 

@@ -13,7 +13,7 @@ import trio
 import trio.testing
 
 from tests.sim.test_scenarios import deadline
-from trio_raft import Config, MemoryStorage, open_node
+from trio_raft import Config, MemoryStorage, Node, open_node
 from trio_raft._core._progress import ProgressState
 from trio_raft._logging import RAFT_FIELDS
 from trio_raft._oplog import (
@@ -156,7 +156,7 @@ async def test_a_follower_that_lost_its_log_gets_a_warning_with_what_to_do(
             storages = {nid: MemoryStorage() for nid in ids}
 
             async def run(
-                nid: str, done: trio.Event, *, task_status: trio.TaskStatus[object]
+                nid: str, done: trio.Event, *, task_status: trio.TaskStatus[Node]
             ) -> None:
                 async with open_node(
                     nid, ids, state_machine=KVStateMachine(), transport=network.transport(nid),
@@ -166,15 +166,13 @@ async def test_a_follower_that_lost_its_log_gets_a_warning_with_what_to_do(
                     await done.wait()
 
             stops = {nid: trio.Event() for nid in ids}
-            nodes = {nid: await nursery.start(run, nid, stops[nid]) for nid in ids}
-            leader_id = await nodes["n1"].wait_leader()  # type: ignore[attr-defined]
+            nodes: dict[str, Node] = {nid: await nursery.start(run, nid, stops[nid]) for nid in ids}
+            leader_id = await nodes["n1"].wait_leader()
             leader = nodes[leader_id]
             for i in range(5):
-                await leader.propose(("put", "k", str(i)))  # type: ignore[attr-defined]
+                await leader.propose(("put", "k", str(i)))
             lost = next(n for n in ids if n != leader_id)
-            await leader.wait_status(  # type: ignore[attr-defined]
-                lambda s: s.followers[lost].match_index == s.last_log_index
-            )
+            await leader.wait_status(lambda s: s.followers[lost].match_index == s.last_log_index)
             stops[lost].set()
             await trio.sleep(0.01)
             network.detach(lost)
