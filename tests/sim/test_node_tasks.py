@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import trio
 import trio.testing
 
 from trio_raft import AppendRequest, NodeClosedError, Role
-from trio_raft.testing import open_simulated_cluster
+from trio_raft.testing import KVStateMachine, open_simulated_cluster
 
 
 def _task_names() -> list[str]:
@@ -112,5 +114,5 @@ async def test_a_command_that_apply_rejects_fails_alone(
                 raise AssertionError("apply's ValueError did not reach the proposer")
             assert await leader.propose(("put", "k", "v")) is None
             await cluster.wait_converged()
-            states = [sm.as_dict() for sm in cluster.state_machines.values()]  # type: ignore[attr-defined]
+            states = [cast(KVStateMachine, sm).as_dict() for sm in cluster.state_machines.values()]
             assert states == [{"k": "v"}] * 3
