@@ -124,10 +124,11 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """Type-check the package, the benchmarks and this noxfile with strict mypy."""
+    """Type-check the package, the benchmarks, the tests and this noxfile with strict mypy
+    (the ``test`` extra and nox are installed for the imports of the tests and the noxfile)."""
     _install(session, "typecheck", "test")
     session.install("nox")
-    session.run("mypy", "trio_raft", "benchmarks", "noxfile.py", *session.posargs)
+    session.run("mypy", "trio_raft", "benchmarks", "tests", "noxfile.py", *session.posargs)
 
 
 @nox.session

@@ -9,10 +9,11 @@ command lines go through the real parser and run in this trio run.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
@@ -35,7 +36,7 @@ ADMIN = "an-admin-token-of-24-chr"
 NEW_IDS = ("m1", "m2", "m3")
 
 
-def _args(*argv: str) -> object:
+def _args(*argv: str) -> argparse.Namespace:
     args = parse_command_line(argv)
     assert not isinstance(args, int), argv
     return args
@@ -102,19 +103,19 @@ async def test_save_then_restore_a_new_cluster_that_serves_the_same_data(
             url = next(iter(old.urls.values()))
             # Without the admin token: refused, with what to pass.
             save = _args("snapshot", "save", "--url", url, "--token", TOKEN, str(backup))
-            assert await save_command(save) == 1  # type: ignore[arg-type]
+            assert await save_command(save) == 1
             err = capsys.readouterr().err
             assert err.startswith("trio-raft snapshot save: ") and "admin_token" in err
             assert not _exists(backup) and not _exists(f"{backup}.partial")
             # With it: saved, checked, and described.
             save = _args("snapshot", "save", "--url", url, "--token", ADMIN, "--json", str(backup))
-            assert await save_command(save) == 0  # type: ignore[arg-type]
+            assert await save_command(save) == 0
             info = json.loads(capsys.readouterr().out)
             assert info["cluster_id"] == "old" and info["voters"] == ["n1", "n2", "n3"]
             assert info["size"] == _size(backup) and len(info["sha256"]) == 64
             assert not _exists(f"{backup}.partial")
             # A second save does not overwrite it without --force.
-            assert await save_command(save) == 1  # type: ignore[arg-type]
+            assert await save_command(save) == 1
             assert "pass --force" in capsys.readouterr().err
             expected = old.machines[info["node"]].as_dict()
             assert len(expected) == 29
@@ -124,10 +125,10 @@ async def test_save_then_restore_a_new_cluster_that_serves_the_same_data(
             restore = _args(
                 "snapshot", "restore", str(backup), "--config", str(config), "--id", node_id
             )
-            assert await restore_command(restore) == 0  # type: ignore[arg-type]
+            assert await restore_command(restore) == 0
             assert f"node {node_id} of cluster restored" in capsys.readouterr().out
         # Restoring over a directory with data in it is refused.
-        assert await restore_command(restore) == 1  # type: ignore[arg-type]
+        assert await restore_command(restore) == 1
         assert "is not empty" in capsys.readouterr().err
 
         async with _restored_cluster(config) as nodes:
@@ -141,7 +142,7 @@ async def test_save_then_restore_a_new_cluster_that_serves_the_same_data(
             assert leader.status.last_applied > info["index"]
             # inspect on a directory a running node is writing: nothing refused, the facts.
             inspect = _args("inspect", str(config.parent / "data" / leader.id), "--json")
-            assert inspect_command(inspect) == 0  # type: ignore[arg-type]
+            assert inspect_command(inspect) == 0
             report = json.loads(capsys.readouterr().out)
             assert set(report) == {"path", "identity", "hard_state", "log", "snapshot",
                                    "segments", "repairs", "problems"}  # fmt: skip
@@ -155,7 +156,7 @@ async def test_save_then_restore_a_new_cluster_that_serves_the_same_data(
             segment = report["segments"][-1]
             assert set(segment) == {"file", "seq", "first_index", "entries", "live", "bytes",
                                     "format"}  # fmt: skip
-            assert inspect_command(_args("inspect", str(config.parent / "data" / "m2"))) == 0  # type: ignore[arg-type]
+            assert inspect_command(_args("inspect", str(config.parent / "data" / "m2"))) == 0
             text = capsys.readouterr().out
             assert "identity: cluster restored, node m2" in text
             assert f"snapshot: index {info['index']}, term {info['term']}" in text
@@ -186,28 +187,31 @@ async def _backup_file(tmp_path: Path) -> Path:
     ],
 )
 async def test_a_damaged_backup_is_refused_and_nothing_is_written(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: object, reason: str
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    damage: Callable[[bytes], bytes],
+    reason: str,
 ) -> None:
     source = await _backup_file(tmp_path)
     backup = tmp_path / "bad.snap"
-    backup.write_bytes(damage(source.read_bytes()))  # type: ignore[operator]
+    backup.write_bytes(damage(source.read_bytes()))
     config = _new_cluster_file(tmp_path)
     restore = _args("snapshot", "restore", str(backup), "--config", str(config), "--id", "m1")
-    assert await restore_command(restore) == 1  # type: ignore[arg-type]
+    assert await restore_command(restore) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"trio-raft snapshot restore: {backup} is not a valid backup: {reason}")
     assert err.count("\n") == 1
     assert not (tmp_path / "data" / "m1").exists()
     # The intact file restores; an unknown node id and a missing file are one line each.
     good = _args("snapshot", "restore", str(source), "--config", str(config), "--id", "m1")
-    assert await restore_command(good) == 0  # type: ignore[arg-type]
+    assert await restore_command(good) == 0
     capsys.readouterr()
     unknown = _args("snapshot", "restore", str(source), "--config", str(config), "--id", "x9")
-    assert await restore_command(unknown) == 2  # type: ignore[arg-type]
+    assert await restore_command(unknown) == 2
     assert "has no [nodes.x9] table" in capsys.readouterr().err
     missing = _args("snapshot", "restore", str(tmp_path / "nope"), "--config", str(config),
                     "--id", "m2")  # fmt: skip
-    assert await restore_command(missing) == 1  # type: ignore[arg-type]
+    assert await restore_command(missing) == 1
     assert "no such file" in capsys.readouterr().err
 
 
@@ -218,9 +222,9 @@ def test_inspect_reports_damage_and_writes_nothing(
     directory = tmp_path / "source"
     (directory / "snapshot").write_bytes((directory / "snapshot").read_bytes()[:-2])
     before = {p.name: p.read_bytes() for p in directory.iterdir()}
-    assert inspect_command(_args("inspect", str(directory))) == 1  # type: ignore[arg-type]
+    assert inspect_command(_args("inspect", str(directory))) == 1
     out = capsys.readouterr().out
     assert "opening would refuse: corrupt storage:" in out and "snapshot" in out
     assert {p.name: p.read_bytes() for p in directory.iterdir()} == before  # read-only
-    assert inspect_command(_args("inspect", str(tmp_path / "nope"))) == 1  # type: ignore[arg-type]
+    assert inspect_command(_args("inspect", str(tmp_path / "nope"))) == 1
     assert capsys.readouterr().err.startswith("trio-raft inspect: cannot read ")

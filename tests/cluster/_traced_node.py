@@ -17,6 +17,7 @@ from trio_raft import _serve, _snapshot
 from trio_raft._cli import main
 from trio_raft._messages import SnapshotRequest
 from trio_raft._node import Node
+from trio_raft._transport import open_websocket_transport
 
 TRACE_CHUNK = "TRACE snapshot chunk"
 TRACE_INSTALL = "TRACE snapshot installed"
@@ -45,7 +46,8 @@ if __name__ == "__main__":
     _snapshot.install = _traced_install
     if CONNECT_TIMEOUT_ENV in os.environ:
         connect_timeout_s = float(os.environ[CONNECT_TIMEOUT_ENV])
-        _serve.open_websocket_transport = partial(  # type: ignore[assignment]
-            _serve.open_websocket_transport, connect_timeout_s=connect_timeout_s
+        # Patched through the module's namespace: _serve imports the name, it does not export it.
+        vars(_serve)["open_websocket_transport"] = partial(
+            open_websocket_transport, connect_timeout_s=connect_timeout_s
         )
     sys.exit(main(["serve", *sys.argv[1:]]))

@@ -255,6 +255,7 @@ async def test_a_node_removed_while_down_comes_back_and_changes_nothing(tmp_path
                 leader, before = await cluster.wait_leader(others)
                 while True:  # the leader replicates to a removed peer a while: wait it out
                     followers = (before[leader] or {}).get("followers") or {}
+                    assert isinstance(followers, dict), before[leader]
                     if victim not in followers:
                         break
                     await trio.sleep(0.1)

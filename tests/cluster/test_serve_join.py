@@ -17,11 +17,12 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
-from trio_raft import Membership, Node
+from trio_raft import Membership, Node, open_node
 from trio_raft import _serve as serve_module
 from trio_raft._join import ClusterAdmin, JoinError, JoinOptions, ask_members, peer_urls
 from trio_raft._serve import ClusterFile, LeaderUrls, load_cluster_file, serve
@@ -105,11 +106,10 @@ async def wait_for_line(out: io.StringIO, text: str) -> None:
 def record_nodes(monkeypatch: pytest.MonkeyPatch) -> dict[NodeId, Node]:
     """Make every ``serve`` of this test put its node in the returned dict."""
     nodes: dict[NodeId, Node] = {}
-    real_open_node = serve_module.open_node
 
     @asynccontextmanager
-    async def recording(node_id: NodeId, *args: object, **kw: object) -> AsyncIterator[Node]:
-        async with real_open_node(node_id, *args, **kw) as node:  # type: ignore[arg-type]
+    async def recording(node_id: NodeId, *args: Any, **kw: Any) -> AsyncIterator[Node]:
+        async with open_node(node_id, *args, **kw) as node:
             nodes[node_id] = node
             yield node
 
@@ -366,7 +366,7 @@ async def test_a_custom_state_machine_node_joins_with_its_own_admin_endpoint(
                         break
                     await trio.sleep(0.05)
             await nodes["n4"].wait_status(lambda s: s.last_applied >= s.commit_index > 0)
-            assert nodes["n4"].state_machine.query(None) == 55  # type: ignore[attr-defined]
+            assert nodes["n4"].state_machine.query(None) == 55
             stream = await trio.open_tcp_stream(HOST, admin_port)
             async with stream:
                 await stream.send_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -295,8 +295,8 @@ def test_impossible_edits_are_refused_with_their_rule(edit: object, rule: str) -
 def test_live_majorities_of_both_sets() -> None:
     target = Membership({"n1", "n4", "n5"})
     assert mb.unreachable_voters(C3, target, {"n1", "n2", "n4"}) is None
-    assert mb.unreachable_voters(C3, target, {"n1", "n2", "n3"}) == {"n4", "n5"}
-    assert mb.unreachable_voters(C3, target, {"n1", "n4", "n5"}) == {"n2", "n3"}
+    assert mb.unreachable_voters(C3, target, {"n1", "n2", "n3"}) == frozenset({"n4", "n5"})
+    assert mb.unreachable_voters(C3, target, {"n1", "n4", "n5"}) == frozenset({"n2", "n3"})
 
 
 def test_choose_successor_prefers_the_live_voter_with_the_most_log() -> None:

@@ -16,7 +16,7 @@ from trio_raft import (
 )
 from trio_raft._config import Config
 from trio_raft._core import _membership as mb
-from trio_raft._core._state import RETIRE_ELECTION_TIMEOUTS, RaftState
+from trio_raft._core._state import RETIRE_ELECTION_TIMEOUTS, RaftState, Transfer
 from trio_raft._messages import AppendRequest, TimeoutNow, VoteRequest
 from trio_raft._types import Entry, EntryKind, HardState, Membership, NodeId, Role, StoredState
 
@@ -71,11 +71,27 @@ def with_learner(n: int = 3, learner: str = "n4") -> tuple[MNet, RaftState]:
     return net, leader
 
 
+def config_of(entry: Entry) -> Membership:
+    """The configuration a ``CONFIG`` entry carries (its command)."""
+    assert isinstance(entry.command, Membership), entry
+    return entry.command
+
+
+def committed(st: RaftState) -> bool:
+    """``st.membership_committed``, read through a call so type checkers do not keep it
+    narrowed."""
+    return st.membership_committed
+
+
+def transfer(st: RaftState) -> Transfer | None:
+    """``st.transfer``, read through a call so type checkers do not keep it narrowed."""
+    return st.transfer
+
+
 def carries_the_leave(m: object) -> bool:
     """An AppendEntries carrying a configuration entry that is not joint (a leave)."""
     return isinstance(m, AppendRequest) and any(
-        e.kind is EntryKind.CONFIG and not e.command.is_joint  # type: ignore[union-attr]
-        for e in m.entries
+        e.kind is EntryKind.CONFIG and not config_of(e).is_joint for e in m.entries
     )
 
 
@@ -158,7 +174,7 @@ def test_joint_autoleave() -> None:
     net.later("n1")
     target = Membership({"n1", "n2", "n3", "n4"})
     entry = net.change("n1", target)
-    assert entry is not None and entry.command.is_joint  # type: ignore[union-attr]
+    assert entry is not None and config_of(entry).is_joint
     joint_index = entry.index
     leave = leader.log.entry(joint_index + 1)
     assert leave.kind is EntryKind.CONFIG and leave.command == target
@@ -255,7 +271,7 @@ def test_changes_are_idempotent() -> None:
     net.later("n1")
     net.isolated = {"n2", "n3", "n4"}
     entry = leader.propose_membership(Membership({"n1", "n2", "n3", "n4"}), net.now)
-    assert entry is not None and entry.command.is_joint  # type: ignore[union-attr]
+    assert entry is not None and config_of(entry).is_joint
     net.isolated = set()
     net.heartbeat("n1")
     # Joint and leaving toward the target: asking again appends nothing.
@@ -277,7 +293,7 @@ def test_a_removed_leader_leads_until_the_change_commits_then_hands_over() -> No
     assert role(leader) is Role.FOLLOWER  # stepped down after the leave committed
     assert leader.successor in {"n2", "n3"}
     assert any(isinstance(m, TimeoutNow) for m in net.delivered)
-    new = net[leader.successor]  # type: ignore[index]
+    new = net[leader.successor]
     assert role(new) is Role.LEADER and new.term == leader.term + 1
     assert new.membership == Membership({"n2", "n3"})
     with pytest.raises(NotLeaderError):
@@ -323,7 +339,7 @@ def test_the_leader_stops_replicating_to_a_removed_peer_once_it_knows() -> None:
     assert "n4" in leader.replica_ids and not net["n4"].membership_committed
     net.drop = lambda m: False
     net.heartbeat("n1")  # told, and it answers
-    assert net["n4"].membership_committed
+    assert committed(net["n4"])
     net.heartbeat("n1")
     assert "n4" not in leader.replica_ids and "n4" not in leader.progress
 
@@ -417,7 +433,7 @@ def test_transfer_times_out_and_the_leader_resumes() -> None:
     assert leader.leader_deadline <= leader.transfer.deadline
     net.now += CFG.election_timeout_s_max
     leader.on_election_timeout(net.now)
-    assert role(leader) is Role.LEADER and leader.transfer is None
+    assert role(leader) is Role.LEADER and transfer(leader) is None
     assert "timed out" in (leader.transfer_failure or "")
     leader.propose(["accepted again"])
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import random
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -19,7 +19,7 @@ import attrs
 import pytest
 import trio
 
-from trio_raft import Config, MemoryStorage, Node, open_node
+from trio_raft import Config, MemoryStorage, Node, Status, open_node
 from trio_raft.kv import (
     CommandFailedError,
     KVRequestError,
@@ -33,6 +33,11 @@ from trio_raft.testing import MemoryNetwork
 
 FAST = Config(election_timeout_s_min=0.15, election_timeout_s_max=0.3, heartbeat_s=0.03)
 TEST_S = 5.0
+
+
+def applied_through(index: int) -> Callable[[Status], bool]:
+    """A ``wait_status`` predicate: the node applied every entry up to ``index``."""
+    return lambda s: s.last_applied >= index
 
 
 def _load_bank() -> ModuleType:
@@ -107,7 +112,7 @@ async def test_calls_and_queries_reach_any_state_machine_through_any_node(
         # Every replica applied the same commands.
         await leader.wait_status(lambda s: s.last_applied == s.commit_index)
         for nid, node in cluster.nodes.items():
-            await node.wait_status(lambda s, c=leader.status.commit_index: s.last_applied >= c)
+            await node.wait_status(applied_through(leader.status.commit_index))
             assert cluster.banks[nid].balances == {"alice": 70, "bob": 35}  # type: ignore[attr-defined]
 
 

@@ -57,5 +57,5 @@ async def test_a_hint_at_an_unreachable_leader_is_not_followed() -> None:
             )
             link = type("L", (), {"url": cluster.urls[follower], "dead": False})()
             client._drop = lambda link: None  # type: ignore[method-assign]
-            assert client._retry_at_once(link, failure, attempts) is False  # type: ignore[arg-type]
+            assert client._retry_at_once(link, failure, attempts) is False
             assert client._hint is None and attempts.electing is True

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import math
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import cbor2
@@ -132,12 +132,12 @@ def append_requests(draw: st.DrawFn) -> AppendRequest:
     for i in range(draw(st.integers(0, 5))):
         entry_term = draw(st.integers(entry_term, term))
         kind = draw(st.sampled_from(EntryKind))
-        command = {
+        strategy = {
             EntryKind.COMMAND: commands,
             EntryKind.NOOP: st.none(),
             EntryKind.CONFIG: memberships(),
         }[kind]
-        command = draw(command)
+        command = draw(strategy)
         entries.append(Entry(entry_term, prev_index + 1 + i, command, kind))
     return AppendRequest(
         **draw(endpoints()), term=term, prev_index=prev_index, prev_term=prev_term,
@@ -261,7 +261,7 @@ def test_envelope_layout() -> None:
         SnapshotRequest("n1", "n2", 5, 9, 4, 0, b"ab", False, membership), cluster_id=CLUSTER
     )
     assert cbor2.loads(frame)["b"] == [5, 9, 4, 0, b"ab", False, plain]
-    entries = (Entry(5, 10, membership, EntryKind.CONFIG),)
+    entries: tuple[Entry, ...] = (Entry(5, 10, membership, EntryKind.CONFIG),)
     frame = encode(AppendRequest("n1", "n2", 5, 9, 4, entries, 9), cluster_id=CLUSTER)
     assert cbor2.loads(frame)["b"][-1] == [[5, 10, 2, plain]]
     entries = (Entry(2, 5, ("put", "k", "v")), Entry(3, 6, None, EntryKind.NOOP))
@@ -645,9 +645,10 @@ def _plausible(name: str) -> st.SearchStrategy[object]:
     return st.integers(1, 4) if "term" in name else st.integers(0, 4)
 
 
-def _plausible_entries(draw: st.DrawFn, body: dict[str, Any]) -> list[list[object]]:
+def _plausible_entries(data: st.DataObject, body: dict[str, Any]) -> list[list[object]]:
     """Entries that follow prev_index and prev_term, of every kind (a CONFIG entry carries a
     plain form, valid or not), with an occasional wild value."""
+    draw = data.draw
     entries: list[list[object]] = []
     term = max(body["prev_term"], 1) if type(body["prev_term"]) is int else 1
     top = body["term"] if type(body["term"]) is int and body["term"] >= term else term
@@ -663,13 +664,14 @@ def _plausible_entries(draw: st.DrawFn, body: dict[str, Any]) -> list[list[objec
     return entries
 
 
-def _raw_body(draw: st.DrawFn, cls: type[Message]) -> dict[str, object]:
+def _raw_body(data: st.DataObject, cls: type[Message]) -> dict[str, object]:
     """A body, each field wild or (mostly) plausible, so that both outcomes are common."""
+    draw = data.draw
     body: dict[str, Any] = {}
     for name in codec.BODY_FIELDS[cls]:
         plausible = draw(st.integers(0, 5)) > 0
         if name == "entries":
-            body[name] = _plausible_entries(draw, body) if plausible else draw(raw_entries)
+            body[name] = _plausible_entries(data, body) if plausible else draw(raw_entries)
         elif name == "membership":
             body[name] = draw(_plausible(name) if plausible else wild_plains | wild_values)
         else:
@@ -700,7 +702,7 @@ def test_construction_decode_and_encode_check_the_same_rules(
     decodes, iff a message holding them (validators bypassed) encodes; and the errors name the
     same rule. This is what keeps the core from emitting anything the wire refuses."""
     src, dst = (n if data.draw(st.integers(0, 5)) else data.draw(wild_values) for n in ("n1", "n2"))
-    body = _raw_body(data.draw, cls)
+    body = _raw_body(data, cls)
     frame = cbor2.dumps(envelope(s=src, d=dst, t=codec.TYPE_CODES[cls], b=list(body.values())))
     decoded: Message | None
     try:
@@ -938,7 +940,7 @@ def reference_frame(message: Message) -> bytes:
                 e.term,
                 e.index,
                 int(e.kind),
-                e.command.to_plain() if e.kind is EntryKind.CONFIG else e.command,
+                cast(Membership, e.command).to_plain() if e.kind is EntryKind.CONFIG else e.command,
             ]
             for e in message.entries
         ]

@@ -14,7 +14,7 @@ import cbor2
 import pytest
 import trio
 import trio.testing
-from trio_websocket import ConnectionClosed
+from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from trio_raft._abc import MembershipAwareTransport
 from trio_raft._codec import PROTOCOL_VERSION, encode
@@ -46,6 +46,17 @@ def connected_to(peer: str) -> Check:
 
 def inbound_from(peer: str, count: int) -> Check:
     return lambda s: peer in s.peers and s.peers[peer].inbound_connections == count
+
+
+def peers_are(*peers: str) -> Check:
+    return lambda s: set(s.peers) == set(peers)
+
+
+async def receive_cbor(ws: WebSocketConnection) -> Any:
+    """The next message on ``ws``, a binary frame, decoded."""
+    data = await ws.get_message()
+    assert isinstance(data, bytes)
+    return cbor2.loads(data)
 
 
 def dial_tasks(src: str, dst: str) -> list[trio.lowlevel.Task]:
@@ -146,12 +157,12 @@ async def test_a_handshake_racing_with_the_removal_fails_cleanly() -> None:
                 nonce = new_nonce()
                 hello = {"t": "hello", "v": PROTOCOL_VERSION, "c": CLUSTER, "s": "a", "d": "b"}
                 await ws.send_message(cbor2.dumps({**hello, "n": nonce}))
-                challenge = cbor2.loads(await ws.get_message())
+                challenge = await receive_cbor(ws)
                 b.update_members({})  # while the proof is on its way
                 transcript = Transcript(CLUSTER, "a", "b", nonce, challenge["n"])
                 proof = transcript.proof(SECRET, server=False)
                 await ws.send_message(cbor2.dumps({"t": "proof", "p": proof}))
-                assert cbor2.loads(await ws.get_message()) == {"t": "welcome"}
+                assert await receive_cbor(ws) == {"t": "welcome"}
                 await ws.send_message(encode(vote("a", "b"), cluster_id=CLUSTER))
                 assert await closed_with(ws) == (1008, "unknown node id")
             stats = await b.wait_statistics(lambda s: s.open_connections == 0)
@@ -360,7 +371,7 @@ async def test_a_third_node_joins_and_leaves_a_pair() -> None:
                 a.update_members(members)
                 b.update_members(members)
                 for t, other in [(a, "b"), (b, "a")]:
-                    await t.wait_statistics(lambda s, other=other: set(s.peers) == {other})
+                    await t.wait_statistics(peers_are(other))
                     await t.wait_statistics(inbound_from(other, 1))
                 stats = await c.wait_statistics(
                     lambda s: all(

@@ -7,6 +7,7 @@ Each seed is its own test (``test_chaos[SEED]``); replay one with ``pytest --see
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import attrs
 import hypothesis
@@ -15,16 +16,17 @@ import pytest
 import trio
 import trio.testing
 
-from trio_raft.testing import ACTIONS, CHAOS_CONFIG, Fault, run_chaos
+from trio_raft.testing import ACTIONS, CHAOS_CONFIG, ChaosReport, Fault, run_chaos
 
 NODES = ("n1", "n2", "n3", "n4", "n5")
 
 
-def _run(seed: int, **kwargs: object) -> object:
-    return trio.run(
-        functools.partial(run_chaos, seed, **kwargs),  # type: ignore[arg-type]
+def _run(seed: int, **kwargs: Any) -> ChaosReport:
+    report: ChaosReport = trio.run(
+        functools.partial(run_chaos, seed, **kwargs),
         clock=trio.testing.MockClock(autojump_threshold=0),
     )
+    return report
 
 
 LIVE_MAJORITY_S = 5.0

@@ -11,6 +11,7 @@ with :class:`~trio_raft.testing._network.WireCodecError` and the seed that repla
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import attrs
 import pytest
@@ -20,10 +21,10 @@ import trio.testing
 from trio_raft.testing import CHAOS_CONFIG, ChaosReport, run_chaos
 
 
-def _run(seed: int, **kwargs: object) -> ChaosReport:
+def _run(seed: int, **kwargs: Any) -> ChaosReport:
     try:
         report: ChaosReport = trio.run(
-            functools.partial(run_chaos, seed, wire_codec=True, **kwargs),  # type: ignore[arg-type]
+            functools.partial(run_chaos, seed, wire_codec=True, **kwargs),
             clock=trio.testing.MockClock(autojump_threshold=0),
         )
     except BaseException as exc:

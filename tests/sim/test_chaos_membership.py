@@ -11,6 +11,7 @@ of :func:`~trio_raft.testing.run_chaos` (settled, agreed configuration; bystande
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import attrs
 import hypothesis
@@ -41,9 +42,9 @@ _EXPECTED = {
 }  # fmt: skip
 
 
-def _run(seed: int, **kwargs: object) -> ChaosReport:
+def _run(seed: int, **kwargs: Any) -> ChaosReport:
     report: ChaosReport = trio.run(
-        functools.partial(run_chaos, seed, membership=True, **kwargs),  # type: ignore[arg-type]
+        functools.partial(run_chaos, seed, membership=True, **kwargs),
         clock=trio.testing.MockClock(autojump_threshold=0),
     )
     assert report.linearizability.ok is True, f"seed={seed}: {report.linearizability}"

@@ -4,6 +4,7 @@ compacts, snapshot streams that get abandoned, and logs that must stay bounded (
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 import attrs
 import pytest
@@ -12,7 +13,7 @@ import trio.testing
 
 from trio_raft import AppendResponse, Config, Message, SnapshotResponse
 from trio_raft._core._log import entry_size
-from trio_raft.testing import SimulatedCluster, Verdict, open_simulated_cluster
+from trio_raft.testing import KVStateMachine, SimulatedCluster, Verdict, open_simulated_cluster
 
 
 async def _burst(cluster: SimulatedCluster, leader_id: str, count: int) -> None:
@@ -60,7 +61,10 @@ async def test_follower_cut_off_while_its_window_crosses_the_snapshot_point(
             dropping = False
             await cluster.wait_converged()
             await cluster.wait_logs_bounded()
-            states = {nid: sm.as_dict() for nid, sm in cluster.state_machines.items()}  # type: ignore[attr-defined]
+            states = {
+                nid: cast(KVStateMachine, sm).as_dict()
+                for nid, sm in cluster.state_machines.items()
+            }
             assert states[cut] == states[leader.id]
 
 

@@ -9,12 +9,14 @@ may not use the reserve, ``"full"`` refuses every append. Chaos runs flip it at 
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 import trio
 import trio.testing
 
 from trio_raft import Config, NoSpaceError, ProposalDroppedError
-from trio_raft.testing import SimulatedCluster, open_simulated_cluster
+from trio_raft.testing import KVStateMachine, SimulatedCluster, open_simulated_cluster
 
 CONFIG = Config(snapshot_entries=30, snapshot_keep_entries=5)
 ALARM_S = 3.0
@@ -64,7 +66,7 @@ async def test_low_disk_everywhere_refuses_writes_but_serves_reads_and_deletes(
             await cluster.propose(("put", "new", "after"))
             assert await cluster.leader().read(("get", "new")) == "after"  # type: ignore[union-attr]
             await cluster.wait_converged()
-        states = [sm.as_dict() for sm in cluster.state_machines.values()]  # type: ignore[attr-defined]
+        states = [cast(KVStateMachine, sm).as_dict() for sm in cluster.state_machines.values()]
         assert all(s == states[0] for s in states)
         assert len(states[0]) == 6  # k35..k39 and "new"
 
@@ -100,8 +102,8 @@ async def test_full_disk_everywhere_keeps_every_node_up_and_loses_nothing(
             await cluster.propose(("put", "k0", "back"))
             await cluster.wait_converged()
         for sm in cluster.state_machines.values():
-            assert sm.as_dict()["k0"] == "back"  # type: ignore[attr-defined]
-            assert len(sm.as_dict()) == 10  # type: ignore[attr-defined]
+            assert cast(KVStateMachine, sm).as_dict()["k0"] == "back"
+            assert len(cast(KVStateMachine, sm).as_dict()) == 10
         for nid, storage in cluster.storages.items():
             durable = storage.durable_state()
             assert (
@@ -130,6 +132,6 @@ async def test_one_full_follower_does_not_stop_the_cluster_and_catches_up(
             await cluster.wait_converged()
             await _wait_alarm(cluster, on=False, nodes=[follower])
             await cluster.wait_logs_bounded()
-        states = [sm.as_dict() for sm in cluster.state_machines.values()]  # type: ignore[attr-defined]
+        states = [cast(KVStateMachine, sm).as_dict() for sm in cluster.state_machines.values()]
         assert all(s == states[0] for s in states)
         assert len(states[0]) == 100

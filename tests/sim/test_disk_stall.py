@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import trio
 import trio.testing
 
 from trio_raft import LeadershipLostError, Role
-from trio_raft.testing import open_simulated_cluster
+from trio_raft.testing import KVStateMachine, open_simulated_cluster
 
 
 async def test_leader_with_a_stalled_disk_steps_down_and_a_healthy_node_takes_over(
@@ -42,8 +44,8 @@ async def test_leader_with_a_stalled_disk_steps_down_and_a_healthy_node_takes_ov
             await cluster.wait_converged()
             assert old.status.leader_id == new.id
             sm = cluster.state_machines[old.id]
-            assert sm.as_dict()["after"] == "2"  # type: ignore[attr-defined]
-            assert sm.as_dict()["stuck"] == "1"  # type: ignore[attr-defined]
+            assert cast(KVStateMachine, sm).as_dict()["after"] == "2"
+            assert cast(KVStateMachine, sm).as_dict()["stuck"] == "1"
 
 
 async def test_follower_with_a_stalled_disk_stops_acknowledging(

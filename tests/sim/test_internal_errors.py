@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Iterable
 
 import pytest
 import trio
 import trio.testing
 
-from trio_raft import Config, MemoryStorage, NodeCrashedError, RaftError, open_node
+from trio_raft import Config, MemoryStorage, Node, NodeCrashedError, RaftError, open_node
 from trio_raft._core._state import RaftState
 from trio_raft._types import MAX_TERM, HardState, Role, StoredState
 from trio_raft.testing import (
@@ -20,9 +21,23 @@ from trio_raft.testing import (
 )
 
 
-class _BrokenSnapshots(KVStateMachine):
+class _BrokenSnapshots:
+    """A :class:`KVStateMachine` whose snapshots fail (wrapped: the class is final)."""
+
+    def __init__(self) -> None:
+        self._kv = KVStateMachine()
+
+    def apply(self, command: object) -> object:
+        return self._kv.apply(command)
+
+    def query(self, query: object) -> object:
+        return self._kv.query(query)
+
     def snapshot(self) -> list[bytes]:
         raise RuntimeError("boom in snapshot")
+
+    def restore(self, chunks: Iterable[bytes]) -> None:
+        self._kv.restore(chunks)
 
 
 async def test_internal_error_stops_the_node_with_a_typed_error(
@@ -34,10 +49,10 @@ async def test_internal_error_stops_the_node_with_a_typed_error(
     network = MemoryNetwork(random.Random(0))
     outcome: list[BaseException] = []
 
-    async def propose_forever(node: object) -> None:
+    async def propose_forever(node: Node) -> None:
         try:
             while True:
-                await node.propose(("put", "k", "v"))  # type: ignore[attr-defined]
+                await node.propose(("put", "k", "v"))
         except RaftError as exc:
             outcome.append(exc)
 

@@ -9,6 +9,7 @@ functions with ``monkeypatch`` and run a real simulated cluster.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from typing import cast
 
 import attrs
 import pytest
@@ -23,6 +24,7 @@ from trio_raft import (
     EntryKind,
     HardState,
     Membership,
+    Node,
     Role,
     RoleChangeReason,
     SnapshotMeta,
@@ -44,6 +46,12 @@ class FakeNode:
 
     id: str
     _state: RaftState
+
+
+def as_node(node: FakeNode) -> Node:
+    """``node`` where the checker expects a :class:`Node`: it reads only ``id`` and
+    ``_state``, which a FakeNode has."""
+    return cast(Node, node)
 
 
 def fake(
@@ -69,7 +77,7 @@ def become_leader(checker: InvariantChecker, node: FakeNode, term: int) -> None:
     node._state.term = term
     node._state.role = Role.LEADER
     won = RoleChangeReason.ELECTION_WON
-    checker.observe(node, "role", (Role.LEADER, term, won))  # type: ignore[arg-type]
+    checker.observe(as_node(node), "role", (Role.LEADER, term, won))
 
 
 def vote(checker: InvariantChecker, voter: str, term: int, candidate: str) -> None:
@@ -168,10 +176,10 @@ async def test_commit_quorum_needs_a_majority_of_durable_copies() -> None:
     checker.durable_write("n3", None, None, entries[:1])
     checker.durable_write("n6", None, None, entries)  # not a voter
     leader._state.commit = 1
-    checker.observe(leader, "commit", 1)  # type: ignore[arg-type]
+    checker.observe(as_node(leader), "commit", 1)
     leader._state.commit = 2
     with pytest.raises(InvariantViolation, match=r"Commit quorum.*n1.*term 2.*index 2.*\{n1, n2\}"):
-        checker.observe(leader, "commit", 2)  # type: ignore[arg-type]
+        checker.observe(as_node(leader), "commit", 2)
 
 
 async def test_commit_quorum_checks_the_term_of_each_copy() -> None:
@@ -187,7 +195,7 @@ async def test_commit_quorum_checks_the_term_of_each_copy() -> None:
     checker.durable_write("n3", None, 1, ())  # ... then truncated
     leader._state.commit = 1
     with pytest.raises(InvariantViolation, match=r"Commit quorum.*\{n1\}"):
-        checker.observe(leader, "commit", 1)  # type: ignore[arg-type]
+        checker.observe(as_node(leader), "commit", 1)
 
 
 async def test_commit_quorum_while_joint_needs_both_majorities() -> None:
@@ -201,11 +209,11 @@ async def test_commit_quorum_while_joint_needs_both_majorities() -> None:
         checker.durable_write(nid, None, None, entries)
     leader._state.commit = 2
     with pytest.raises(InvariantViolation, match=r"Commit quorum.*\{n1, n2, n3\}.*outgoing"):
-        checker.observe(leader, "commit", 2)  # type: ignore[arg-type]
+        checker.observe(as_node(leader), "commit", 2)
     # One more copy in the outgoing set makes it a quorum (also counted from a snapshot).
     checker._leader_commit[("n1", 3)] = 0
-    checker.observe(fake("n5", FIVE), "snapshot", SnapshotMeta(2, 3))  # type: ignore[arg-type]
-    checker.observe(leader, "commit", 2)  # type: ignore[arg-type]
+    checker.observe(as_node(fake("n5", FIVE)), "snapshot", SnapshotMeta(2, 3))
+    checker.observe(as_node(leader), "commit", 2)
 
 
 async def test_commit_counted_before_a_configuration_appended_in_the_same_batch() -> None:
@@ -222,14 +230,14 @@ async def test_commit_counted_before_a_configuration_appended_in_the_same_batch(
         checker.durable_write(nid, None, None, entries)
     leader._state.commit = 2
     leader._state._append([config_entry(3, 2, joint)])  # the core adopts it on append
-    checker.observe(leader, "membership", (3, joint))  # type: ignore[arg-type]
-    checker.observe(leader, "commit", 2)  # type: ignore[arg-type]
+    checker.observe(as_node(leader), "membership", (3, joint))
+    checker.observe(as_node(leader), "commit", 2)
     # The next commit is counted under the joint configuration only.
     checker.durable_write("n1", None, None, [config_entry(3, 2, joint)])
     checker.durable_write("n2", None, None, [config_entry(3, 2, joint)])
     leader._state.commit = 3
     with pytest.raises(InvariantViolation, match=r"Commit quorum.*index 3.*\{n1, n2\}"):
-        checker.observe(leader, "commit", 3)  # type: ignore[arg-type]
+        checker.observe(as_node(leader), "commit", 3)
 
 
 async def test_commit_of_an_earlier_term_entry_by_counting_is_refused() -> None:
@@ -243,7 +251,7 @@ async def test_commit_of_an_earlier_term_entry_by_counting_is_refused() -> None:
         checker.durable_write(nid, None, None, entries)
     leader._state.commit = 1
     with pytest.raises(InvariantViolation, match=r"Commit quorum.*entry of term 1.*own term"):
-        checker.observe(leader, "commit", 1)  # type: ignore[arg-type]
+        checker.observe(as_node(leader), "commit", 1)
 
 
 async def test_one_change_at_a_time_in_every_log() -> None:
@@ -254,21 +262,21 @@ async def test_one_change_at_a_time_in_every_log() -> None:
     node = fake("n2", bootstrap, [config_entry(1, 1, three), config_entry(2, 1, skip)])
     ready = Ready(entries=[node._state.log.entry(2)])
     with pytest.raises(InvariantViolation, match=r"One change at a time.*n2.*entry 2.*n4"):
-        checker.observe(node, "persisted", ready)  # type: ignore[arg-type]
+        checker.observe(as_node(node), "persisted", ready)
     # Enter and leave are fine, and so is a joining node's first configuration.
     checker = InvariantChecker(seed=0)
     joint = Membership({"n1", "n2", "n4"}, (), {"n1", "n2", "n3"})
     entries = [config_entry(1, 1, three), config_entry(2, 1, joint), config_entry(3, 1, skip)]
     node = fake("n2", bootstrap, entries)
-    checker.observe(node, "persisted", Ready(entries=entries))  # type: ignore[arg-type]
+    checker.observe(as_node(node), "persisted", Ready(entries=entries))
     # The first configuration written after a bootstrap one is not compared with it.
     checker = InvariantChecker(seed=0)
     node = fake("n4", Membership({"n1", "n2", "n4"}), [config_entry(1, 1, three)])
-    checker.observe(node, "persisted", Ready(entries=[config_entry(1, 1, three)]))  # type: ignore[arg-type]
+    checker.observe(as_node(node), "persisted", Ready(entries=[config_entry(1, 1, three)]))
     checker = InvariantChecker(seed=0)
     first = [command(1, 1), config_entry(2, 1, joint)]
     node = fake("n5", None, first)
-    checker.observe(node, "persisted", Ready(entries=first))  # type: ignore[arg-type]
+    checker.observe(as_node(node), "persisted", Ready(entries=first))
 
 
 async def test_a_leader_appends_a_change_only_after_the_previous_one_committed() -> None:
@@ -281,14 +289,14 @@ async def test_a_leader_appends_a_change_only_after_the_previous_one_committed()
     with pytest.raises(
         InvariantViolation, match=r"One change at a time.*n1.*term 2.*entry 2.*entry 1.*commit"
     ):
-        checker.observe(leader, "membership", (2, learner))  # type: ignore[arg-type]
+        checker.observe(as_node(leader), "membership", (2, learner))
 
     checker = InvariantChecker(seed=0)
     leader = leader_with_log(2, one, [config_entry(1, 2, one)])
     become_leader(checker, leader, 2)
     leader._state.commit = 1
     leader._state.log.append([config_entry(2, 2, learner)])
-    checker.observe(leader, "membership", (2, learner))  # type: ignore[arg-type]
+    checker.observe(as_node(leader), "membership", (2, learner))
 
 
 async def test_configuration_agreement_at_committed_indexes() -> None:
@@ -297,11 +305,11 @@ async def test_configuration_agreement_at_committed_indexes() -> None:
     a = fake("n1", ["n1", "n2", "n3"], entries)
     b = fake("n2", ["n1", "n2"], entries)  # another bootstrap configuration
     a._state.commit = b._state.commit = 1
-    checker.observe(a, "commit", 1)  # type: ignore[arg-type]
+    checker.observe(as_node(a), "commit", 1)
     with pytest.raises(
         InvariantViolation, match=r"Configuration agreement.*n2.*\{n1, n2\}.*index 1.*n1.*n3"
     ):
-        checker.observe(b, "commit", 1)  # type: ignore[arg-type]
+        checker.observe(as_node(b), "commit", 1)
 
 
 async def test_configuration_agreement_covers_snapshots() -> None:
@@ -309,12 +317,12 @@ async def test_configuration_agreement_covers_snapshots() -> None:
     three = Membership({"n1", "n2", "n3"})
     a = fake("n1", three, [config_entry(1, 1, three), command(2, 1)])
     a._state.commit = 2
-    checker.observe(a, "commit", 2)  # type: ignore[arg-type]
+    checker.observe(as_node(a), "commit", 2)
     b = fake("n4", None)
-    checker.observe(b, "restore", SnapshotMeta(2, 1, three))  # type: ignore[arg-type]
+    checker.observe(as_node(b), "restore", SnapshotMeta(2, 1, three))
     c = fake("n5", None)
     with pytest.raises(InvariantViolation, match=r"Configuration agreement.*n5.*snapshot"):
-        checker.observe(c, "restore", SnapshotMeta(2, 1, Membership({"n1"})))  # type: ignore[arg-type]
+        checker.observe(as_node(c), "restore", SnapshotMeta(2, 1, Membership({"n1"})))
 
 
 async def test_configuration_in_force_is_the_last_in_the_log() -> None:
@@ -322,12 +330,12 @@ async def test_configuration_in_force_is_the_last_in_the_log() -> None:
     three = Membership({"n1", "n2", "n3"})
     learner = Membership({"n1", "n2", "n3"}, {"n4"})
     node = fake("n2", three, [config_entry(1, 1, three), config_entry(2, 1, learner)])
-    checker.observe(node, "membership", (2, learner))  # type: ignore[arg-type]
+    checker.observe(as_node(node), "membership", (2, learner))
     with pytest.raises(InvariantViolation, match=r"Configuration in force.*n2.*entry 2"):
-        checker.observe(node, "membership", (1, three))  # type: ignore[arg-type]
+        checker.observe(as_node(node), "membership", (1, three))
     node._state.log.truncate_from(2)  # a rollback the node did not report
     with pytest.raises(InvariantViolation, match=r"Configuration in force.*n2.*beyond"):
-        checker.observe(node, "membership", (2, learner))  # type: ignore[arg-type]
+        checker.observe(as_node(node), "membership", (2, learner))
 
 
 # -- a deliberately broken core, end to end -----------------------------------------------------
@@ -379,14 +387,8 @@ async def test_role_changes_are_reported_with_a_reason_that_leads_there() -> Non
     node._state.term = 2
     node._state.role = Role.LEADER
     with pytest.raises(InvariantViolation, match=r"Role change reason.*leader.*election timeout"):
-        checker.observe(  # type: ignore[arg-type]
-            node, "role", (Role.LEADER, 2, RoleChangeReason.ELECTION_TIMEOUT)
-        )
+        checker.observe(as_node(node), "role", (Role.LEADER, 2, RoleChangeReason.ELECTION_TIMEOUT))
     node._state.role = Role.CANDIDATE
     with pytest.raises(InvariantViolation, match=r"Role change reported.*leader@2.*candidate@2"):
-        checker.observe(  # type: ignore[arg-type]
-            node, "role", (Role.LEADER, 2, RoleChangeReason.ELECTION_WON)
-        )
-    checker.observe(  # type: ignore[arg-type]
-        node, "role", (Role.CANDIDATE, 2, RoleChangeReason.PRE_VOTE_WON)
-    )
+        checker.observe(as_node(node), "role", (Role.LEADER, 2, RoleChangeReason.ELECTION_WON))
+    checker.observe(as_node(node), "role", (Role.CANDIDATE, 2, RoleChangeReason.PRE_VOTE_WON))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import trio
 import trio.testing
 
 from trio_raft import AppendRequest, NodeClosedError, Role
-from trio_raft.testing import open_simulated_cluster
+from trio_raft.testing import KVStateMachine, open_simulated_cluster
 
 
 def _task_names() -> list[str]:
@@ -18,7 +20,9 @@ def _task_names() -> list[str]:
             for child in nursery.child_tasks:
                 walk(child)
 
-    walk(trio.lowlevel.current_root_task())
+    root = trio.lowlevel.current_root_task()
+    assert root is not None  # inside trio.run
+    walk(root)
     return names
 
 
@@ -110,5 +114,5 @@ async def test_a_command_that_apply_rejects_fails_alone(
                 raise AssertionError("apply's ValueError did not reach the proposer")
             assert await leader.propose(("put", "k", "v")) is None
             await cluster.wait_converged()
-            states = [sm.as_dict() for sm in cluster.state_machines.values()]  # type: ignore[attr-defined]
+            states = [cast(KVStateMachine, sm).as_dict() for sm in cluster.state_machines.values()]
             assert states == [{"k": "v"}] * 3

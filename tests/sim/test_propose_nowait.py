@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from typing import cast
 
 import pytest
 import trio
@@ -11,7 +12,7 @@ import trio.testing
 
 from trio_raft import LeadershipLostError, NodeClosedError, NotLeaderError, Proposal
 from trio_raft._node import INBOX_SIZE
-from trio_raft.testing import open_simulated_cluster
+from trio_raft.testing import KVStateMachine, open_simulated_cluster
 
 
 async def test_proposals_from_one_task_commit_in_order(
@@ -31,7 +32,7 @@ async def test_proposals_from_one_task_commit_in_order(
             assert first is not None
             assert indexes == list(range(first, first + 100))
             assert {p.term for p in proposals} == {leader.status.term}
-            state = cluster.state_machines[leader.id].as_dict()  # type: ignore[attr-defined]
+            state = cast(KVStateMachine, cluster.state_machines[leader.id]).as_dict()
             assert state["k"] == "".join(str(i) for i in range(100))
             assert await proposals[0].result() == "0"  # awaited again: the same outcome
 

@@ -6,13 +6,13 @@ import trio
 import trio.testing
 
 from trio_raft import Config, Message, SnapshotRequest
-from trio_raft.testing import KVStateMachine, open_simulated_cluster
+from trio_raft.testing import KVStateMachine, SimulatedCluster, open_simulated_cluster
 
 SMALL = Config(snapshot_entries=20, snapshot_keep_entries=5, snapshot_chunk_bytes=64)
 
 
-def _state(cluster: object, nid: str) -> dict[str, str]:
-    sm = cluster.state_machines[nid]  # type: ignore[attr-defined]
+def _state(cluster: SimulatedCluster, nid: str) -> dict[str, str]:
+    sm = cluster.state_machines[nid]
     assert isinstance(sm, KVStateMachine)
     return sm.as_dict()
 

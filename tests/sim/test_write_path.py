@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import random
+from typing import cast
 
 import pytest
 import trio
@@ -16,7 +17,7 @@ from trio_raft._core._ready import Ready
 from trio_raft._node import _check_command
 from trio_raft._types import Entry, HardState
 from trio_raft._write import after_leader_writes
-from trio_raft.testing import open_simulated_cluster
+from trio_raft.testing import KVStateMachine, open_simulated_cluster
 
 
 async def test_followers_get_a_leaders_entry_before_its_own_sync_returns(
@@ -78,7 +79,7 @@ async def test_leader_crash_before_its_own_sync_loses_nothing_acknowledged(
             await cluster.wait_converged()
             assert acked, f"seed={sim_seed}: nothing was acknowledged before the crash"
             for nid, sm in cluster.state_machines.items():
-                state = sm.as_dict()  # type: ignore[attr-defined]
+                state = cast(KVStateMachine, sm).as_dict()
                 lost = {k: v for k, v in acked.items() if state.get(k) != v}
                 assert not lost, f"seed={sim_seed}: {nid} lost acknowledged writes {lost}"
 
@@ -143,7 +144,7 @@ async def test_deposed_leader_with_a_write_in_flight_is_overwritten_in_order(
             assert storage.entries(1, storage.last_index() + 1) == list(
                 log.slice(1, log.last_index + 1)
             ), f"seed={sim_seed}"
-            state = cluster.state_machines[old.id].as_dict()  # type: ignore[attr-defined]
+            state = cast(KVStateMachine, cluster.state_machines[old.id]).as_dict()
             assert "lost" not in state and state["won"] == "2", f"seed={sim_seed}"
 
 

@@ -19,6 +19,7 @@ import functools
 import random
 import struct
 from collections.abc import AsyncIterator
+from typing import TypedDict
 
 import attrs
 import cbor2
@@ -40,7 +41,16 @@ DIR = "/node"
 SEGMENT_BYTES = 400
 STATE = f"{DIR}/state"
 IDENTITY = f"{DIR}/IDENTITY"
-ID = {"cluster_id": "c", "node_id": "n1"}
+
+
+class _Identity(TypedDict):
+    """The identity keywords of ``open_file_storage``."""
+
+    cluster_id: str
+    node_id: str
+
+
+ID: _Identity = {"cluster_id": "c", "node_id": "n1"}
 
 
 @attrs.frozen

@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from trio_raft._messages import AppendRequest, SnapshotRequest, TimeoutNow, VoteRequest
+from trio_raft._messages import AppendRequest, Message, SnapshotRequest, TimeoutNow, VoteRequest
 from trio_raft._types import Entry, EntryKind, Membership
 from trio_raft.testing._network import MemoryNetwork, WireCodecError
 
@@ -46,7 +46,7 @@ async def test_protocol_2_messages_are_delivered_after_a_round_trip(
     network = MemoryNetwork(random.Random(1), wire_codec=True)
     a, b = network.transport("a"), network.transport("b")
     membership = Membership({"a", "b"}, (), (), {"a": ("ws://a", 1), "b": None})
-    messages = [
+    messages: list[Message] = [
         AppendRequest("a", "b", 2, 0, 0, (Entry(2, 1, membership, EntryKind.CONFIG),), 0),
         SnapshotRequest("a", "b", 2, 5, 1, 0, b"state", False, membership),
         TimeoutNow("a", "b", 2),
