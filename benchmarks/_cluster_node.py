@@ -8,9 +8,10 @@
 ``trio-raft`` embeds a node the way ``trio-raft serve`` does (:func:`trio_raft.open_node` with
 :func:`trio_raft.open_file_storage` or :class:`trio_raft.MemoryStorage`, the WebSocket
 transport between nodes), with :class:`BenchStateMachine`, and serves the benchmark's protocol
-(:mod:`benchmarks._cluster_protocol`) on its front port: writes are :meth:`Node.propose`, reads
-:meth:`Node.read` (ReadIndex, linearizable). ``null`` serves the same protocol and acknowledges
-every request at once: the harness's own ceiling.
+(:mod:`benchmarks._cluster_protocol`) on its front port: writes are :meth:`Node.propose_nowait`
+answered from its ``on_done`` (``TRIO_RAFT_BENCH_WRITES=task``: :meth:`Node.propose` in a task
+per write), reads :meth:`Node.read` (ReadIndex, linearizable). ``null`` serves the same
+protocol and acknowledges every request at once: the harness's own ceiling.
 """
 
 from __future__ import annotations

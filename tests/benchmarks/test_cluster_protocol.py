@@ -8,8 +8,10 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
+import trio.testing
 
-from benchmarks._cluster_node import null_handler, serve_front
+from benchmarks._cluster_node import BenchStateMachine, null_handler, raft_handler, serve_front
+from benchmarks._cluster_node import Reply as Answer
 from benchmarks._cluster_protocol import (
     MAX_FRAME_BYTES,
     FrameBuffer,
@@ -23,6 +25,7 @@ from benchmarks._cluster_protocol import (
     encode_reply,
     encode_request,
 )
+from trio_raft.testing import open_simulated_cluster
 
 
 def test_requests_and_replies_round_trip_even_fed_one_byte_at_a_time() -> None:
@@ -169,3 +172,51 @@ async def test_a_client_resetting_its_connection_does_not_stop_the_server() -> N
                 [body] = FrameBuffer().feed(await stream.receive_some(1 << 16))
             assert decode_reply(body) == Reply(2, Status.OK, b"late")
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("task_per_write", [False, True], ids=["on_done", "task"])
+async def test_the_raft_handler_answers_writes_reads_and_redirects(
+    autojump_clock: trio.testing.MockClock, task_per_write: bool
+) -> None:
+    """Both ways the benchmark node answers writes (``propose_nowait`` with ``on_done``, or a
+    task per write awaiting ``propose``) commit them and reply once each; a follower redirects
+    to the leader; reads see the writes."""
+    replies: list[Answer] = []
+    all_in = trio.Event()
+
+    def reply(item: Answer) -> None:
+        replies.append(item)
+        if len(replies) == 21:
+            all_in.set()
+
+    async def run(waiting: Awaitable[None]) -> None:
+        await waiting
+
+    with trio.fail_after(30):
+        async with open_simulated_cluster(
+            3, seed=2, state_machine_factory=BenchStateMachine
+        ) as cluster:
+            leader = await cluster.wait_leader()
+            await cluster.wait_converged()
+            follower = cluster.node(next(n for n in cluster.node_ids if n != leader.id))
+            on_leader = raft_handler(leader, task_per_write=task_per_write)
+            async with trio.open_nursery() as nursery:
+                for i in range(20):
+                    waiting = on_leader(Request(i, Op.WRITE, b"k%d" % i, b"v%d" % i), reply)
+                    assert (waiting is None) is not task_per_write  # no task per write
+                    if waiting is not None:
+                        nursery.start_soon(run, waiting)
+                waiting = raft_handler(follower, task_per_write=task_per_write)(
+                    Request(20, Op.WRITE, b"k", b"v"), reply
+                )
+                if waiting is not None:
+                    nursery.start_soon(run, waiting)
+                await all_in.wait()  # answered from on_done: no task here waits for them
+            assert sorted(r[0] for r in replies) == list(range(21))  # one reply each
+            by_id = {r[0]: r for r in replies}
+            assert by_id[20][1:] == (Status.REDIRECT, leader.id.encode())
+            assert all(by_id[i][1:] == (Status.OK, b"") for i in range(20))
+            read = on_leader(Request(21, Op.READ, b"k7", b""), replies.append)
+            assert read is not None
+            await read
+            assert replies[-1] == (21, Status.OK, b"v7")
