@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import random
+from contextlib import AsyncExitStack
 from typing import cast
 
 import trio
 import trio.testing
 
-from trio_raft import AppendRequest, NodeClosedError, Role
-from trio_raft.testing import KVStateMachine, open_simulated_cluster
+from trio_raft import AppendRequest, MemoryStorage, Message, NodeClosedError, Role, open_node
+from trio_raft.testing import KVStateMachine, MemoryNetwork, MemoryTransport, open_simulated_cluster
 
 
 def _task_names() -> list[str]:
@@ -116,3 +118,52 @@ async def test_a_command_that_apply_rejects_fails_alone(
             await cluster.wait_converged()
             states = [cast(KVStateMachine, sm).as_dict() for sm in cluster.state_machines.values()]
             assert states == [{"k": "v"}] * 3
+
+
+class _RequiredMembersOnly:
+    """A transport with only the protocol's required members (no ``deliver_into``)."""
+
+    def __init__(self, inner: MemoryTransport) -> None:
+        self._inner = inner
+
+    def send(self, message: Message) -> None:
+        self._inner.send(message)
+
+    @property
+    def receive_channel(self) -> trio.abc.ReceiveChannel[Message]:
+        return self._inner.receive_channel
+
+
+async def test_a_transport_without_deliver_into_is_pumped_and_others_are_not(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Third-party transports need only ``send`` and ``receive_channel``: the node runs a pump
+    task for them; the package's transports deliver into the inbox themselves (no pump)."""
+    ids = ["n1", "n2", "n3"]
+    network = MemoryNetwork(random.Random(4))
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+            nursery.start_soon(network.run)
+            nodes = {}
+            for i, nid in enumerate(ids):
+                inner = network.transport(nid)
+                transport = _RequiredMembersOnly(inner) if nid != "n3" else inner
+                nodes[nid] = await stack.enter_async_context(
+                    open_node(
+                        nid,
+                        ids,
+                        state_machine=KVStateMachine(),
+                        transport=transport,
+                        storage=MemoryStorage(),
+                        rng=random.Random(i),
+                    )
+                )
+            leader = nodes[await nodes["n1"].wait_leader()]
+            for i in range(20):
+                await leader.propose(("put", "k", str(i)))
+            for node in nodes.values():
+                await node.wait_status(lambda s: s.last_applied >= leader.status.commit_index)
+                assert node.state_machine.query(("get", "k")) == "19"
+            pumps = [n for n in _task_names() if n.startswith("trio_raft pump ")]
+            assert sorted(pumps) == ["trio_raft pump n1", "trio_raft pump n2"]
+            nursery.cancel_scope.cancel()
