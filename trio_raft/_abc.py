@@ -62,11 +62,11 @@ class IndexedStateMachine(StateMachine, Protocol):
 
     **Snapshots** (with :class:`SnapshottingStateMachine`). A snapshot is taken between two
     applies, at the node's applied index, which may be past the last *command* index the
-    state machine saw (a no-op or configuration entry after it). ``restore`` is not told the
-    snapshot's index: a state machine that needs it after a restore stores the last index it
-    applied in its snapshot bytes and reads it back in ``restore``; the next ``apply_entry``
-    then has a greater index (the snapshot covers every command up to its own index, and the
-    node applies only what comes after it).
+    state machine saw (a no-op or configuration entry after it). To learn that index on a
+    restore, define ``restore_at`` (see :class:`SnapshottingStateMachine`), or keep the last
+    index applied in the snapshot bytes; the next ``apply_entry`` then has a greater index (the
+    snapshot covers every command up to its own index, and the node applies only what comes
+    after it).
     """
 
     def apply_entry(self, command: object, index: int, term: int) -> object:
@@ -83,6 +83,13 @@ class SnapshottingStateMachine(StateMachine, Protocol):
     is consumed later, in chunks, possibly while ``apply`` goes on. ``restore`` replaces the
     whole state with a snapshot's bytes (as produced by ``snapshot``, possibly on another node
     and re-chunked).
+
+    **Where the snapshot ends (optional).** A state machine may also define
+    ``restore_at(self, chunks: Iterable[bytes], index: int, term: int) -> None``: the node
+    then calls it instead of ``restore`` (when it opens from a stored snapshot, and when it
+    installs one from its leader), with the index and term of the last log entry the snapshot
+    covers. The next entry it applies comes after ``index``. Like ``apply_entry``, it is
+    looked up once, when the node opens.
     """
 
     def snapshot(self) -> Iterable[bytes]:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Final, Protocol, final
 
@@ -149,6 +149,11 @@ class Node:
         )
         """The state machine's ``apply_entry`` if it has one (an IndexedStateMachine): then
         called instead of ``apply``. Looked up once, here."""
+        self._restore_at: Callable[[Iterable[bytes], int, int], object] | None = getattr(
+            state_machine, "restore_at", None
+        )
+        """The state machine's ``restore_at`` if it has one: then called instead of
+        ``restore``, with the snapshot's index and term."""
         self._log_view = LogView(state)
         self._transport = transport
         self._storage = storage
@@ -1116,13 +1121,17 @@ async def _recover(storage: Storage, state_machine: StateMachine) -> StoredState
             )
         return stored
     meta, chunks = loaded
+    restore_at = getattr(state_machine, "restore_at", None)
     restore = getattr(state_machine, "restore", None)
-    if restore is None:
+    if restore_at is not None:
+        restore_at([chunk async for chunk in chunks], meta.index, meta.term)
+    elif restore is not None:
+        restore([chunk async for chunk in chunks])
+    else:
         raise TypeError(
             "storage holds a snapshot but the state machine has no restore(); pass the state "
             "machine that wrote it (a SnapshottingStateMachine)"
         )
-    restore([chunk async for chunk in chunks])
     log = RaftLog(
         stored.entries, start_index=stored.log_start_index, start_term=stored.log_start_term
     )

@@ -378,7 +378,10 @@ async def install(node: Node, event: SnapshotReceived) -> None:
     meta = event.meta
     if meta.index > st.commit:
         old_start = st.log.start_index
-        node._sm.restore(event.data)  # type: ignore[attr-defined]
+        if node._restore_at is not None:
+            node._restore_at(event.data, meta.index, meta.term)
+        else:
+            node._sm.restore(event.data)  # type: ignore[attr-defined]
         node._last_applied = meta.index
         node._applied_bytes = 0
         node._counters.snapshots_installed += 1

@@ -58,6 +58,23 @@ class IndexRecorder:
         self.restores.append(self.restored_index)
 
 
+class PositionedRecorder(IndexRecorder):
+    """An :class:`IndexRecorder` told where each snapshot it restores ends (``restore_at``):
+    the node must call that, never ``restore``."""
+
+    def __init__(self, restores: list[int], positions: list[tuple[int, int, int]]) -> None:
+        super().__init__(restores)
+        self.positions = positions
+        """``(index, term, last command index in the data)`` of every restore (shared)."""
+
+    def restore(self, chunks: Iterable[bytes]) -> None:
+        raise AssertionError("the node must call restore_at")
+
+    def restore_at(self, chunks: Iterable[bytes], index: int, term: int) -> None:
+        super().restore(chunks)
+        self.positions.append((index, term, self.restored_index))
+
+
 async def _propose_until_applied(cluster: SimulatedCluster, command: str) -> tuple[int, int] | None:
     """Propose ``command`` through the leader until a proposal of it is applied; return its
     appended position and check it is what ``apply_entry`` was given. ``None`` if an attempt
@@ -85,15 +102,24 @@ async def _propose_until_applied(cluster: SimulatedCluster, command: str) -> tup
         return position.index, position.term
 
 
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize(
+    ("seed", "positioned"), [(1, False), (2, False), (1, True)], ids=["1", "2", "1-restore_at"]
+)
 async def test_every_replica_applies_the_same_indexed_commands(
-    autojump_clock: trio.testing.MockClock, seed: int
+    autojump_clock: trio.testing.MockClock, seed: int, positioned: bool
 ) -> None:
     rng = random.Random(seed)
     restores: list[int] = []
+    positions: list[tuple[int, int, int]] = []
+
+    def factory() -> IndexRecorder:
+        if positioned:
+            return PositionedRecorder(restores, positions)
+        return IndexRecorder(restores)
+
     with trio.fail_after(600):
         async with open_simulated_cluster(
-            3, seed=seed, config=SMALL, state_machine_factory=lambda: IndexRecorder(restores)
+            3, seed=seed, config=SMALL, state_machine_factory=factory
         ) as cluster:
             await cluster.wait_leader()
             placed: dict[str, tuple[int, int]] = {}
@@ -141,3 +167,15 @@ async def test_every_replica_applies_the_same_indexed_commands(
                     assert by_index[entry.index] == (entry.term, entry.command)
                 else:
                     assert entry.index not in by_index
+            if positioned:
+                # Every restore was told where its snapshot ends: at or past the last command
+                # in it, at a committed entry, one term per index, the log's where it has it.
+                assert len(positions) == len(restores)
+                terms: dict[int, int] = {}
+                for index, term, last_command in positions:
+                    assert last_command <= index <= log.commit_index
+                    assert terms.setdefault(index, term) == term
+                    if index >= log.first_index:
+                        assert log.term_at(index) == term
+                    if index in by_index:
+                        assert by_index[index][0] == term
