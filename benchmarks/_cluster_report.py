@@ -80,6 +80,20 @@ def null_row(rows: Sequence[Mapping[str, Any]], row: Mapping[str, Any]) -> Mappi
     return found
 
 
+def stall_note(row: Mapping[str, Any]) -> str | None:
+    """The note for a row in which no request completed (``None`` if some did): the system
+    stalled for the whole window, which its ``0`` alone would not say."""
+    if row.get("ops_per_s"):
+        return None
+    mix = {0.0: "writes", 1.0: "reads"}.get(row["read_ratio"], f"{row['read_ratio']:.0%} reads")
+    return (
+        f"{row['system']}, {row['nodes']} nodes, {row['outstanding']} outstanding, "
+        f"{row['value_bytes']:,} B {mix}: no request completed in the "
+        f"{row.get('window_s', 0):g} s window ({row.get('errors', 0)} errors): the system "
+        "stalled; rerun before reading anything into that row"
+    )
+
+
 def row_line(rows: Sequence[Mapping[str, Any]], row: Mapping[str, Any]) -> str:
     """One row of the detailed table, with its ratios to PySyncObj and to the null node."""
     latency = row.get("write_ms") or row.get("read_ms") or {}

@@ -368,6 +368,10 @@ class _Runner:
         }
         self.rows.append(row)
         self.out.line(_describe(row, self.rows))
+        note = _cluster_report.stall_note(row)
+        if note is not None:
+            self.results["notes"].append(note)
+            self.out.line(note)
         self.out.advance()
 
     async def system(self, name: str) -> None:

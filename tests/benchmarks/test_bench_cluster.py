@@ -17,6 +17,8 @@ from typing import IO
 
 import pytest
 
+from benchmarks._cluster_report import stall_note
+
 from .. import _ports
 
 pytestmark = pytest.mark.process
@@ -165,3 +167,15 @@ def test_ctrl_c_stops_every_process_and_removes_the_data(tmp_path: Path, base_po
     assert "interrupted" in rest
     assert not work.exists(), "the temporary data directory outlived Ctrl-C"
     assert not [pid for pid in seen if _alive(pid)], "a child process outlived Ctrl-C"
+
+
+def test_a_row_with_no_completed_request_is_called_a_stall() -> None:
+    row = {
+        "system": "pysyncobj-nobatch", "nodes": 3, "outstanding": 16, "value_bytes": 16,
+        "read_ratio": 0.9, "window_s": 5.0, "ops_per_s": 0.0, "errors": 0,
+    }  # fmt: skip
+    note = stall_note(row)
+    assert note is not None
+    assert note.startswith("pysyncobj-nobatch, 3 nodes, 16 outstanding, 16 B 90% reads: ")
+    assert "no request completed in the 5 s window (0 errors): the system stalled" in note
+    assert stall_note({**row, "ops_per_s": 0.2}) is None
