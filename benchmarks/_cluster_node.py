@@ -199,6 +199,14 @@ def null_handler(node_id: str) -> Handler:
     return handle
 
 
+def _failure(rid: int, exc: Exception) -> Reply:
+    """The reply to a request that failed with ``exc``: a redirect to the leader if the node
+    is not it, else an error naming the exception."""
+    if isinstance(exc, trio_raft.NotLeaderError):
+        return rid, Status.REDIRECT, (exc.leader_id or "").encode()
+    return rid, Status.ERROR, f"{type(exc).__name__}: {exc}".encode()
+
+
 def raft_handler(node: trio_raft.Node, *, task_per_write: bool = False) -> Handler:
     """Writes are proposals, reads ReadIndex reads; not the leader: a redirect.
 
@@ -209,20 +217,16 @@ def raft_handler(node: trio_raft.Node, *, task_per_write: bool = False) -> Handl
     def answer(rid: int, reply: Callable[[Reply], None], proposal: trio_raft.Proposal) -> None:
         try:
             proposal.result_nowait()
-        except trio_raft.NotLeaderError as exc:
-            reply((rid, Status.REDIRECT, (exc.leader_id or "").encode()))
         except (trio_raft.RaftError, ValueError) as exc:
-            reply((rid, Status.ERROR, f"{type(exc).__name__}: {exc}".encode()))
+            reply(_failure(rid, exc))
         else:
             reply((rid, Status.OK, b""))
 
     async def write(request: Request, reply: Callable[[Reply], None]) -> None:
         try:
             await node.propose(("put", request.key, request.value))
-        except trio_raft.NotLeaderError as exc:
-            reply((request.id, Status.REDIRECT, (exc.leader_id or "").encode()))
         except (trio_raft.RaftError, ValueError) as exc:
-            reply((request.id, Status.ERROR, f"{type(exc).__name__}: {exc}".encode()))
+            reply(_failure(request.id, exc))
         else:
             reply((request.id, Status.OK, b""))
 
@@ -236,16 +240,14 @@ def raft_handler(node: trio_raft.Node, *, task_per_write: bool = False) -> Handl
         except trio.WouldBlock:
             return write(request, reply)  # the inbox is full: wait for room in a task
         except (trio_raft.RaftError, ValueError) as exc:
-            reply((rid, Status.ERROR, f"{type(exc).__name__}: {exc}".encode()))
+            reply(_failure(rid, exc))
         return None
 
     async def read(request: Request, reply: Callable[[Reply], None]) -> None:
         try:
             value = await node.read(request.key)
-        except trio_raft.NotLeaderError as exc:
-            reply((request.id, Status.REDIRECT, (exc.leader_id or "").encode()))
         except trio_raft.RaftError as exc:
-            reply((request.id, Status.ERROR, f"{type(exc).__name__}: {exc}".encode()))
+            reply(_failure(request.id, exc))
         else:
             assert isinstance(value, bytes)
             reply((request.id, Status.OK, value))
